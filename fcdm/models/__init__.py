@@ -1,0 +1,75 @@
+"""The FCDM and DiT model families and a registry of their published presets.
+
+    from fcdm.models import create_model
+    model = create_model("FCDM-XL")                           # the paper's preset
+    model = create_model("FCDM-L", kernel_size=3)             # an ablation: any constructor argument
+    model = create_model("DiT-XL/2", input_size=64)           # DiT at 512 px (64 x 64 latents)
+"""
+import inspect
+from collections.abc import Callable
+
+import torch.nn as nn
+
+from .dit import DiT
+from .fcdm import CONDITIONING_TYPES, FCDM, FCDMBlock, GRN
+
+#################################################################################
+#                                    Presets                                    #
+#################################################################################
+
+# FCDM model table (DESIGN.md section 1): width C and stage depths; r = 3, k = 7.
+FCDM_PRESETS = {
+    "FCDM-S": dict(hidden_size=128, depth=[2, 4, 8, 4, 2]),
+    "FCDM-B": dict(hidden_size=256, depth=[2, 4, 8, 4, 2]),
+    "FCDM-L": dict(hidden_size=512, depth=[2, 4, 8, 4, 2]),
+    "FCDM-XL": dict(hidden_size=512, depth=[3, 6, 12, 6, 3]),
+}
+# DiT Table 1: (hidden size d, depth N, heads h); each at patch sizes 2, 4, 8.
+DIT_SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
+DIT_PRESETS = {
+    f"DiT-{size}/{p}": dict(hidden_size=d, depth=n, num_heads=h, patch_size=p)
+    for size, (d, n, h) in DIT_SIZES.items() for p in (2, 4, 8)
+}
+FAMILIES: dict[str, Callable[..., nn.Module]] = {"fcdm": FCDM, "dit": DiT}
+PRESETS = {**{k: ("fcdm", v) for k, v in FCDM_PRESETS.items()}, **{k: ("dit", v) for k, v in DIT_PRESETS.items()}}
+
+
+def list_models() -> list[str]:
+    """Every preset name, FCDM first, in table order."""
+    return list(PRESETS)
+
+
+def family_of(name: str) -> str:
+    """'fcdm' or 'dit' for a preset name."""
+    _check_preset(name)
+    return PRESETS[name][0]
+
+
+def _check_preset(name: str) -> None:
+    if name not in PRESETS:
+        raise ValueError(f"model={name!r} is not a known preset; allowed values: {', '.join(PRESETS)}")
+
+
+def preset_kwargs(name: str, **overrides) -> dict:
+    """The constructor arguments of a preset with overrides applied."""
+    _check_preset(name)
+    return {**PRESETS[name][1], **overrides}
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build a preset of either family by name; keyword overrides replace constructor arguments.
+
+    An override the family's constructor does not take raises a ValueError naming the allowed ones.
+    """
+    kwargs = preset_kwargs(name, **overrides)
+    cls = FAMILIES[PRESETS[name][0]]
+    allowed = list(inspect.signature(cls.__init__).parameters)[1:]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name} does not take argument(s) {', '.join(unknown)}; "
+                         f"allowed arguments: {', '.join(allowed)}")
+    return cls(**kwargs)
+
+
+__all__ = ["CONDITIONING_TYPES", "DiT", "FCDM", "FCDMBlock", "GRN", "FCDM_PRESETS", "DIT_PRESETS",
+           "PRESETS", "create_model", "family_of", "list_models", "preset_kwargs"]

@@ -1,0 +1,257 @@
+"""FCDM: the U-shaped, fully convolutional ConvNeXt denoiser (Kwon et al., CVPR 2026).
+
+Layout, initialisation and parameter names follow the public release (star-kwon/FCDM
+`models/fcdm_models.py`), so its checkpoints load with `load_state_dict(strict=True)`.
+Every choice the ablations vary is a constructor argument; see DESIGN.md section 1.
+"""
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from .layers import LabelEmbedder, LayerNorm2d, TimestepEmbedder, guided_output, modulate
+
+CONDITIONING_TYPES = ("adaln-zero", "adaln", "additive", "none")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(repr, allowed))}")
+
+
+#################################################################################
+#                                 Core FCDM layers                              #
+#################################################################################
+
+class GRN(nn.Module):
+    """ConvNeXt-V2 global response normalisation over (N, C, H, W); gamma, beta zero-initialised."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+class FCDMBlock(nn.Module):
+    """Depthwise k x k conv -> LayerNorm -> conditioning -> 1x1 (r*D) -> GELU -> GRN -> 1x1 (D) -> residual.
+
+    x: (N, D, H, W); c: (N, cond_dim). `conditioning` picks how c enters the block:
+    adaln-zero (shift, scale and a gate, zero-initialised), adaln (shift and scale, no gate),
+    additive (a projection of c added after the depthwise conv), none (c is ignored).
+    """
+
+    def __init__(self, dim: int, cond_dim: int, mlp_ratio: float = 3.0, kernel_size: int = 7,
+                 grn: bool = True, conditioning: str = "adaln-zero"):
+        super().__init__()
+        self.conditioning = conditioning
+        hidden = int(dim * mlp_ratio)
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=kernel_size, padding=kernel_size // 2, groups=dim)
+        # Without modulation the norm would lose its scale and shift, so it keeps its own affine.
+        self.norm = LayerNorm2d(dim, eps=1e-6, affine=conditioning in ("additive", "none"))
+        self.pwconv1 = nn.Conv2d(dim, hidden, 1)
+        self.act = nn.GELU()
+        self.grn = GRN(hidden) if grn else nn.Identity()
+        self.pwconv2 = nn.Conv2d(hidden, dim, 1)
+        if conditioning in ("adaln-zero", "adaln"):
+            chunks = 3 if conditioning == "adaln-zero" else 2
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, chunks * dim, bias=True))
+        elif conditioning == "additive":
+            self.cond_proj = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, dim, bias=True))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = self.dwconv(x)
+        gate = None
+        if self.conditioning == "additive":
+            h = h + self.cond_proj(c)[:, :, None, None]
+        h = self.norm(h)
+        if self.conditioning == "adaln-zero":
+            shift, scale, gate = self.adaLN_modulation(c).chunk(3, dim=1)
+            h = modulate(h, shift, scale)
+        elif self.conditioning == "adaln":
+            shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+            h = modulate(h, shift, scale)
+        h = self.pwconv2(self.grn(self.act(self.pwconv1(h))))
+        if gate is not None:
+            h = h * gate[:, :, None, None]
+        return x + h
+
+
+class ConvFinalLayer(nn.Module):
+    """LayerNorm -> adaLN shift/scale from c -> 3x3 conv to out_channels. (N, D, H, W) -> (N, C_out, H, W)."""
+
+    def __init__(self, hidden_size: int, cond_dim: int, out_channels: int):
+        super().__init__()
+        self.norm = LayerNorm2d(hidden_size, affine=False, eps=1e-6)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * hidden_size, bias=True))
+        self.conv = nn.Conv2d(hidden_size, out_channels, kernel_size=3, stride=1, padding=1, bias=True)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.conv(modulate(self.norm(x), shift, scale))
+
+
+class Downsample(nn.Module):
+    """3x3 conv (no bias) to out_ch/4, then PixelUnshuffle(2): (N, in, H, W) -> (N, out, H/2, W/2)."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(in_ch, out_ch // 4, 3, 1, 1, bias=False), nn.PixelUnshuffle(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """3x3 conv (no bias) to 4*out_ch, then PixelShuffle(2): (N, in, H, W) -> (N, out, 2H, 2W)."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(in_ch, out_ch * 4, 3, 1, 1, bias=False), nn.PixelShuffle(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+#################################################################################
+#                                   FCDM model                                  #
+#################################################################################
+
+class FCDM(nn.Module):
+    """Fully convolutional diffusion model over (N, in_channels, H, W) latents, H and W divisible by 4.
+
+    hidden_size: width C of level 1 (levels 2 and 3 use 2C and 4C).
+    depth: blocks per stage, [enc1, enc2, mid, dec2, dec1].
+    shared_embedders: one timestep/class embedder of width C feeding every level, instead of the
+        paper's per-level embedders of widths C, 2C, 4C.
+    """
+
+    def __init__(self, in_channels: int = 4, hidden_size: int = 128, depth=(2, 4, 8, 4, 2),
+                 mlp_ratio: float = 3.0, kernel_size: int = 7, grn: bool = True,
+                 conditioning: str = "adaln-zero", shared_embedders: bool = False,
+                 class_dropout_prob: float = 0.1, num_classes: int = 1000, learn_sigma: bool = True,
+                 gradient_checkpointing: bool = False):
+        super().__init__()
+        _check_choice("conditioning", conditioning, CONDITIONING_TYPES)
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size={kernel_size!r} is not supported; allowed values: odd integers >= 1 "
+                             "(3, 5, 7, ...) so that padding k//2 keeps the resolution")
+        depth = list(depth)
+        if len(depth) != 5 or not all(isinstance(d, int) and d >= 0 for d in depth):
+            raise ValueError(f"depth={depth!r} is not supported; allowed values: five non-negative integers "
+                             "[enc1, enc2, mid, dec2, dec1], e.g. [2, 4, 8, 4, 2]")
+        if hidden_size < 1 or hidden_size % 4:
+            raise ValueError(f"hidden_size={hidden_size!r} is not supported; allowed values: positive multiples "
+                             "of 4 (the downsampling conv produces out_width/4 channels)")
+        if mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio={mlp_ratio!r} is not supported; allowed values: > 0")
+        self.in_channels = in_channels
+        self.learn_sigma = learn_sigma
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.num_classes = num_classes
+        self.class_conditional = conditioning != "none"
+        self.shared_embedders = shared_embedders
+        self.gradient_checkpointing = gradient_checkpointing
+        widths = [hidden_size, 2 * hidden_size, 4 * hidden_size]
+
+        emb_widths = [hidden_size] if shared_embedders else widths
+        for i, w in enumerate(emb_widths, start=1):
+            suffix = "" if shared_embedders else f"_{i}"
+            setattr(self, f"t_embedder{suffix}", TimestepEmbedder(w))
+            if self.class_conditional:
+                setattr(self, f"y_embedder{suffix}", LabelEmbedder(num_classes, w, class_dropout_prob))
+        cond_dims = [hidden_size] * 3 if shared_embedders else widths
+
+        def stage(level: int, n: int) -> nn.ModuleList:
+            return nn.ModuleList(FCDMBlock(widths[level], cond_dims[level], mlp_ratio, kernel_size, grn, conditioning)
+                                 for _ in range(n))
+
+        self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=3, stride=1, padding=1)
+        self.encoder_level_1 = stage(0, depth[0])
+        self.down1_2 = Downsample(widths[0], widths[1])
+        self.encoder_level_2 = stage(1, depth[1])
+        self.down2_3 = Downsample(widths[1], widths[2])
+        self.latent = stage(2, depth[2])
+        self.up3_2 = Upsample(widths[2], widths[1])
+        self.reduce_chans_2 = nn.Conv2d(2 * widths[1], widths[1], kernel_size=1)
+        self.decoder_level_2 = stage(1, depth[3])
+        self.up2_1 = Upsample(widths[1], widths[0])
+        self.reduce_chans_1 = nn.Conv2d(2 * widths[0], widths[0], kernel_size=1)
+        self.decoder_level_1 = stage(0, depth[4])
+        self.output_layer = nn.Conv2d(hidden_size, hidden_size, kernel_size=3, stride=1, padding=1)
+        self.final_layer = ConvFinalLayer(hidden_size, cond_dims[0], self.out_channels)
+        self.initialize_weights(conditioning)
+
+    def _embedders(self, kind: str) -> list[nn.Module]:
+        names = [f"{kind}_embedder"] if self.shared_embedders else [f"{kind}_embedder_{i}" for i in (1, 2, 3)]
+        return [getattr(self, n) for n in names if hasattr(self, n)]
+
+    def initialize_weights(self, conditioning: str) -> None:
+        def _basic_init(module):
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0)
+        self.apply(_basic_init)
+        # The stem is initialised like a Linear over its flattened kernel, as in the release.
+        w = self.x_embedder.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for emb in self._embedders("y"):
+            nn.init.normal_(emb.embedding_table.weight, std=0.02)
+        for emb in self._embedders("t"):
+            nn.init.normal_(emb.mlp[0].weight, std=0.02)
+            nn.init.normal_(emb.mlp[2].weight, std=0.02)
+        # adaLN-Zero: every block starts as the identity. DiT's "adaLN" keeps its xavier init.
+        if conditioning == "adaln-zero":
+            for block in self.blocks():
+                nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
+                nn.init.constant_(block.adaLN_modulation[-1].bias, 0)
+        nn.init.constant_(self.final_layer.adaLN_modulation[-1].weight, 0)
+        nn.init.constant_(self.final_layer.adaLN_modulation[-1].bias, 0)
+        nn.init.constant_(self.final_layer.conv.weight, 0)
+        nn.init.constant_(self.final_layer.conv.bias, 0)
+
+    def blocks(self) -> list[FCDMBlock]:
+        return [*self.encoder_level_1, *self.encoder_level_2, *self.latent,
+                *self.decoder_level_2, *self.decoder_level_1]
+
+    def conditioning_vectors(self, t: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        """t: (N,), y: (N,) -> [c1 (N, C), c2 (N, 2C), c3 (N, 4C)] (all (N, C) with shared embedders)."""
+        ts = [emb(t) for emb in self._embedders("t")]
+        if self.class_conditional:
+            ts = [te + ye(y, self.training) for te, ye in zip(ts, self._embedders("y"))]
+        return ts * 3 if self.shared_embedders else ts
+
+    def _run_stage(self, stage: nn.ModuleList, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        for block in stage:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(block, h, c, use_reentrant=False)
+            else:
+                h = block(h, c)
+        return h
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x: (N, C_in, H, W), t: (N,) timesteps, y: (N,) labels -> (N, C_out, H, W)."""
+        c1, c2, c3 = self.conditioning_vectors(t, y)
+        enc1 = self._run_stage(self.encoder_level_1, self.x_embedder(x), c1)
+        enc2 = self._run_stage(self.encoder_level_2, self.down1_2(enc1), c2)
+        mid = self._run_stage(self.latent, self.down2_3(enc2), c3)
+        dec2 = self.reduce_chans_2(torch.cat([self.up3_2(mid), enc2], dim=1))
+        dec2 = self._run_stage(self.decoder_level_2, dec2, c2)
+        dec1 = self.reduce_chans_1(torch.cat([self.up2_1(dec2), enc1], dim=1))
+        dec1 = self._run_stage(self.decoder_level_1, dec1, c1)
+        return self.final_layer(self.output_layer(dec1), c1)
+
+    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float,
+                         guided_channels: int | None = None) -> torch.Tensor:
+        """Classifier-free guidance on a batch [x; x] with labels [y; null]. x: (2N, C_in, H, W).
+
+        guided_channels=None guides every predicted channel (in_channels); DiT's published
+        numbers used 3 (of 4 latent channels).
+        """
+        half = x[: len(x) // 2]
+        out = self.forward(torch.cat([half, half], dim=0), t, y)
+        return guided_output(out, cfg_scale, self.in_channels if guided_channels is None else guided_channels)

@@ -1,0 +1,175 @@
+"""The FCDM and DiT families: presets, conditioning types, init, checkpointing, state dicts, errors."""
+import pytest
+import torch
+
+from fcdm.flops import count_params
+from fcdm.models import CONDITIONING_TYPES, DIT_PRESETS, FCDM, create_model, list_models
+
+# Exact counts from the FCDM model table (DESIGN.md section 1).
+FCDM_PARAMS = {"FCDM-S": 32_699_912, "FCDM-B": 127_675_400, "FCDM-L": 504_453_128, "FCDM-XL": 698_754_056}
+
+
+def tiny(**overrides) -> FCDM:
+    kwargs = dict(in_channels=1, hidden_size=8, depth=[1, 1, 1, 1, 1], num_classes=10)
+    return FCDM(**{**kwargs, **overrides})
+
+
+def inputs(n=2, c=1, s=8):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, c, s, s, generator=g), torch.randint(0, 1000, (n,), generator=g), torch.arange(n) % 10
+
+
+@pytest.mark.parametrize("name,expected", FCDM_PARAMS.items())
+def test_fcdm_preset_parameter_counts_are_exact(name, expected):
+    with torch.device("meta"):
+        assert count_params(create_model(name)) == expected
+
+
+def test_dit_xl2_parameter_count_matches_published():
+    with torch.device("meta"):
+        assert abs(count_params(create_model("DiT-XL/2")) - 675e6) < 0.5e6
+
+
+def test_sixteen_presets():
+    assert len(list_models()) == 16 and len(DIT_PRESETS) == 12
+
+
+@pytest.mark.parametrize("conditioning", CONDITIONING_TYPES)
+@pytest.mark.parametrize("learn_sigma", [True, False])
+def test_output_shape_for_every_conditioning_type(conditioning, learn_sigma):
+    model = tiny(conditioning=conditioning, learn_sigma=learn_sigma)
+    x, t, y = inputs()
+    out = model(x, t, y)
+    assert out.shape == (2, 2 if learn_sigma else 1, 8, 8)
+    out.sum().backward()  # every conditioning type must be differentiable end to end
+
+
+def test_conditioning_none_ignores_class_labels():
+    model = tiny(conditioning="none")
+    for p in model.parameters():  # break the zero init so the output depends on the input
+        p.data.normal_(0, 0.1)
+    x, t, _ = inputs()
+    model.eval()
+    assert torch.equal(model(x, t, torch.zeros(2, dtype=torch.long)), model(x, t, torch.full((2,), 7)))
+    assert not any("y_embedder" in n for n, _ in model.named_parameters())
+
+
+def test_adaln_zero_output_is_zero_at_construction():
+    model = tiny()
+    x, t, y = inputs()
+    assert torch.count_nonzero(model(x, t, y)) == 0
+    # ...and every block is the identity, because its gate is zero.
+    block = model.encoder_level_1[0]
+    h = torch.randn(2, 8, 8, 8)
+    assert torch.equal(block(h, torch.randn(2, 8)), h)
+
+
+def test_adaln_is_not_zero_initialised():
+    block = tiny(conditioning="adaln").encoder_level_1[0]
+    assert block.adaLN_modulation[-1].weight.abs().sum() > 0
+    assert block.adaLN_modulation[-1].out_features == 2 * 8  # shift and scale, no gate
+
+
+def test_shared_embedders_use_one_embedder_of_width_c():
+    model = tiny(shared_embedders=True)
+    names = {n.split(".")[0] for n, _ in model.named_parameters()}
+    assert {"t_embedder", "y_embedder"} <= names and "t_embedder_2" not in names
+    assert model.latent[0].adaLN_modulation[-1].in_features == 8
+    x, t, y = inputs()
+    assert model(x, t, y).shape == (2, 2, 8, 8)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    ref = tiny(class_dropout_prob=0.0)
+    for p in ref.parameters():
+        p.data.normal_(0, 0.1)
+    ckpt = tiny(class_dropout_prob=0.0, gradient_checkpointing=True)
+    ckpt.load_state_dict(ref.state_dict())
+    x, t, y = inputs()
+    for m in (ref, ckpt):
+        m.train()
+        (m(x, t, y) ** 2).mean().backward()
+    for (name, a), b in zip(ref.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+@pytest.mark.parametrize("name", ["FCDM-S", "DiT-S/8"])
+def test_state_dict_of_a_preset_loads_strictly_into_a_fresh_one(name):
+    a, b = create_model(name), create_model(name)
+    for p in a.parameters():
+        p.data.normal_(0, 0.02)
+    b.load_state_dict(a.state_dict(), strict=True)
+    a.eval(), b.eval()
+    x = torch.randn(1, 4, 32, 32)
+    t, y = torch.tensor([500]), torch.tensor([3])
+    assert torch.equal(a(x, t, y), b(x, t, y))
+
+
+def test_fcdm_state_dict_names_follow_the_public_release():
+    keys = set(create_model("FCDM-S").state_dict())
+    for k in ["x_embedder.weight", "t_embedder_3.mlp.2.weight", "y_embedder_2.embedding_table.weight",
+              "encoder_level_1.0.dwconv.weight", "encoder_level_1.0.grn.gamma", "latent.7.adaLN_modulation.1.bias",
+              "down1_2.conv.0.weight", "up3_2.conv.0.weight", "reduce_chans_1.weight", "decoder_level_1.1.pwconv2.bias",
+              "output_layer.weight", "final_layer.adaLN_modulation.1.weight", "final_layer.conv.weight"]:
+        assert k in keys, k
+
+
+def test_dit_state_dict_names_follow_the_public_release():
+    keys = set(create_model("DiT-S/8").state_dict())
+    for k in ["x_embedder.proj.weight", "pos_embed", "t_embedder.mlp.0.weight", "y_embedder.embedding_table.weight",
+              "blocks.11.attn.qkv.weight", "blocks.0.attn.proj.bias", "blocks.0.mlp.fc1.weight",
+              "blocks.0.adaLN_modulation.1.weight", "final_layer.linear.weight", "final_layer.adaLN_modulation.1.bias"]:
+        assert k in keys, k
+
+
+@pytest.mark.parametrize("k", [3, 5, 7, 9, 11])
+def test_kernel_sizes_3_to_11_build_and_run(k):
+    model = tiny(kernel_size=k)
+    assert model.encoder_level_1[0].dwconv.kernel_size == (k, k)
+    x, t, y = inputs()
+    assert model(x, t, y).shape == (2, 2, 8, 8)
+
+
+def test_grn_off_removes_its_parameters():
+    on, off = tiny(), tiny(grn=False)
+    # gamma and beta of width r*D in the five blocks: D = 8, 16, 32, 16, 8 and r = 3
+    assert count_params(on) - count_params(off) == 2 * 3 * (8 + 16 + 32 + 16 + 8)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(kernel_size=4), "kernel_size=4"),
+    (dict(depth=[1, 1, 1]), "depth=[1, 1, 1]"),
+    (dict(conditioning="cross-attention"), "conditioning='cross-attention'"),
+])
+def test_bad_arguments_raise_value_errors_naming_argument_and_allowed_values(kwargs, needle):
+    with pytest.raises(ValueError, match="allowed values") as err:
+        tiny(**kwargs)
+    assert needle in str(err.value)
+
+
+def test_unknown_preset_and_unknown_override_are_clear():
+    with pytest.raises(ValueError, match="FCDM-XXL.*allowed values: FCDM-S"):
+        create_model("FCDM-XXL")
+    with pytest.raises(ValueError, match="num_heads.*allowed arguments"):
+        create_model("FCDM-S", num_heads=4)
+
+
+@pytest.mark.parametrize("family", ["fcdm", "dit"])
+def test_cfg_guides_all_channels_by_default_and_three_on_request(family):
+    torch.manual_seed(0)
+    model = tiny() if family == "fcdm" else create_model("DiT-S/8", input_size=8, in_channels=1, num_classes=10,
+                                                          depth=1, hidden_size=24, num_heads=2)
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)
+    model.eval()
+    c = model.in_channels
+    x = torch.randn(2, c, 8, 8).repeat(2, 1, 1, 1)
+    t = torch.tensor([10, 20, 10, 20])
+    y = torch.tensor([1, 2, 10, 10])  # second half: the null class
+    cond, uncond = model(x, t, y).chunk(2)
+    guided = model.forward_with_cfg(x, t, y, cfg_scale=4.0)
+    torch.testing.assert_close(guided[:2, :c], uncond[:, :c] + 4.0 * (cond[:, :c] - uncond[:, :c]))
+    torch.testing.assert_close(guided[:2, c:], cond[:, c:])  # learned variance is not guided
+    partial = model.forward_with_cfg(x, t, y, cfg_scale=4.0, guided_channels=0)
+    torch.testing.assert_close(partial[:2], cond)
