@@ -46,6 +46,47 @@ def models(fmt: Annotated[TableFormat, typer.Option("--format", help="Output for
         Console().print(table)
 
 
+def _fail(message: str, code: int = 2) -> None:
+    """One clear message on stderr and a non-zero exit, no traceback."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+StoreOption = Annotated[Path | None, typer.Option("--store", help="Store directory (default: $FCDM_STORE or ./runs).")]
+TrackingOption = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow server instead of the store's "
+                                                     "SQLite file (default: $MLFLOW_TRACKING_URI).")]
+
+
+@app.command()
+def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. ablations/configs/smoke.yaml.")],
+          set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set train.lr=2e-4.")] = None,
+          store: StoreOption = None, tracking_uri: TrackingOption = None,
+          progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True):
+    """Train one run configuration; rerunning it resumes (or skips a finished run)."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, set_ or [])
+        from .data import DataError
+        from .train import TrainingDiverged, TrainingInterrupted, train as run_training
+
+        result = run_training(cfg, store=store, tracking_uri=tracking_uri, progress=progress)
+    except (ConfigError, CheckpointError) as e:
+        _fail(str(e))
+    except DataError as e:
+        _fail(f"{config}: data: {e}")
+    except TrainingDiverged as e:
+        _fail(f"{config}: {e}", code=3)
+    except TrainingInterrupted as e:
+        _fail(str(e), code=128 + e.signum)
+    if result.status == "SKIPPED":
+        typer.echo(f"{cfg.name}: already finished at step {result.step} ({result.checkpoint_dir})")
+    else:
+        typer.echo(f"{cfg.name}: {result.status} at step {result.step}, loss {result.final_loss:.4f}, "
+                   f"run {result.run_id}")
+
+
 def main() -> None:
     app()
 

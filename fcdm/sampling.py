@@ -1,0 +1,71 @@
+"""Class-conditional sampling from a trained denoiser: batches, guidance, images, grids."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .diffusion import guided_model_fn, sample
+
+
+def spread_labels(n: int, num_classes: int) -> torch.Tensor:
+    """n labels spread evenly over the classes, in contiguous blocks: (n,) long."""
+    return (torch.arange(n) * num_classes) // n
+
+
+@torch.no_grad()
+def generate(model: nn.Module, objective, shape: tuple[int, int, int], labels: torch.Tensor, *, sampler: str,
+             num_steps: int, cfg_scale: float = 1.0, guided_channels: int | None = None, batch_size: int = 256,
+             seed: int = 0, device: torch.device | str = "cpu", progress: bool = False) -> torch.Tensor:
+    """Samples (N, C, H, W) for labels (N,), drawn in batches from one generator seeded by `seed`.
+
+    Deterministic for a given (seed, batch_size); the training RNG is never touched.
+    """
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    null_class = getattr(model, "num_classes", 0)
+    outs = []
+    for i in range(0, len(labels), batch_size):
+        y = labels[i:i + batch_size].to(device)
+        fn = guided_model_fn(model, y, cfg_scale, null_class, guided_channels)
+        outs.append(sample(objective, fn, (len(y), *shape), sampler, num_steps, generator=generator,
+                           device=device, progress=progress).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, the layout of ADM's .npz and torch-fidelity's input."""
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def latent_preview(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) latents -> (N, 3, H, W) in [-1, 1]: the first three channels, each normalised, for a
+    quick look at latent runs when no VAE is available to decode them."""
+    x = x[:, :3]
+    lo = x.amin(dim=(0, 2, 3), keepdim=True)
+    hi = x.amax(dim=(0, 2, 3), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-6) * 2 - 1
+
+
+def save_grid(images: np.ndarray, path: Path, nrow: int, scale: int = 1) -> Path:
+    """Write (N, H, W, C) uint8 images as one PNG grid of `nrow` images per row."""
+    from PIL import Image
+
+    n, h, w, c = images.shape
+    rows = -(-n // nrow)
+    grid = np.zeros((rows * (h + 1) + 1, nrow * (w + 1) + 1, c), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = img
+    im = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+    return path

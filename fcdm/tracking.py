@@ -1,0 +1,144 @@
+"""Where runs live: the local store (`runs/` by default) and the MLflow run of each configuration.
+
+The store holds the MLflow database (`mlflow.db`), MLflow artifacts (`artifacts/`), checkpoints
+(`checkpoints/`) and caches (`cache/`). `--store DIR` or FCDM_STORE moves all of it;
+`--tracking-uri` or MLFLOW_TRACKING_URI sends tracking to a server instead of the SQLite file.
+
+One MLflow run per (configuration hash, seed), tagged `fcdm.config_hash` and `fcdm.seed`, so
+re-running a config finds its run again and a resumed run continues it.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from .config import RunConfig
+
+DEFAULT_STORE = "runs"
+TAG_HASH, TAG_SEED, TAG_CKPT = "fcdm.config_hash", "fcdm.seed", "fcdm.checkpoint_dir"
+
+
+class RunNotFoundError(LookupError):
+    """No MLflow run matches what the user asked for."""
+
+
+def resolve_store(store: str | Path | None = None) -> Path:
+    """The store directory: the argument, else $FCDM_STORE, else ./runs."""
+    return Path(store or os.environ.get("FCDM_STORE") or DEFAULT_STORE).expanduser().resolve()
+
+
+def resolve_tracking_uri(store: Path, tracking_uri: str | None = None) -> str:
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store / 'mlflow.db'}"
+
+
+def run_key(cfg: RunConfig) -> str:
+    """Folder name of a run's checkpoints: readable name, configuration hash and seed."""
+    return f"{cfg.name}-{cfg.hash}-s{cfg.seed}"
+
+
+def checkpoint_dir(store: Path, cfg: RunConfig) -> Path:
+    return store / "checkpoints" / run_key(cfg)
+
+
+class Tracker:
+    """Thin layer over MlflowClient for one run; only the main process creates one."""
+
+    def __init__(self, store: Path, tracking_uri: str | None = None):
+        from mlflow import MlflowClient
+
+        self.store = store
+        self.uri = resolve_tracking_uri(store, tracking_uri)
+        if self.uri.startswith("sqlite:"):
+            store.mkdir(parents=True, exist_ok=True)
+        self.client: MlflowClient = MlflowClient(tracking_uri=self.uri)
+        self.run_id: str | None = None
+        self._pending: list = []
+
+    # -- finding and opening runs -----------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        # Keep artifacts in the store; MLflow's default is ./mlruns of whatever directory we run in.
+        location = (self.store / "artifacts").as_uri() if self.uri.startswith("sqlite:") else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def find(self, config_hash: str, seed: int):
+        """The newest run tagged with this configuration hash and seed, in any experiment, or None."""
+        ids = [e.experiment_id for e in self.client.search_experiments()]
+        if not ids:
+            return None
+        runs = self.client.search_runs(
+            ids, filter_string=f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_SEED}` = '{seed}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def open(self, cfg: RunConfig, tags: dict[str, str]) -> tuple[str, bool]:
+        """Continue the run of (cfg.hash, cfg.seed) or create it; returns (run_id, existed)."""
+        from mlflow.entities import Param, RunTag
+
+        existing = self.find(cfg.hash, cfg.seed)
+        if existing is not None:
+            self.run_id = existing.info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            return self.run_id, True
+        run = self.client.create_run(self.experiment_id(cfg.name), run_name=f"{cfg.name}-{cfg.hash[:8]}-s{cfg.seed}",
+                                     tags={TAG_HASH: cfg.hash, TAG_SEED: str(cfg.seed), **tags})
+        self.run_id = run.info.run_id
+        # MLflow params are immutable: logged once, when the run is created.
+        params = [Param(k, str(v)) for k, v in cfg.flat().items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+        self.client.log_text(self.run_id, cfg.to_yaml(), "config.yaml")
+        return self.run_id, False
+
+    # -- logging ----------------------------------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float], step: int, flush: bool = True) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending and self.run_id:
+            self.client.log_batch(self.run_id, metrics=self._pending)
+            self._pending = []
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str) -> None:
+        """status: FINISHED, FAILED or KILLED."""
+        self.flush()
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def find_run(run: str, store: Path, tracking_uri: str | None = None):
+    """An MLflow run by id or by run name (newest first); RunNotFoundError when none matches."""
+    from mlflow.exceptions import MlflowException
+
+    tracker = Tracker(store, tracking_uri)
+    try:
+        return tracker.client.get_run(run)
+    except MlflowException:
+        pass
+    ids = [e.experiment_id for e in tracker.client.search_experiments()]
+    found = tracker.client.search_runs(ids, filter_string=f"attributes.run_name = '{run}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    if not found:
+        raise RunNotFoundError(f"no run with id or name {run!r} in {tracker.uri}; list runs with "
+                               f"`mlflow ui --backend-store-uri {tracker.uri}` or pass --store DIR")
+    return found[0]

@@ -1,0 +1,356 @@
+"""Train one run configuration with accelerate: the same loop on one CPU process or many GPUs.
+
+    fcdm-ablate train ablations/configs/smoke.yaml                   # one process
+    accelerate launch --multi_gpu --num_processes 2 -m fcdm.cli train ablations/configs/smoke.yaml
+
+Resume is automatic and exact: rerunning the same config finds its newest checkpoint and restores
+step, model, EMA, optimiser, grad scaler and every rank's RNG state; data order is a pure function
+of (seed, step), so the data position needs no state. SIGINT/SIGTERM checkpoint and stop (KILLED);
+a non-finite loss stops the run (FAILED) without checkpointing the broken weights.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from .checkpoint import list_checkpoints, load_latest, save_checkpoint
+from .config import ConfigError, RunConfig
+from .tracking import TAG_CKPT, Tracker, checkpoint_dir, resolve_store
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived; a checkpoint was written. `signum` says which."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    step: int
+    status: str  # FINISHED, or SKIPPED when the run had already finished
+    checkpoint_dir: Path
+    final_loss: float | None = None
+
+
+# -- building blocks from the config -----------------------------------------------------------------
+
+def build_dataset(cfg: RunConfig, split: str = "train"):
+    from .data import build_dataset as _build
+
+    d = cfg.data
+    if d.name == "digits":
+        return _build("digits", split=split, image_size=d.image_size, hflip=d.hflip)
+    return _build(d.name, **({"root": d.path} if d.name == "latent-folder" else {"path": d.path}))
+
+
+def model_kwargs(cfg: RunConfig, dataset) -> dict:
+    """Constructor arguments the config resolves to: the preset's overrides plus what data and objective fix."""
+    from .models import family_of
+
+    kwargs = dict(cfg.model.args, in_channels=dataset.channels, num_classes=dataset.num_classes,
+                  learn_sigma=cfg.learn_sigma, gradient_checkpointing=cfg.train.gradient_checkpointing)
+    if family_of(cfg.model.name) == "dit":
+        kwargs.setdefault("input_size", dataset.image_size)
+    return kwargs
+
+
+def build_model(cfg: RunConfig, dataset) -> nn.Module:
+    """The denoiser of a config for a dataset; bad model settings raise ConfigError."""
+    from .models import create_model
+
+    try:
+        return create_model(cfg.model.name, **model_kwargs(cfg, dataset))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model (name={cfg.model.name!r}, args={cfg.model.args}): {e}") from None
+
+
+def build_objective(cfg: RunConfig):
+    from .diffusion import create_objective
+
+    if cfg.objective.name == "ddpm":
+        return create_objective("ddpm", num_timesteps=cfg.objective.num_timesteps, learn_sigma=cfg.learn_sigma)
+    return create_objective("flow", learn_sigma=cfg.learn_sigma)
+
+
+class StepBatchSampler:
+    """Index batches for one rank, from `start_step` on; batch k of the run is a pure function of (seed, k).
+
+    Each epoch is a fresh permutation from a generator seeded by (seed, epoch); the global batch is
+    cut from it in order and rank r takes slice r, so the order is the same for any world size.
+    """
+
+    def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int, start_step: int, steps: int):
+        if global_batch % world:
+            raise ConfigError(f"train.batch_size={global_batch} is not divisible by the {world} processes; "
+                              "choose a multiple of the process count")
+        if global_batch > n:
+            raise ConfigError(f"train.batch_size={global_batch} exceeds the {n} training examples; lower it")
+        self.n, self.batch, self.rank, self.world, self.seed = n, global_batch, rank, world, seed
+        self.start, self.steps = start_step, steps
+        self.per_epoch = n // global_batch
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __iter__(self):
+        epoch, perm = -1, None
+        local = self.batch // self.world
+        for step in range(self.start, self.steps):
+            e, i = divmod(step, self.per_epoch)
+            if e != epoch:
+                epoch, perm = e, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
+            lo = i * self.batch + self.rank * local
+            yield perm[lo:lo + local].tolist()
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().float(), 1 - decay)
+
+
+def ema_decay(cfg: RunConfig, updates: int) -> float:
+    d = cfg.train.ema_decay
+    return min(d, (1 + updates) / (10 + updates)) if cfg.train.ema_warmup else d
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+
+def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | None = None,
+          progress: bool = True, max_steps: int | None = None) -> TrainResult:
+    """Train `cfg` to cfg.train.steps (or stop after `max_steps` more steps, for tests and debugging)."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    from .flops import config_gflops, training_gflops
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision)
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    store = resolve_store(store)
+    ckpt_dir = checkpoint_dir(store, cfg)
+
+    # Everything that can fail on user input is checked before the store is touched.
+    dataset = build_dataset(cfg)
+    shape = (dataset.channels, dataset.image_size, dataset.image_size)
+    _seed_everything(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg, dataset)
+    objective = build_objective(cfg)
+    state = load_latest(ckpt_dir)
+    start = int(state["step"]) if state else 0
+    if start >= cfg.train.steps:
+        _finish_if_needed(accelerator, cfg, store, tracking_uri)
+        return TrainResult(None, start, "SKIPPED", ckpt_dir)
+    sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, rank, world, cfg.seed, start, cfg.train.steps)
+    params, gflops = config_gflops(cfg.model.name, shape, **model_kwargs(cfg, dataset))
+
+    ema = copy.deepcopy(model).float().requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                            betas=cfg.train.betas)
+    if state:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+    model, opt = accelerator.prepare(model, opt)
+    if state and state.get("scaler") and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    ema.to(device)
+    rng = state.get("rng") if state else None
+    if rng is not None and len(rng) == world:
+        _set_rng_state(rng[rank])
+    else:  # a fresh run, or resumed on another process count: per-rank seeds from (seed, step, rank)
+        _seed_everything(cfg.seed * 1_000_003 + start * 1009 + rank)
+    # A private generator: creating the loader's iterator must not draw from the training RNG,
+    # or a resumed run would diverge from an uninterrupted one.
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        generator=torch.Generator().manual_seed(cfg.seed + start), pin_memory=device.type == "cuda")
+
+    tracker, run_id = None, None
+    if accelerator.is_main_process:
+        tracker = Tracker(store, tracking_uri)
+        run_id, existed = tracker.open(cfg, tags={"fcdm.params": params, "fcdm.gflops": f"{gflops:.6g}",
+                                                  "fcdm.model": cfg.model.name, TAG_CKPT: str(ckpt_dir),
+                                                  "fcdm.processes": world})
+        if state:
+            accelerator.print(f"Resumed {run_id} from {list_checkpoints(ckpt_dir)[-1][1]} at step {start}")
+
+    stop = {"signum": 0}
+    handlers = _install_signal_handlers(stop)
+    eval_steps = set(cfg.eval_steps())
+    unwrapped = accelerator.unwrap_model(model)
+    step, window, t0, last_loss = start, [], time.perf_counter(), None
+
+    def checkpoint_now() -> None:
+        rngs = gather_object([_rng_state()]) if world > 1 else [_rng_state()]
+        if accelerator.is_main_process:
+            save_checkpoint({"step": step, "model": unwrapped.state_dict(), "ema": ema.state_dict(),
+                             "optimizer": opt.state_dict(), "rng": rngs, "config_hash": cfg.hash,
+                             "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None},
+                            ckpt_dir, step, keep=cfg.log.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    bar = _progress(accelerator.is_main_process and progress, start, cfg.train.steps)
+    try:
+        model.train()
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            t = objective.sample_t(len(x), device=device)
+            losses = objective.training_losses(lambda xt, tt: model(xt, tt, y), x, t)
+            loss = losses["loss"].mean()
+            accelerator.backward(loss)
+            if cfg.train.grad_clip:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            update_ema(ema, unwrapped, ema_decay(cfg, step))
+            step += 1
+            # One all-reduce carries the loss (averaged over ranks) and any rank's stop signal.
+            packed = accelerator.reduce(torch.stack([loss.detach().float(), torch.tensor(
+                float(stop["signum"]), device=device)]), reduction="sum")
+            last_loss, signum = packed[0].item() / world, int(packed[1].item())
+            if not np.isfinite(last_loss):
+                raise TrainingDiverged(f"loss became {last_loss} at step {step} (lr={cfg.train.lr}); the run is "
+                                       f"marked FAILED and resumes from {ckpt_dir} if rerun: lower train.lr, set "
+                                       "train.grad_clip, or use train.mixed_precision=no")
+            window.append(last_loss)
+            bar.update(step, last_loss)
+            if tracker and (step % cfg.log.every == 0 or step == cfg.train.steps):
+                elapsed = time.perf_counter() - t0
+                tracker.log_metrics({"loss": float(np.mean(window)), "steps_per_sec": len(window) / elapsed,
+                                     "lr": opt.param_groups[0]["lr"],
+                                     "train_gflops": training_gflops(gflops, cfg.train.batch_size, step)}, step)
+                window, t0 = [], time.perf_counter()
+            done = step == cfg.train.steps or (max_steps is not None and step - start >= max_steps)
+            if signum or done or step % cfg.log.checkpoint_every == 0 or step in eval_steps:
+                checkpoint_now()
+                if tracker and (step in eval_steps or step == cfg.train.steps):
+                    _log_sample_grid(tracker, cfg, ema, objective, shape, dataset.num_classes, step, device)
+            if signum:
+                raise TrainingInterrupted(f"stopped by signal {signal.Signals(signum).name} at step {step}; "
+                                          f"checkpoint written to {ckpt_dir}; rerun the same command to resume",
+                                          signum)
+            if done:
+                break
+    except BaseException as e:
+        bar.close()
+        if tracker:
+            tracker.end("KILLED" if isinstance(e, (TrainingInterrupted, KeyboardInterrupt)) else "FAILED")
+        raise
+    finally:
+        _restore_signal_handlers(handlers)
+    bar.close()
+    if tracker and step == cfg.train.steps:
+        tracker.end("FINISHED")
+    elif tracker:
+        tracker.end("KILLED")  # stopped early by max_steps: resumable, not finished
+    accelerator.wait_for_everyone()
+    return TrainResult(run_id, step, "FINISHED" if step == cfg.train.steps else "STOPPED", ckpt_dir, last_loss)
+
+
+def _finish_if_needed(accelerator, cfg: RunConfig, store: Path, tracking_uri: str | None) -> None:
+    if accelerator.is_main_process:
+        tracker = Tracker(store, tracking_uri)
+        run = tracker.find(cfg.hash, cfg.seed)
+        if run is not None and run.info.status != "FINISHED":
+            tracker.run_id = run.info.run_id
+            tracker.end("FINISHED")
+        accelerator.print(f"{cfg.name} (hash {cfg.hash}, seed {cfg.seed}) already finished; nothing to do")
+
+
+def _log_sample_grid(tracker: Tracker, cfg: RunConfig, ema: nn.Module, objective, shape, num_classes: int,
+                     step: int, device) -> None:
+    import tempfile
+
+    from .sampling import generate, latent_preview, save_grid, spread_labels, to_uint8
+
+    classes = min(num_classes, 10)
+    labels = spread_labels(classes, num_classes).repeat_interleave(cfg.eval.grid_per_class)
+    x = generate(ema, objective, shape, labels, sampler=cfg.sampler, num_steps=cfg.eval.sampling_steps,
+                 cfg_scale=cfg.eval.cfg_scale, guided_channels=cfg.eval.guided_channels,
+                 batch_size=cfg.eval.batch_size, seed=cfg.seed, device=device)
+    if cfg.data.name != "digits":
+        x = latent_preview(x)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_grid(to_uint8(x), Path(tmp) / f"step_{step:08d}.png", nrow=cfg.eval.grid_per_class,
+                         scale=max(1, 64 // shape[-1]))
+        tracker.log_artifact(path, "samples")
+
+
+def _install_signal_handlers(stop: dict):
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    def handler(signum, frame):
+        stop["signum"] = signum
+    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+class _progress:
+    """A rich progress bar with step, loss and steps/s (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, start: int, total: int):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} steps/s"),
+                                TimeRemainingColumn())
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), rate=0.0)
+            self.start, self.t0 = start, time.perf_counter()
+
+    def update(self, step: int, loss: float) -> None:
+        if self.bar:
+            rate = (step - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.update(self.task, completed=step, loss=loss, rate=rate)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+            self.bar = None
