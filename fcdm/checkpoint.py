@@ -37,6 +37,8 @@ def save_checkpoint(state: dict, directory: Path, step: int, keep: int = 2) -> P
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, step)
+    for stale in directory.glob(".step_*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:

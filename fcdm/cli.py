@@ -87,6 +87,32 @@ def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. abl
                    f"run {result.run_id}")
 
 
+@app.command()
+def sample(run: Annotated[str, typer.Argument(help="MLflow run id or run name.")],
+           num: Annotated[int, typer.Option("--num", min=1, help="Number of samples.")] = 100,
+           out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("samples"),
+           step: Annotated[int | None, typer.Option(help="Checkpoint step (default: newest).")] = None,
+           seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+           store: StoreOption = None, tracking_uri: TrackingOption = None):
+    """Draw class-conditional samples (classes evenly spread) from a run's EMA weights.
+
+    Writes OUT/samples.npz (arr_0: uint8 N x H x W x C, labels: the classes) and OUT/grid.png.
+    """
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .tracking import RunNotFoundError
+
+    try:
+        from .runs import open_run
+        from .sampling import write_samples
+
+        trained = open_run(run, store, tracking_uri, step)
+        path = write_samples(trained, num, out, seed=seed)
+    except (RunNotFoundError, CheckpointError, ConfigError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {num} samples of run {trained.run_id} (step {trained.step}) to {path}")
+
+
 def main() -> None:
     app()
 

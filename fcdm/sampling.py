@@ -69,3 +69,24 @@ def save_grid(images: np.ndarray, path: Path, nrow: int, scale: int = 1) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path)
     return path
+
+
+def write_samples(trained, num: int, out: Path, seed: int = 0, progress: bool = True) -> Path:
+    """Sample `num` images from a TrainedRun with its config's protocol; write samples.npz and grid.png."""
+    import torch
+
+    cfg = trained.config
+    labels = spread_labels(num, trained.num_classes)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = generate(trained.ema.to(device), trained.objective, trained.shape, labels, sampler=cfg.sampler,
+                 num_steps=cfg.eval.sampling_steps, cfg_scale=cfg.eval.cfg_scale,
+                 guided_channels=cfg.eval.guided_channels, batch_size=cfg.eval.batch_size, seed=seed,
+                 device=device, progress=progress)
+    if cfg.data.name != "digits":
+        x = latent_preview(x)
+    images = to_uint8(x)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "samples.npz", arr_0=images, labels=labels.numpy())
+    save_grid(images, out / "grid.png", nrow=min(num, 10), scale=max(1, 64 // images.shape[1]))
+    return out / "samples.npz"

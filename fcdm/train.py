@@ -59,6 +59,11 @@ def build_dataset(cfg: RunConfig, split: str = "train"):
     return _build(d.name, **({"root": d.path} if d.name == "latent-folder" else {"path": d.path}))
 
 
+def data_info(dataset) -> dict:
+    """What a model needs to know about its data; stored in checkpoints so sampling needs no dataset."""
+    return {"channels": dataset.channels, "image_size": dataset.image_size, "num_classes": dataset.num_classes}
+
+
 def model_kwargs(cfg: RunConfig, dataset) -> dict:
     """Constructor arguments the config resolves to: the preset's overrides plus what data and objective fix."""
     from .models import family_of
@@ -224,6 +229,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
         if accelerator.is_main_process:
             save_checkpoint({"step": step, "model": unwrapped.state_dict(), "ema": ema.state_dict(),
                              "optimizer": opt.state_dict(), "rng": rngs, "config_hash": cfg.hash,
+                             "data": data_info(dataset), "config": cfg.to_yaml(),
                              "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None},
                             ckpt_dir, step, keep=cfg.log.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -283,6 +289,9 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     elif tracker:
         tracker.end("KILLED")  # stopped early by max_steps: resumable, not finished
     accelerator.wait_for_everyone()
+    if world > 1 and torch.distributed.is_initialized():
+        # gloo can abort at interpreter exit with a live process group; tear it down explicitly.
+        torch.distributed.destroy_process_group()
     return TrainResult(run_id, step, "FINISHED" if step == cfg.train.steps else "STOPPED", ckpt_dir, last_loss)
 
 

@@ -1,0 +1,34 @@
+"""Sample-quality metrics: torch-fidelity FID/IS/KID/PR with a digits classifier or Inception-v3."""
+
+
+class MetricsError(ValueError):
+    """A metric cannot be computed as asked (missing weights, bad reference, malformed samples)."""
+
+
+# Imported after MetricsError, which fidelity.py imports from here.
+from fcdm.metrics.digits_classifier import (  # noqa: E402
+    DigitsCNN,
+    DigitsFeatureExtractor,
+    classify,
+    ensure_digits_classifier,
+    load_digits_classifier,
+)
+from fcdm.metrics.fidelity import (  # noqa: E402
+    ImageArrayDataset,
+    compute_metrics,
+    inception_weights_path,
+    protocol,
+)
+
+__all__ = [
+    "MetricsError",
+    "DigitsCNN",
+    "DigitsFeatureExtractor",
+    "classify",
+    "ensure_digits_classifier",
+    "load_digits_classifier",
+    "ImageArrayDataset",
+    "compute_metrics",
+    "inception_weights_path",
+    "protocol",
+]

@@ -1,0 +1,295 @@
+"""Sample-quality metrics (FID, IS, KID, precision/recall) through torch-fidelity, offline.
+
+Two protocols share one code path:
+
+- ``extractor="digits-classifier"`` (default, CPU profile): features of the project's own digits CNN
+  (`digits_classifier.py`), reference = a digits split, plus `class_consistency` for conditional samples;
+- ``extractor="inception-v3-compat"`` (paper profile): torch-fidelity's TF-compatible Inception-v3, as in
+  FID-50K of DiT/ADM; the weights must already be on disk (`fid_weights` or torch-fidelity's cache),
+  since nothing here may download.
+
+    from fcdm.metrics import compute_metrics, protocol
+    m = compute_metrics(samples_uint8_nhwc, labels, reference="digits-test", cache_dir="runs/cache")
+    # {'fid': ..., 'is': ..., 'is_std': ..., 'kid': ..., 'kid_std': ..., 'precision': ..., 'recall': ...,
+    #  'class_consistency': ...}
+
+Reference features and FID statistics are cached by torch-fidelity under `<cache_dir>/fidelity`, keyed
+by reference, image size and extractor weights; sample features are never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torch.hub
+import torch_fidelity
+from torch.utils.data import Dataset
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+from fcdm.data.digits import IMAGE_SIZES, digits_arrays
+from fcdm.metrics import MetricsError
+from fcdm.metrics import digits_classifier as dc
+
+DIGITS_REFERENCES = {"digits-train": "train", "digits-test": "test", "digits-all": "all"}
+EXTRACTORS = ("digits-classifier", "inception-v3-compat")
+METRICS = ("fid", "is", "kid", "prc")
+INCEPTION_WEIGHTS_FILE = os.path.basename(urlparse(URL_INCEPTION_V3).path)
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+KID_SUBSET_SIZE = 1000  # torch-fidelity's default; shrunk to the sample count for small evaluations
+ISC_SPLITS = 10  # the Inception Score's customary 10 splits (Salimans et al.)
+PRC_NEIGHBORHOOD = 3  # torch-fidelity's default k, as in Kynkaanniemi et al. (2019)
+
+# torch-fidelity result keys -> ours
+_KEYS = {
+    torch_fidelity.KEY_METRIC_FID: "fid",
+    torch_fidelity.KEY_METRIC_ISC_MEAN: "is",
+    torch_fidelity.KEY_METRIC_ISC_STD: "is_std",
+    torch_fidelity.KEY_METRIC_KID_MEAN: "kid",
+    torch_fidelity.KEY_METRIC_KID_STD: "kid_std",
+    torch_fidelity.KEY_METRIC_PRECISION: "precision",
+    torch_fidelity.KEY_METRIC_RECALL: "recall",
+}
+
+
+class ImageArrayDataset(Dataset):
+    """uint8 images (N, H, W, C) -> items uint8 (C', H, W), the only input form torch-fidelity accepts.
+
+    `rgb=True` repeats one grey channel three times (Inception-v3 insists on 3 channels). Items are
+    converted one at a time so that 50K x 256 x 256 samples are never copied whole.
+    """
+
+    def __init__(self, images: np.ndarray, rgb: bool = False):
+        self.images = images
+        self.rgb = rgb
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
+        if self.rgb and x.shape[0] == 1:
+            x = x.expand(3, -1, -1)
+        return x.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inputs: samples, references, weights
+# ----------------------------------------------------------------------------------------------------
+
+
+def _as_nhwc_uint8(images, what: str) -> np.ndarray:
+    """Validate/normalise to uint8 (N, H, W, C) with C in {1, 3}; (N, H, W) gains C = 1."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise MetricsError(
+            f"{what} must be uint8 images of shape (N, H, W, C) with C = 1 or 3; got dtype {images.dtype} and "
+            f"shape {images.shape}. Convert with np.clip(np.rint(x * 255), 0, 255).astype(np.uint8) from [0, 1]."
+        )
+    if len(images) < 2:
+        raise MetricsError(f"{what} holds {len(images)} image(s); FID/KID need at least 2.")
+    return images
+
+
+def _fingerprint_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:10]
+
+
+def _load_image_dir(path: Path, channels: int) -> np.ndarray:
+    """A folder of .png/.jpg files (sorted by name, not recursive) -> uint8 (N, H, W, channels)."""
+    from PIL import Image
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise MetricsError(f"reference folder {path} holds no {'/'.join(IMAGE_EXTS)} images.")
+    mode = "L" if channels == 1 else "RGB"
+    arrays = [np.asarray(Image.open(f).convert(mode)) for f in files]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        odd = next(f for f, a in zip(files, arrays) if a.shape != arrays[0].shape)
+        raise MetricsError(
+            f"reference folder {path} mixes image sizes ({sorted(shapes)}, e.g. {odd.name}); resize them to one size."
+        )
+    out = np.stack(arrays)
+    return out[..., None] if out.ndim == 3 else out
+
+
+def _load_reference(reference: str, image_size: int, channels: int) -> tuple[np.ndarray, str]:
+    """Reference name or path -> (uint8 (M, H, W, C), cache key naming its content)."""
+    if reference in DIGITS_REFERENCES:
+        if image_size not in IMAGE_SIZES:
+            raise MetricsError(
+                f"reference {reference!r} exists at sizes {IMAGE_SIZES} px, but the samples are {image_size} px; "
+                f"generate at one of those sizes or pass an .npz/folder reference."
+            )
+        images, _ = digits_arrays(DIGITS_REFERENCES[reference], image_size)
+        # Content hash: if the data module's split ever changes, cached statistics are not reused.
+        return images, f"{reference}-{image_size}px-{hashlib.sha256(images.tobytes()).hexdigest()[:8]}"
+    path = Path(reference).expanduser()
+    if path.is_file() and path.suffix == ".npz":
+        with np.load(path) as npz:
+            if "arr_0" not in npz.files:
+                raise MetricsError(f"reference {path} has no 'arr_0' array (ADM-style batches store images there).")
+            images = npz["arr_0"]
+        return _as_nhwc_uint8(images, f"reference {path} arr_0"), f"{path.stem}-{_fingerprint_file(path)}"
+    if path.is_dir():
+        images = _as_nhwc_uint8(_load_image_dir(path, channels), f"reference folder {path}")
+        listing = "\n".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(path.iterdir()))
+        return images, f"{path.name}-{hashlib.sha256(listing.encode()).hexdigest()[:10]}"
+    raise MetricsError(
+        f"reference {reference!r} is neither a digits split ({', '.join(DIGITS_REFERENCES)}) nor an existing "
+        f".npz file (ADM-style, images in 'arr_0') nor a folder of images."
+    )
+
+
+def inception_weights_path(fid_weights: str | os.PathLike | None = None) -> Path:
+    """The Inception-v3 (TF-compat) weights file to use, found without touching the network.
+
+    `fid_weights` wins when given; otherwise torch-fidelity's own cache
+    (`torch.hub.get_dir()/checkpoints/weights-inception-2015-12-05-6726825d.pth`, i.e. under $TORCH_HOME).
+    Raises MetricsError (never downloads) when neither exists.
+    """
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+    if fid_weights is not None:
+        path = Path(fid_weights).expanduser()
+        if path.is_file():
+            return path
+        raise MetricsError(
+            f"--fid-weights {path}: no such file. It should be torch-fidelity's Inception-v3 weights "
+            f"{INCEPTION_WEIGHTS_FILE}, published at {URL_INCEPTION_V3}."
+        )
+    if cached.is_file():
+        return cached
+    raise MetricsError(
+        f"extractor 'inception-v3-compat' needs torch-fidelity's Inception-v3 weights file {INCEPTION_WEIGHTS_FILE}, "
+        f"and it is not in torch-fidelity's cache ({cached}); this machine cannot download it. Either copy the file "
+        f"to {cached} or pass --fid-weights PATH (fid_weights=PATH in Python). The file is published at "
+        f"{URL_INCEPTION_V3} (fetch it on a machine with network access)."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------------
+
+
+def compute_metrics(
+    samples: np.ndarray,
+    labels: np.ndarray | None = None,
+    reference: str = "digits-test",
+    extractor: str = "digits-classifier",
+    cache_dir: str | os.PathLike = dc.DEFAULT_CACHE_DIR,
+    fid_weights: str | os.PathLike | None = None,
+    metrics: tuple[str, ...] = METRICS,
+    batch_size: int = 256,
+    reference_images: np.ndarray | None = None,
+    cuda: bool | None = None,
+) -> dict[str, float]:
+    """Quality metrics of generated samples against a reference set.
+
+    samples: uint8 (N, H, W, C), C in {1, 3}; labels: optional int (N,) conditioning classes.
+    reference: "digits-test" | "digits-train" | "digits-all" (rendered at the samples' size), a path to an
+        ADM-style .npz (uint8 (M, H, W, C) in `arr_0`) or a folder of images; `reference_images`
+        (uint8 (M, H, W, C)) overrides it and is not cached.
+    metrics: any of "fid", "is", "kid", "prc" (precision and recall, k = 3 as in Kynkaanniemi et al.).
+    Returns floats: fid, is, is_std, kid, kid_std, precision, recall as requested, and class_consistency
+    (fraction of samples the digits classifier puts in their conditioning class) when labels are given
+    and the extractor is the digits classifier.
+    """
+    samples = _as_nhwc_uint8(samples, "samples")
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise MetricsError(f"metrics {sorted(unknown)} are unknown; choose from {list(METRICS)}.")
+    if extractor not in EXTRACTORS:
+        raise MetricsError(f"extractor {extractor!r} is unknown; choose from {list(EXTRACTORS)}.")
+    if labels is not None and len(labels) != len(samples):
+        raise MetricsError(f"labels has {len(labels)} entries for {len(samples)} samples.")
+    cache_dir = Path(cache_dir)
+
+    # Weights first: a missing Inception file must fail here, in milliseconds, not inside torch-fidelity.
+    if extractor == "inception-v3-compat":
+        weights = inception_weights_path(fid_weights)
+        weights_tag = weights.stem  # torch-fidelity's file name carries its own content hash
+    else:
+        weights = dc.ensure_digits_classifier(cache_dir)
+        weights_tag = dc.weights_fingerprint(weights)
+    rgb = extractor == "inception-v3-compat"
+
+    out: dict[str, float] = {}
+    if metrics:
+        binary = bool({"fid", "kid", "prc"} & set(metrics))
+        kwargs = {}
+        if "prc" in metrics and len(samples) <= PRC_NEIGHBORHOOD:
+            raise MetricsError(
+                f"precision/recall uses the {PRC_NEIGHBORHOOD}-th nearest neighbour and needs more than "
+                f"{PRC_NEIGHBORHOOD} samples; got {len(samples)}. Drop 'prc' from metrics or add samples."
+            )
+        if binary:
+            if reference_images is not None:
+                ref, ref_key = _as_nhwc_uint8(reference_images, "reference_images"), None
+            else:
+                ref, ref_key = _load_reference(reference, samples.shape[1], samples.shape[-1])
+            kwargs = dict(
+                input2=ImageArrayDataset(ref, rgb=rgb),
+                # torch-fidelity appends "-<extractor>-features-<layer>"; the weights tag keeps a
+                # retrained classifier from reading stale statistics.
+                input2_cache_name=None if ref_key is None else f"{ref_key}-{weights_tag}",
+                kid_subset_size=min(KID_SUBSET_SIZE, len(samples), len(ref)),
+            )
+        result = torch_fidelity.calculate_metrics(
+            input1=ImageArrayDataset(samples, rgb=rgb),
+            feature_extractor=extractor,
+            feature_extractor_weights_path=str(weights),
+            isc="is" in metrics,
+            fid="fid" in metrics,
+            kid="kid" in metrics,
+            prc="prc" in metrics,
+            isc_splits=min(ISC_SPLITS, len(samples)),
+            prc_neighborhood=PRC_NEIGHBORHOOD,
+            batch_size=batch_size,
+            cuda=torch.cuda.is_available() if cuda is None else cuda,
+            cache_root=str(cache_dir / "fidelity"),
+            # No DataLoader worker processes (the arrays are in memory) and blockwise
+            # precision/recall distances instead of one N x M matrix.
+            save_cpu_ram=True,
+            verbose=False,
+            **kwargs,
+        )
+        out.update({ours: float(result[theirs]) for theirs, ours in _KEYS.items() if theirs in result})
+
+    if labels is not None and extractor == "digits-classifier":
+        predicted = dc.classify(samples, dc.load_digits_classifier(cache_dir))
+        out["class_consistency"] = float((predicted == np.asarray(labels)).mean())
+    return out
+
+
+def protocol(
+    extractor: str, reference: str, num_samples: int, num_reference: int | None = None
+) -> dict[str, str]:
+    """String tags that pin down how the numbers were made, e.g. {"eval.protocol": "FID-50K ..."}.
+
+    Logged beside the metrics so that two FIDs are only compared when their tags agree.
+    """
+    layer = "feat (64-d penultimate)" if extractor == "digits-classifier" else "2048 (pool3)"
+    kid_size = min(KID_SUBSET_SIZE, num_samples, num_reference or num_samples)
+    return {
+        "eval.protocol": f"FID-{num_samples / 1000:g}K vs {reference}, {extractor}",
+        "eval.extractor": extractor,
+        "eval.feature_layer": layer,
+        "eval.reference": str(reference),
+        "eval.num_samples": str(num_samples),
+        "eval.kid_subset_size": str(kid_size),
+        "eval.isc_splits": str(min(ISC_SPLITS, num_samples)),
+        "eval.prc_neighborhood": str(PRC_NEIGHBORHOOD),
+        "eval.torch_fidelity": torch_fidelity.__version__,
+    }

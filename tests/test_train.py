@@ -1,0 +1,229 @@
+"""The trainer and the train/sample commands, as a user runs them on the CPU."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from fcdm.checkpoint import list_checkpoints, load_latest
+from fcdm.cli import app
+from fcdm.config import load_config
+from fcdm.tracking import TAG_HASH, checkpoint_dir
+from fcdm.train import TrainingDiverged, train
+
+from conftest import ROOT, SMOKE, TINY
+
+runner = CliRunner()
+
+
+def client(store):
+    return MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+
+
+def all_runs(store):
+    c = client(store)
+    return c.search_runs([e.experiment_id for e in c.search_experiments()])
+
+
+def cli(*args, store, **kwargs):
+    """Run `python -m fcdm.cli ARGS --store STORE` in a subprocess (as a user would)."""
+    cmd = [sys.executable, "-m", "fcdm.cli", *args, "--store", str(store)]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def set_args(*overrides):
+    return [a for ov in overrides for a in ("--set", ov)]
+
+
+def wait_for_checkpoint(ckpt_dir, proc, min_step, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(s >= min_step for s, _ in list_checkpoints(ckpt_dir)):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+# -- the smoke config end to end ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    cfg = load_config(SMOKE)
+    result = train(cfg, store=store, progress=False)
+    return cfg, store, result
+
+
+def test_smoke_run_finishes_and_mlflow_holds_params_metrics_config_and_grids(smoke):
+    cfg, store, result = smoke
+    assert result.status == "FINISHED" and result.step == cfg.train.steps
+    (run,) = all_runs(store)
+    assert run.info.status == "FINISHED" and run.data.tags[TAG_HASH] == cfg.hash
+    assert run.data.params["train.lr"] == "0.001" and run.data.params["model.name"] == "FCDM-S"
+    assert int(run.data.tags["fcdm.params"]) > 0 and float(run.data.tags["fcdm.gflops"]) > 0
+    history = client(store).get_metric_history(run.info.run_id, "loss")
+    assert len(history) == cfg.train.steps // cfg.log.every
+    first, last = np.mean([m.value for m in history[:3]]), np.mean([m.value for m in history[-3:]])
+    assert last < 0.8 * first, f"loss did not fall: {first:.4f} -> {last:.4f}"
+    for key in ("steps_per_sec", "lr", "train_gflops"):
+        assert client(store).get_metric_history(run.info.run_id, key)
+    artifacts = {a.path for a in client(store).list_artifacts(run.info.run_id)}
+    assert "config.yaml" in artifacts
+    grids = {a.path for a in client(store).list_artifacts(run.info.run_id, "samples")}
+    assert grids == {f"samples/step_{s:08d}.png" for s in cfg.eval_steps()}
+
+
+def test_smoke_samples_are_recognisably_their_class(smoke, tmp_path):
+    """An independent classifier (an SVM on the real digits) must recognise >= 90% of the samples."""
+    from sklearn.datasets import load_digits
+    from sklearn.svm import SVC
+
+    cfg, store, _ = smoke
+    result = runner.invoke(app, ["sample", f"{cfg.name}-{cfg.hash[:8]}-s{cfg.seed}", "--num", "200",
+                                 "--out", str(tmp_path), "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    data = np.load(tmp_path / "samples.npz")
+    images, labels = data["arr_0"], data["labels"]
+    assert images.shape == (200, 8, 8, 1) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [20] * 10
+    assert (tmp_path / "grid.png").is_file()
+    digits = load_digits()
+    clf = SVC(gamma=0.001).fit(digits.data, digits.target)
+    accuracy = (clf.predict(images.reshape(200, 64) / 255.0 * 16.0) == labels).mean()
+    assert accuracy >= 0.9, f"only {accuracy:.1%} of samples classified as their conditioning class"
+
+
+def test_rerunning_a_finished_config_skips_it(smoke):
+    cfg, store, _ = smoke
+    assert train(cfg, store=store, progress=False).status == "SKIPPED"
+    assert len(all_runs(store)) == 1
+
+
+# -- exact resume -------------------------------------------------------------------------------------
+
+def test_sigkill_then_rerun_resumes_the_same_run_and_matches_an_uninterrupted_run(tmp_path):
+    overrides = [*TINY, "train.steps=120", "log.checkpoint_every=10"]
+    cfg = load_config(SMOKE, overrides)
+    ref = cli("train", str(SMOKE), *set_args(*overrides), "--no-progress", store=tmp_path / "ref")
+    killed = cli("train", str(SMOKE), *set_args(*overrides), "--no-progress", store=tmp_path / "b")
+    wait_for_checkpoint(checkpoint_dir(tmp_path / "b", cfg), killed, min_step=20)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    interrupted_at = max(s for s, _ in list_checkpoints(checkpoint_dir(tmp_path / "b", cfg)))
+    assert interrupted_at < cfg.train.steps
+    (run_before,) = all_runs(tmp_path / "b")
+    assert run_before.info.status == "RUNNING"
+
+    resumed = cli("train", str(SMOKE), *set_args(*overrides), "--no-progress", store=tmp_path / "b")
+    out = resumed.communicate()[0]
+    assert resumed.returncode == 0, out
+    assert f"at step {interrupted_at}" in out
+    assert ref.wait() == 0, ref.stdout.read()
+    (run_after,) = all_runs(tmp_path / "b")
+    assert run_after.info.run_id == run_before.info.run_id and run_after.info.status == "FINISHED"
+    a = load_latest(checkpoint_dir(tmp_path / "ref", cfg))
+    b = load_latest(checkpoint_dir(tmp_path / "b", cfg))
+    assert a["step"] == b["step"] == cfg.train.steps
+    for name, tensor in a["ema"].items():
+        assert torch.equal(tensor, b["ema"][name]), name
+
+
+def test_in_process_stop_and_resume_is_bitwise_exact(tmp_path, tiny_config):
+    cfg = tiny_config()
+    train(cfg, store=tmp_path / "ref", progress=False)
+    stopped = train(cfg, store=tmp_path / "b", progress=False, max_steps=13)
+    assert stopped.status == "STOPPED" and stopped.step == 13
+    train(cfg, store=tmp_path / "b", progress=False)
+    a, b = (load_latest(checkpoint_dir(tmp_path / s, cfg)) for s in ("ref", "b"))
+    for part in ("ema", "model"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), (part, name)
+
+
+def test_sigterm_checkpoints_and_marks_the_run_killed(tmp_path):
+    overrides = [*TINY, "train.steps=100000", "log.checkpoint_every=10"]
+    cfg = load_config(SMOKE, overrides)
+    proc = cli("train", str(SMOKE), *set_args(*overrides), "--no-progress", store=tmp_path)
+    wait_for_checkpoint(checkpoint_dir(tmp_path, cfg), proc, min_step=10)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "SIGTERM" in out and "rerun the same command to resume" in out and "Traceback" not in out
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "KILLED"
+    assert load_latest(checkpoint_dir(tmp_path, cfg))["step"] >= 10
+
+
+def test_two_cpu_processes_under_accelerate_train_one_run(tmp_path):
+    overrides = [*TINY, "train.steps=20"]
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fcdm.cli", "train", str(SMOKE),
+           *set_args(*overrides), "--no-progress", "--store", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.tags["fcdm.processes"] == "2"
+    state = load_latest(checkpoint_dir(tmp_path, load_config(SMOKE, overrides)))
+    assert state["step"] == 20 and len(state["rng"]) == 2  # every rank's RNG state is saved
+
+
+# -- bad input -----------------------------------------------------------------------------------------
+
+def test_typo_in_config_exits_nonzero_with_one_message_and_no_store(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SMOKE.read_text().replace("  lr:", "  lrr:"))
+    result = runner.invoke(app, ["train", str(bad), "--store", str(tmp_path / "store")])
+    assert result.exit_code == 2
+    assert "did you mean 'train.lr'" in result.output and str(bad) in result.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_wrong_type_exits_nonzero(tmp_path):
+    result = runner.invoke(app, ["train", str(SMOKE), "--set", "train.batch_size=lots", "--store", str(tmp_path)])
+    assert result.exit_code == 2 and "train.batch_size='lots' is invalid" in result.output
+
+
+def test_missing_data_path_exits_nonzero_and_leaves_nothing(tmp_path):
+    missing = tmp_path / "no-latents"
+    result = runner.invoke(app, ["train", str(SMOKE), *set_args("data.name=latent-array", f"data.path={missing}"),
+                                 "--store", str(tmp_path / "store")])
+    assert result.exit_code == 2 and str(missing) in result.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_bad_model_argument_is_a_config_error(tmp_path):
+    result = runner.invoke(app, ["train", str(SMOKE), "--set", "model.args.kernel_size=4", "--store", str(tmp_path)])
+    assert result.exit_code == 2 and "kernel_size=4" in result.output and "odd integers" in result.output
+
+
+def test_corrupt_checkpoint_exits_nonzero_and_touches_nothing(tmp_path, tiny_config):
+    cfg = tiny_config()
+    train(cfg, store=tmp_path, progress=False, max_steps=10)
+    ckpt = checkpoint_dir(tmp_path, cfg) / "step_00000020.pt"
+    ckpt.write_bytes(b"garbage")
+    before = {p.name for p in checkpoint_dir(tmp_path, cfg).iterdir()}
+    (run_before,) = all_runs(tmp_path)
+    result = runner.invoke(app, ["train", str(SMOKE), *set_args(*TINY), "--store", str(tmp_path)])
+    assert result.exit_code == 2 and str(ckpt) in result.output and "delete this file" in result.output
+    assert {p.name for p in checkpoint_dir(tmp_path, cfg).iterdir()} == before
+    (run_after,) = all_runs(tmp_path)
+    assert run_after.info.status == run_before.info.status
+
+
+def test_nan_loss_stops_with_failed_status_and_no_broken_checkpoint(tmp_path, tiny_config):
+    cfg = tiny_config("train.lr=1e30")
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        train(cfg, store=tmp_path, progress=False)
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FAILED"
+    for _, path in list_checkpoints(checkpoint_dir(tmp_path, cfg)):
+        state = torch.load(path, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values())
