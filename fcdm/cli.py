@@ -69,10 +69,11 @@ def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. abl
     try:
         cfg = load_config(config, set_ or [])
         from .data import DataError
+        from .metrics import MetricsError
         from .train import TrainingDiverged, TrainingInterrupted, train as run_training
 
         result = run_training(cfg, store=store, tracking_uri=tracking_uri, progress=progress)
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, MetricsError) as e:
         _fail(str(e))
     except DataError as e:
         _fail(f"{config}: data: {e}")
@@ -111,6 +112,57 @@ def sample(run: Annotated[str, typer.Argument(help="MLflow run id or run name.")
     except (RunNotFoundError, CheckpointError, ConfigError) as e:
         _fail(str(e))
     typer.echo(f"wrote {num} samples of run {trained.run_id} (step {trained.step}) to {path}")
+
+
+@app.command()
+def evaluate(run: Annotated[str, typer.Argument(help="MLflow run id or run name.")],
+             step: Annotated[int | None, typer.Option(help="Checkpoint step (default: newest).")] = None,
+             num_samples: Annotated[int | None, typer.Option(min=1, help="Samples (default: the run's eval.num_samples).")] = None,
+             cfg_scale: Annotated[float | None, typer.Option(min=1.0, help="Guidance scale.")] = None,
+             sampler: Annotated[str | None, typer.Option(help="ddpm|ddim (ddpm runs), euler|euler-sde (flow runs).")] = None,
+             sampling_steps: Annotated[int | None, typer.Option(min=1, help="Sampling steps.")] = None,
+             guided_channels: Annotated[int | None, typer.Option(min=1, help="Guide only the first N channels.")] = None,
+             seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+             fid_weights: Annotated[Path | None, typer.Option(help="Inception weights file (pt_inception-2015-12-05).")] = None,
+             export_npz: Annotated[Path | None, typer.Option(help="Also write the samples as ADM's evaluator reads them.")] = None,
+             store: StoreOption = None, tracking_uri: TrackingOption = None):
+    """Measure FID, IS, KID and precision/recall of a run's checkpoint and log them into the same run."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .tracking import RunNotFoundError
+
+    try:
+        from .data import DataError
+        from .evaluate import evaluate_run
+        from .metrics import MetricsError
+
+        values, run_id = evaluate_run(run, store, tracking_uri, step, export_npz, num_samples=num_samples,
+                                      cfg_scale=cfg_scale, sampler=sampler, sampling_steps=sampling_steps,
+                                      guided_channels=guided_channels, seed=seed,
+                                      fid_weights=str(fid_weights) if fid_weights else None)
+    except (RunNotFoundError, CheckpointError, ConfigError, MetricsError, DataError) as e:
+        _fail(str(e))
+    for k, v in values.items():
+        typer.echo(f"{k} = {v:.4f}")
+    typer.echo(f"logged into run {run_id}" + (f"; samples written to {export_npz}" if export_npz else ""))
+
+
+@app.command("prepare-latents")
+def prepare_latents(image_dir: Annotated[Path, typer.Argument(help="Image folder with one sub-folder per class.")],
+                    out: Annotated[Path, typer.Argument(help="Output directory (latent-array format).")],
+                    vae: Annotated[str, typer.Option(help="AutoencoderKL folder, or a repo id in the local HF cache.")],
+                    resolution: Annotated[int, typer.Option(help="Image size (ADM centre crop).")] = 256,
+                    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+                    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+                    flip: Annotated[bool, typer.Option(help="Store horizontal flips as a second copy.")] = True):
+    """Encode an image folder into SD-VAE latents (x 0.18215) for the paper profile."""
+    try:
+        from .data import DataError, prepare_latents as _prepare
+
+        path = _prepare(image_dir, out, vae, resolution=resolution, batch_size=batch_size, device=device, flip=flip)
+    except DataError as e:
+        _fail(str(e))
+    typer.echo(f"wrote latents to {path}")
 
 
 def main() -> None:

@@ -61,15 +61,22 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """What is sampled (and, with issue 4, measured) at evaluation steps. Not hashed."""
+    """The evaluation protocol: when, how samples are drawn, and how they are measured. Not hashed:
+    it does not change the trained weights (`fcdm-ablate evaluate` re-measures a run afterwards)."""
     at: list[float] = Field(default_factory=lambda: [1.0])  # fractions (<= 1) of train.steps, or absolute steps
     num_samples: int = Field(1000, gt=0)
     sampler: str | None = None  # None: ddpm for ddpm, euler for flow
     sampling_steps: int = Field(50, gt=0)
     cfg_scale: float = Field(1.0, ge=1.0)
-    guided_channels: int | None = Field(None, gt=0)
+    guided_channels: int | None = Field(None, gt=0)  # None: all latent channels; DiT's published numbers used 3
+    precision: Literal["fp32", "bf16"] = "fp32"  # autocast dtype of the denoiser while sampling
     batch_size: int = Field(256, gt=0)
     grid_per_class: int = Field(8, gt=0)
+    metrics: list[Literal["fid", "is", "kid", "prc"]] = Field(default_factory=lambda: ["fid", "is", "kid", "prc"])
+    extractor: Literal["digits-classifier", "inception-v3-compat"] | None = None  # None: by data
+    reference: str | None = None  # None: digits-test for digits; an ADM .npz or image folder otherwise
+    vae: str | None = None  # latent runs: diffusers AutoencoderKL folder (or HF cache id) to decode samples
+    fid_weights: str | None = None  # Inception weights file; default torch-fidelity's cache
 
 
 class LogConfig(_Section):
@@ -100,6 +107,10 @@ class RunConfig(_Section):
         if self.eval.sampler is not None and self.eval.sampler not in allowed:
             raise ValueError(f"eval.sampler={self.eval.sampler!r} does not apply to objective.name="
                              f"{self.objective.name!r}; allowed values: {', '.join(allowed)}")
+        if self.data.name != "digits" and self.eval.metrics and not (self.eval.vae and self.eval.reference):
+            raise ValueError("eval.vae and eval.reference are required to measure a latent run (samples are "
+                             "decoded by the VAE and compared with reference images, e.g. ADM's "
+                             "VIRTUAL_imagenet256_labeled.npz); set them, or set eval.metrics: [] to skip")
         derived = {"in_channels", "num_classes", "learn_sigma", "gradient_checkpointing"} & set(self.model.args)
         if derived:
             raise ValueError(f"model.args.{sorted(derived)[0]} is set from the data and objective sections; "
@@ -114,6 +125,14 @@ class RunConfig(_Section):
     @property
     def sampler(self) -> str:
         return self.eval.sampler or {"ddpm": "ddpm", "flow": "euler"}[self.objective.name]
+
+    @property
+    def extractor(self) -> str:
+        return self.eval.extractor or ("digits-classifier" if self.data.name == "digits" else "inception-v3-compat")
+
+    @property
+    def reference(self) -> str:
+        return self.eval.reference or "digits-test"
 
     def eval_steps(self) -> list[int]:
         """Training steps (1-based, sorted, unique) at which to evaluate."""

@@ -185,6 +185,10 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     if start >= cfg.train.steps:
         _finish_if_needed(accelerator, cfg, store, tracking_uri)
         return TrainResult(None, start, "SKIPPED", ckpt_dir)
+    from .evaluate import Protocol, check_ready
+
+    protocol = Protocol.from_config(cfg)
+    check_ready(cfg, protocol, store / "cache")
     sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, rank, world, cfg.seed, start, cfg.train.steps)
     params, gflops = config_gflops(cfg.model.name, shape, **model_kwargs(cfg, dataset))
 
@@ -270,6 +274,9 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
                 checkpoint_now()
                 if tracker and (step in eval_steps or step == cfg.train.steps):
                     _log_sample_grid(tracker, cfg, ema, objective, shape, dataset.num_classes, step, device)
+                if step in eval_steps and cfg.eval.metrics:
+                    _evaluate(accelerator, tracker, cfg, protocol, ema, objective, shape, dataset.num_classes,
+                              step, store)
             if signum:
                 raise TrainingInterrupted(f"stopped by signal {signal.Signals(signum).name} at step {step}; "
                                           f"checkpoint written to {ckpt_dir}; rerun the same command to resume",
@@ -303,6 +310,25 @@ def _finish_if_needed(accelerator, cfg: RunConfig, store: Path, tracking_uri: st
             tracker.run_id = run.info.run_id
             tracker.end("FINISHED")
         accelerator.print(f"{cfg.name} (hash {cfg.hash}, seed {cfg.seed}) already finished; nothing to do")
+
+
+def _evaluate(accelerator, tracker: Tracker | None, cfg: RunConfig, protocol, ema: nn.Module, objective, shape,
+              num_classes: int, step: int, store: Path) -> None:
+    """Every process samples its share; the main process measures and logs at this training step."""
+    from accelerate.utils import gather_object
+
+    from .evaluate import gather_samples, make_decoder, measure, sample_images
+
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    share = sample_images(ema, objective, shape, num_classes, protocol, cfg.eval.batch_size, device,
+                          make_decoder(protocol.vae, device), rank=rank, world=world)
+    shares = gather_object([share]) if world > 1 else [share]
+    if tracker:
+        images, labels = gather_samples(shares)
+        values = measure(images, labels, protocol, cfg.eval.metrics, store / "cache", cfg.eval.fid_weights)
+        tracker.log_metrics(values, step)
+        tracker.set_tags(protocol.tags(shape[0]))
+    accelerator.wait_for_everyone()
 
 
 def _log_sample_grid(tracker: Tracker, cfg: RunConfig, ema: nn.Module, objective, shape, num_classes: int,

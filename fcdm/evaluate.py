@@ -1,0 +1,183 @@
+"""Sample quality of a denoiser: draw class-conditional samples, decode them, measure them.
+
+The protocol (sampler, steps, guidance, samples, extractor, reference, VAE, precision) comes from the
+run config's `eval` section and is logged as tags next to every number. A post-hoc evaluation with
+a different protocol logs its metrics under a suffixed name (`fid/ddpm-250-cfg1.5-n50000`), so
+numbers made differently never share one curve.
+
+    fcdm-ablate evaluate smoke-5f7d8531-s0 --num-samples 1000 --export-npz samples.npz
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .config import RunConfig
+from .sampling import generate, spread_labels, to_uint8
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Everything that determines an evaluation's numbers, besides the weights."""
+    num_samples: int
+    sampler: str
+    sampling_steps: int
+    cfg_scale: float
+    guided_channels: int | None
+    precision: str
+    extractor: str
+    reference: str
+    vae: str | None
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, **overrides) -> Protocol:
+        e = cfg.eval
+        proto = cls(e.num_samples, cfg.sampler, e.sampling_steps, e.cfg_scale, e.guided_channels, e.precision,
+                    cfg.extractor, cfg.reference, e.vae, cfg.seed)
+        return replace(proto, **{k: v for k, v in overrides.items() if v is not None})
+
+    def metric_suffix(self, default: Protocol) -> str:
+        """'' for the run's own protocol, else a short slug of what differs in sampling."""
+        if self == default:
+            return ""
+        guided = "" if self.guided_channels is None else f"-g{self.guided_channels}"
+        return (f"/{self.sampler}-{self.sampling_steps}-cfg{self.cfg_scale:g}{guided}-n{self.num_samples}"
+                f"-{self.precision}-seed{self.seed}")
+
+    def tags(self, num_channels: int) -> dict[str, str]:
+        from .metrics import protocol
+
+        tags = protocol(self.extractor, self.reference, self.num_samples)
+        guided = self.guided_channels or num_channels
+        tags.update({f"eval.{k}": str(v) for k, v in asdict(self).items() if k not in ("extractor", "reference",
+                                                                                        "num_samples")})
+        tags["eval.guided_channels"] = f"{guided} of {num_channels}"
+        return tags
+
+
+def make_decoder(vae: str | None, device) -> callable:
+    """latents (N, 4, h, w) -> images (N, 3, 8h, 8w) in [-1, 1] through the SD-VAE, or identity for pixels."""
+    if vae is None:
+        return lambda x: x
+    from .data.prepare import SD_VAE_SCALE, load_vae
+
+    model = load_vae(vae).to(device).eval()
+
+    @torch.no_grad()
+    def decode(z: torch.Tensor, batch: int = 32) -> torch.Tensor:
+        return torch.cat([model.decode(z[i:i + batch].to(device) / SD_VAE_SCALE).sample.float().cpu()
+                          for i in range(0, len(z), batch)])
+    return decode
+
+
+def sample_images(model: nn.Module, objective, shape: tuple[int, int, int], num_classes: int, proto: Protocol,
+                  batch_size: int, device, decode=None, progress: bool = False, rank: int = 0,
+                  world: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """proto.num_samples images, classes evenly spread: (uint8 (N, H, W, C), labels (N,)).
+
+    With world > 1 this process draws only every world-th sample (from seed + rank); `gather_samples`
+    puts the shares back together in order.
+    """
+    labels = spread_labels(proto.num_samples, num_classes)[rank::world]
+    dtype = torch.bfloat16 if proto.precision == "bf16" else None
+    with torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+        x = generate(model, objective, shape, labels, sampler=proto.sampler, num_steps=proto.sampling_steps,
+                     cfg_scale=proto.cfg_scale, guided_channels=proto.guided_channels, batch_size=batch_size,
+                     seed=proto.seed * 1000 + rank if world > 1 else proto.seed, device=device, progress=progress)
+    if decode is not None:
+        x = decode(x)
+    return to_uint8(x), labels.numpy()
+
+
+def gather_samples(shares: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Interleave the per-rank shares of `sample_images(..., rank=r, world=len(shares))` back into order."""
+    world = len(shares)
+    n = sum(len(labels) for _, labels in shares)
+    images = np.empty((n, *shares[0][0].shape[1:]), dtype=np.uint8)
+    labels = np.empty(n, dtype=shares[0][1].dtype)
+    for r, (imgs, lbls) in enumerate(shares):
+        images[r::world], labels[r::world] = imgs, lbls
+    return images, labels
+
+
+def measure(images: np.ndarray, labels: np.ndarray, proto: Protocol, metrics: list[str], cache_dir: Path,
+            fid_weights: str | None = None) -> dict[str, float]:
+    """FID, IS, KID, precision/recall (and class consistency on digits) through torch-fidelity."""
+    from .metrics import compute_metrics
+
+    return compute_metrics(images, labels, reference=proto.reference, extractor=proto.extractor,
+                           cache_dir=cache_dir, fid_weights=fid_weights, metrics=tuple(metrics))
+
+
+def check_ready(cfg: RunConfig, proto: Protocol, cache_dir: Path) -> None:
+    """Fail before any work when the evaluation cannot run (e.g. no Inception weights, no VAE)."""
+    if not cfg.eval.metrics:
+        return
+    if proto.extractor == "inception-v3-compat":
+        from .metrics.fidelity import inception_weights_path
+
+        inception_weights_path(cfg.eval.fid_weights)
+    if proto.vae is not None:
+        from .data.prepare import load_vae
+
+        load_vae(proto.vae)
+
+
+def evaluate_run(run: str, store=None, tracking_uri: str | None = None, step: int | None = None,
+                 export_npz: Path | None = None, progress: bool = True, **overrides) -> tuple[dict, str]:
+    """Evaluate a run's checkpoint after the fact and log into the same MLflow run at that step.
+
+    overrides: num_samples, cfg_scale, sampler, sampling_steps, guided_channels, seed, fid_weights.
+    Returns (metrics as logged, the run id).
+    """
+    from .runs import open_run
+    from .tracking import Tracker, resolve_store
+
+    fid_weights = overrides.pop("fid_weights", None)
+    trained = open_run(run, store, tracking_uri, step)
+    cfg = trained.config
+    default = Protocol.from_config(cfg)
+    proto = Protocol.from_config(cfg, **overrides)
+    if proto.sampler not in _allowed_samplers(cfg):
+        from .config import ConfigError
+        raise ConfigError(f"--sampler {proto.sampler!r} does not apply to objective {cfg.objective.name!r}; "
+                          f"allowed values: {', '.join(_allowed_samplers(cfg))}")
+    store = resolve_store(store)
+    cache_dir = store / "cache"
+    check_ready(cfg.model_copy(update={"eval": cfg.eval.model_copy(
+        update={"fid_weights": fid_weights or cfg.eval.fid_weights})}), proto, cache_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    images, labels = sample_images(trained.ema.to(device), trained.objective, trained.shape, trained.num_classes,
+                                   proto, cfg.eval.batch_size, device, make_decoder(proto.vae, device), progress)
+    if export_npz is not None:
+        export_adm_npz(images, labels, export_npz)
+    values = measure(images, labels, proto, cfg.eval.metrics, cache_dir, fid_weights or cfg.eval.fid_weights)
+    suffix = proto.metric_suffix(default)
+    logged = {f"{k}{suffix}": v for k, v in values.items()}
+    tracker = Tracker(store, tracking_uri)
+    tracker.run_id = trained.run_id
+    tracker.log_metrics(logged, trained.step)
+    if not suffix:
+        tracker.set_tags(proto.tags(trained.shape[0]))
+    return logged, trained.run_id
+
+
+def _allowed_samplers(cfg: RunConfig) -> tuple[str, ...]:
+    from .diffusion import SAMPLERS
+
+    return SAMPLERS[cfg.objective.name]
+
+
+def export_adm_npz(images: np.ndarray, labels: np.ndarray, path: Path) -> Path:
+    """Samples as ADM's evaluator reads them: `arr_0` uint8 (N, H, W, 3) (grey repeated), plus `labels`."""
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, arr_0=images, labels=labels)
+    return path
