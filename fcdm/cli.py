@@ -81,6 +81,8 @@ def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. abl
         _fail(f"{config}: {e}", code=3)
     except TrainingInterrupted as e:
         _fail(str(e), code=128 + e.signum)
+    if not result.main_process:
+        return
     if result.status == "SKIPPED":
         typer.echo(f"{cfg.name}: already finished at step {result.step} ({result.checkpoint_dir})")
     else:

@@ -46,6 +46,7 @@ class TrainResult:
     status: str  # FINISHED, or SKIPPED when the run had already finished
     checkpoint_dir: Path
     final_loss: float | None = None
+    main_process: bool = True  # False on the other ranks of a multi-process run
 
 
 # -- building blocks from the config -----------------------------------------------------------------
@@ -138,17 +139,26 @@ def ema_decay(cfg: RunConfig, updates: int) -> float:
 def _rng_state() -> dict:
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])}
+             "numpy_keys": torch.from_numpy(np_state[1].copy()), "numpy_rest": (np_state[0], *np_state[2:])}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
+def _arrays(state: dict) -> dict:
+    # Tensors do not survive gather_object's pickling over gloo; numpy arrays do.
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def _tensors(state: dict) -> dict:
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
+    name, *rest = state["numpy_rest"]
+    np.random.set_state((name, state["numpy_keys"].numpy(), *rest))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -184,7 +194,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     start = int(state["step"]) if state else 0
     if start >= cfg.train.steps:
         _finish_if_needed(accelerator, cfg, store, tracking_uri)
-        return TrainResult(None, start, "SKIPPED", ckpt_dir)
+        return TrainResult(None, start, "SKIPPED", ckpt_dir, main_process=accelerator.is_main_process)
     from .evaluate import Protocol, check_ready
 
     protocol = Protocol.from_config(cfg)
@@ -229,7 +239,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     step, window, t0, last_loss = start, [], time.perf_counter(), None
 
     def checkpoint_now() -> None:
-        rngs = gather_object([_rng_state()]) if world > 1 else [_rng_state()]
+        rngs = [_tensors(r) for r in gather_object([_arrays(_rng_state())])] if world > 1 else [_rng_state()]
         if accelerator.is_main_process:
             save_checkpoint({"step": step, "model": unwrapped.state_dict(), "ema": ema.state_dict(),
                              "optimizer": opt.state_dict(), "rng": rngs, "config_hash": cfg.hash,
@@ -299,7 +309,8 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     if world > 1 and torch.distributed.is_initialized():
         # gloo can abort at interpreter exit with a live process group; tear it down explicitly.
         torch.distributed.destroy_process_group()
-    return TrainResult(run_id, step, "FINISHED" if step == cfg.train.steps else "STOPPED", ckpt_dir, last_loss)
+    return TrainResult(run_id, step, "FINISHED" if step == cfg.train.steps else "STOPPED", ckpt_dir, last_loss,
+                       accelerator.is_main_process)
 
 
 def _finish_if_needed(accelerator, cfg: RunConfig, store: Path, tracking_uri: str | None) -> None:

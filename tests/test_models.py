@@ -79,6 +79,17 @@ def test_shared_embedders_use_one_embedder_of_width_c():
     assert model(x, t, y).shape == (2, 2, 8, 8)
 
 
+def test_embedders_exist_only_for_levels_that_read_them():
+    """Unused parameters would break DDP (and inflate parameter counts of shallow ablations)."""
+    names = lambda m: {n.split(".")[0] for n, _ in m.named_parameters() if n.startswith(("t_embedder", "y_embedder"))}
+    assert names(tiny(depth=[1, 0, 1, 0, 1])) == {"t_embedder_1", "y_embedder_1", "t_embedder_3", "y_embedder_3"}
+    assert names(tiny(conditioning="none")) == {"t_embedder_1"}
+    x, t, y = inputs()
+    for model in (tiny(depth=[1, 0, 1, 0, 1]), tiny(depth=[1, 1, 0, 1, 1])):
+        model(x, t, y).sum().backward()
+        assert all(p.grad is not None for p in model.parameters())
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     ref = tiny(class_dropout_prob=0.0)

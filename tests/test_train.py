@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from fcdm.checkpoint import list_checkpoints, load_latest
@@ -17,18 +16,9 @@ from fcdm.config import load_config
 from fcdm.tracking import TAG_HASH, checkpoint_dir
 from fcdm.train import TrainingDiverged, train
 
-from conftest import ROOT, SMOKE, TINY
+from conftest import ROOT, SMOKE, TINY, all_runs, client
 
 runner = CliRunner()
-
-
-def client(store):
-    return MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
-
-
-def all_runs(store):
-    c = client(store)
-    return c.search_runs([e.experiment_id for e in c.search_experiments()])
 
 
 def cli(*args, store, **kwargs):
@@ -52,14 +42,6 @@ def wait_for_checkpoint(ckpt_dir, proc, min_step, timeout=120):
 
 
 # -- the smoke config end to end ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
-    cfg = load_config(SMOKE)
-    result = train(cfg, store=store, progress=False)
-    return cfg, store, result
-
 
 def test_smoke_run_finishes_and_mlflow_holds_params_metrics_config_and_grids(smoke):
     cfg, store, result = smoke
@@ -112,6 +94,7 @@ def test_sigkill_then_rerun_resumes_the_same_run_and_matches_an_uninterrupted_ru
     overrides = [*TINY, "train.steps=120", "log.checkpoint_every=10"]
     cfg = load_config(SMOKE, overrides)
     ref = cli("train", str(SMOKE), *set_args(*overrides), "--no-progress", store=tmp_path / "ref")
+    assert ref.wait() == 0, ref.stdout.read()
     killed = cli("train", str(SMOKE), *set_args(*overrides), "--no-progress", store=tmp_path / "b")
     wait_for_checkpoint(checkpoint_dir(tmp_path / "b", cfg), killed, min_step=20)
     killed.send_signal(signal.SIGKILL)
@@ -125,7 +108,6 @@ def test_sigkill_then_rerun_resumes_the_same_run_and_matches_an_uninterrupted_ru
     out = resumed.communicate()[0]
     assert resumed.returncode == 0, out
     assert f"at step {interrupted_at}" in out
-    assert ref.wait() == 0, ref.stdout.read()
     (run_after,) = all_runs(tmp_path / "b")
     assert run_after.info.run_id == run_before.info.run_id and run_after.info.status == "FINISHED"
     a = load_latest(checkpoint_dir(tmp_path / "ref", cfg))

@@ -157,9 +157,13 @@ class FCDM(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
         widths = [hidden_size, 2 * hidden_size, 4 * hidden_size]
 
-        emb_widths = [hidden_size] if shared_embedders else widths
-        for i, w in enumerate(emb_widths, start=1):
-            suffix = "" if shared_embedders else f"_{i}"
+        # A level's embedders exist only if something reads them (level 1 always: the final layer),
+        # so DDP never sees parameters without gradients, e.g. for depth [1, 0, 1, 0, 1].
+        blocks_use_c = conditioning != "none"
+        used = [True, blocks_use_c and depth[1] + depth[3] > 0, blocks_use_c and depth[2] > 0]
+        emb_widths = [(0, hidden_size)] if shared_embedders else [(i, w) for i, w in enumerate(widths) if used[i]]
+        for i, w in emb_widths:
+            suffix = "" if shared_embedders else f"_{i + 1}"
             setattr(self, f"t_embedder{suffix}", TimestepEmbedder(w))
             if self.class_conditional:
                 setattr(self, f"y_embedder{suffix}", LabelEmbedder(num_classes, w, class_dropout_prob))
@@ -218,12 +222,18 @@ class FCDM(nn.Module):
         return [*self.encoder_level_1, *self.encoder_level_2, *self.latent,
                 *self.decoder_level_2, *self.decoder_level_1]
 
-    def conditioning_vectors(self, t: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        """t: (N,), y: (N,) -> [c1 (N, C), c2 (N, 2C), c3 (N, 4C)] (all (N, C) with shared embedders)."""
-        ts = [emb(t) for emb in self._embedders("t")]
-        if self.class_conditional:
-            ts = [te + ye(y, self.training) for te, ye in zip(ts, self._embedders("y"))]
-        return ts * 3 if self.shared_embedders else ts
+    def conditioning_vectors(self, t: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor | None]:
+        """t: (N,), y: (N,) -> [c1 (N, C), c2 (N, 2C), c3 (N, 4C)] (all (N, C) with shared embedders;
+        None for a level whose blocks do not read it)."""
+        suffixes = [""] if self.shared_embedders else ["_1", "_2", "_3"]
+        out = []
+        for suffix in suffixes:
+            t_emb = getattr(self, f"t_embedder{suffix}", None)
+            c = None if t_emb is None else t_emb(t)
+            if c is not None and self.class_conditional:
+                c = c + getattr(self, f"y_embedder{suffix}")(y, self.training)
+            out.append(c)
+        return out * 3 if self.shared_embedders else out
 
     def _run_stage(self, stage: nn.ModuleList, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         for block in stage:
