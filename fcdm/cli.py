@@ -65,13 +65,12 @@ def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. abl
     """Train one run configuration; rerunning it resumes (or skips a finished run)."""
     from .checkpoint import CheckpointError
     from .config import ConfigError, load_config
+    from .data import DataError
+    from .metrics import MetricsError
+    from .train import TrainingDiverged, TrainingInterrupted, train as run_training
 
     try:
         cfg = load_config(config, set_ or [])
-        from .data import DataError
-        from .metrics import MetricsError
-        from .train import TrainingDiverged, TrainingInterrupted, train as run_training
-
         result = run_training(cfg, store=store, tracking_uri=tracking_uri, progress=progress)
     except (ConfigError, CheckpointError, MetricsError) as e:
         _fail(str(e))
@@ -103,12 +102,11 @@ def sample(run: Annotated[str, typer.Argument(help="MLflow run id or run name.")
     """
     from .checkpoint import CheckpointError
     from .config import ConfigError
+    from .runs import open_run
+    from .sampling import write_samples
     from .tracking import RunNotFoundError
 
     try:
-        from .runs import open_run
-        from .sampling import write_samples
-
         trained = open_run(run, store, tracking_uri, step)
         path = write_samples(trained, num, out, seed=seed)
     except (RunNotFoundError, CheckpointError, ConfigError) as e:
@@ -131,13 +129,12 @@ def evaluate(run: Annotated[str, typer.Argument(help="MLflow run id or run name.
     """Measure FID, IS, KID and precision/recall of a run's checkpoint and log them into the same run."""
     from .checkpoint import CheckpointError
     from .config import ConfigError
+    from .data import DataError
+    from .evaluate import evaluate_run
+    from .metrics import MetricsError
     from .tracking import RunNotFoundError
 
     try:
-        from .data import DataError
-        from .evaluate import evaluate_run
-        from .metrics import MetricsError
-
         values, run_id = evaluate_run(run, store, tracking_uri, step, export_npz, num_samples=num_samples,
                                       cfg_scale=cfg_scale, sampler=sampler, sampling_steps=sampling_steps,
                                       guided_channels=guided_channels, seed=seed,
@@ -158,9 +155,9 @@ def prepare_latents(image_dir: Annotated[Path, typer.Argument(help="Image folder
                     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
                     flip: Annotated[bool, typer.Option(help="Store horizontal flips as a second copy.")] = True):
     """Encode an image folder into SD-VAE latents (x 0.18215) for the paper profile."""
-    try:
-        from .data import DataError, prepare_latents as _prepare
+    from .data import DataError, prepare_latents as _prepare
 
+    try:
         path = _prepare(image_dir, out, vae, resolution=resolution, batch_size=batch_size, device=device, flip=flip)
     except DataError as e:
         _fail(str(e))

@@ -175,7 +175,7 @@ def test_wrong_type_exits_nonzero(tmp_path):
 
 def test_missing_data_path_exits_nonzero_and_leaves_nothing(tmp_path):
     missing = tmp_path / "no-latents"
-    result = runner.invoke(app, ["train", str(SMOKE), *set_args("data.name=latent-array", f"data.path={missing}"),
+    result = runner.invoke(app, ["train", str(SMOKE), *set_args("data.name=latent-array", f"data.path={missing}", "eval.metrics=[]"),
                                  "--store", str(tmp_path / "store")])
     assert result.exit_code == 2 and str(missing) in result.output
     assert not (tmp_path / "store").exists()
