@@ -130,6 +130,10 @@ def find_run(run: str, store: Path, tracking_uri: str | None = None):
     """An MLflow run by id or by run name (newest first); RunNotFoundError when none matches."""
     from mlflow.exceptions import MlflowException
 
+    uri = resolve_tracking_uri(store, tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise RunNotFoundError(f"no run with id or name {run!r}: the store {store} has no runs yet; train one "
+                               "with `fcdm-ablate train CONFIG`, or pass --store DIR / --tracking-uri URI")
     tracker = Tracker(store, tracking_uri)
     try:
         return tracker.client.get_run(run)

@@ -45,3 +45,20 @@ def test_models_json_and_table():
 def test_unknown_format_is_rejected():
     result = runner.invoke(app, ["models", "--format", "xml"])
     assert result.exit_code != 0
+
+
+def test_prepare_latents_without_a_vae_fails_fast_with_instructions(tmp_path):
+    images = tmp_path / "images" / "cat"
+    images.mkdir(parents=True)
+    start = time.perf_counter()
+    result = runner.invoke(app, ["prepare-latents", str(tmp_path / "images"), str(tmp_path / "out"),
+                                 "--vae", str(tmp_path / "no-vae")])
+    assert time.perf_counter() - start < 10
+    assert result.exit_code == 2 and "--vae" in result.output and "huggingface-cli download" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_sample_of_an_unknown_run_names_the_store(tmp_path):
+    result = runner.invoke(app, ["sample", "no-such-run", "--store", str(tmp_path)])
+    assert result.exit_code == 2 and "no run with id or name 'no-such-run'" in result.output
+    assert not list(tmp_path.iterdir())  # looking up a run writes nothing
