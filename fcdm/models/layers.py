@@ -27,7 +27,9 @@ class LayerNorm2d(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        # Back to contiguous NCHW: left channels-last, later reductions over (H, W) such as GRN's
+        # norm run ~20x slower on the CPU (bench/RESULTS.md, evaluation).
+        return x.permute(0, 3, 1, 2).contiguous()
 
 
 class TimestepEmbedder(nn.Module):
