@@ -48,8 +48,9 @@ from pathlib import Path
 import torch
 
 from fcdm.config import load_config
-from fcdm.train import (StepBatchSampler, build_dataset, build_model, build_objective, ema_decay, train,
-                        update_ema)
+from fcdm.build import build_dataset, build_model, build_objective
+from fcdm.train import train
+from fcdm.train_state import StepBatchSampler, ema_decay, update_ema
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "ablations" / "configs" / "smoke.yaml"

@@ -28,7 +28,7 @@ def open_run(run: str, store: str | Path | None = None, tracking_uri: str | None
     """The run with this MLflow id or name, loaded at its newest checkpoint (or at `step`)."""
     import yaml
 
-    from .train import build_model, build_objective
+    from .build import build_model, build_objective
 
     found = find_run(run, resolve_store(store), tracking_uri)
     ckpt_dir = Path(found.data.tags.get(TAG_CKPT, ""))

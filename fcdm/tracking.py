@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
-
     from .config import RunConfig
 
 DEFAULT_STORE = "runs"
@@ -55,7 +53,7 @@ class Tracker:
         self.uri = resolve_tracking_uri(store, tracking_uri)
         if self.uri.startswith("sqlite:"):
             store.mkdir(parents=True, exist_ok=True)
-        self.client: MlflowClient = MlflowClient(tracking_uri=self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
         self.run_id: str | None = None
         self._pending: list = []
 

@@ -11,7 +11,6 @@ a non-finite loss stops the run (FAILED) without checkpointing the broken weight
 from __future__ import annotations
 
 import copy
-import random
 import signal
 import time
 from dataclasses import dataclass
@@ -22,9 +21,12 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from .build import build_dataset, build_model, build_objective, data_info, model_kwargs
 from .checkpoint import list_checkpoints, load_latest, save_checkpoint
-from .config import ConfigError, RunConfig
+from .config import RunConfig
 from .tracking import TAG_CKPT, Tracker, checkpoint_dir, resolve_store
+from .train_state import (StepBatchSampler, ema_decay, rng_as_arrays, rng_from_arrays, rng_state, seed_everything,
+                          set_rng_state, update_ema)
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,126 +51,6 @@ class TrainResult:
     main_process: bool = True  # False on the other ranks of a multi-process run
 
 
-# -- building blocks from the config -----------------------------------------------------------------
-
-def build_dataset(cfg: RunConfig, split: str = "train"):
-    from .data import build_dataset as _build
-
-    d = cfg.data
-    if d.name == "digits":
-        return _build("digits", split=split, image_size=d.image_size, hflip=d.hflip)
-    return _build(d.name, **({"root": d.path} if d.name == "latent-folder" else {"path": d.path}))
-
-
-def data_info(dataset) -> dict:
-    """What a model needs to know about its data; stored in checkpoints so sampling needs no dataset."""
-    return {"channels": dataset.channels, "image_size": dataset.image_size, "num_classes": dataset.num_classes}
-
-
-def model_kwargs(cfg: RunConfig, dataset) -> dict:
-    """Constructor arguments the config resolves to: the preset's overrides plus what data and objective fix."""
-    from .models import family_of
-
-    kwargs = dict(cfg.model.args, in_channels=dataset.channels, num_classes=dataset.num_classes,
-                  learn_sigma=cfg.learn_sigma, gradient_checkpointing=cfg.train.gradient_checkpointing)
-    if family_of(cfg.model.name) == "dit":
-        kwargs.setdefault("input_size", dataset.image_size)
-    return kwargs
-
-
-def build_model(cfg: RunConfig, dataset) -> nn.Module:
-    """The denoiser of a config for a dataset; bad model settings raise ConfigError."""
-    from .models import create_model
-
-    try:
-        return create_model(cfg.model.name, **model_kwargs(cfg, dataset))
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model (name={cfg.model.name!r}, args={cfg.model.args}): {e}") from None
-
-
-def build_objective(cfg: RunConfig):
-    from .diffusion import create_objective
-
-    if cfg.objective.name == "ddpm":
-        return create_objective("ddpm", num_timesteps=cfg.objective.num_timesteps, learn_sigma=cfg.learn_sigma)
-    return create_objective("flow", learn_sigma=cfg.learn_sigma)
-
-
-class StepBatchSampler:
-    """Index batches for one rank, from `start_step` on; batch k of the run is a pure function of (seed, k).
-
-    Each epoch is a fresh permutation from a generator seeded by (seed, epoch); the global batch is
-    cut from it in order and rank r takes slice r, so the order is the same for any world size.
-    """
-
-    def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int, start_step: int, steps: int):
-        if global_batch % world:
-            raise ConfigError(f"train.batch_size={global_batch} is not divisible by the {world} processes; "
-                              "choose a multiple of the process count")
-        if global_batch > n:
-            raise ConfigError(f"train.batch_size={global_batch} exceeds the {n} training examples; lower it")
-        self.n, self.batch, self.rank, self.world, self.seed = n, global_batch, rank, world, seed
-        self.start, self.steps = start_step, steps
-        self.per_epoch = n // global_batch
-
-    def __len__(self) -> int:
-        return self.steps - self.start
-
-    def __iter__(self):
-        epoch, perm = -1, None
-        local = self.batch // self.world
-        for step in range(self.start, self.steps):
-            e, i = divmod(step, self.per_epoch)
-            if e != epoch:
-                epoch, perm = e, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
-            lo = i * self.batch + self.rank * local
-            yield perm[lo:lo + local].tolist()
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().float(), 1 - decay)
-
-
-def ema_decay(cfg: RunConfig, updates: int) -> float:
-    d = cfg.train.ema_decay
-    return min(d, (1 + updates) / (10 + updates)) if cfg.train.ema_warmup else d
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy_keys": torch.from_numpy(np_state[1].copy()), "numpy_rest": (np_state[0], *np_state[2:])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _arrays(state: dict) -> dict:
-    # Tensors do not survive gather_object's pickling over gloo; numpy arrays do.
-    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-
-
-def _tensors(state: dict) -> dict:
-    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    name, *rest = state["numpy_rest"]
-    np.random.set_state((name, state["numpy_keys"].numpy(), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 # -- the loop ----------------------------------------------------------------------------------------
 
 def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | None = None,
@@ -187,7 +69,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     # Everything that can fail on user input is checked before the store is touched.
     dataset = build_dataset(cfg)
     shape = (dataset.channels, dataset.image_size, dataset.image_size)
-    _seed_everything(cfg.seed)  # identical initial weights on every rank
+    seed_everything(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, dataset)
     objective = build_objective(cfg)
     state = load_latest(ckpt_dir)
@@ -215,9 +97,9 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     ema.to(device)
     rng = state.get("rng") if state else None
     if rng is not None and len(rng) == world:
-        _set_rng_state(rng[rank])
+        set_rng_state(rng[rank])
     else:  # a fresh run, or resumed on another process count: per-rank seeds from (seed, step, rank)
-        _seed_everything(cfg.seed * 1_000_003 + start * 1009 + rank)
+        seed_everything(cfg.seed * 1_000_003 + start * 1009 + rank)
     # A private generator: creating the loader's iterator must not draw from the training RNG,
     # or a resumed run would diverge from an uninterrupted one.
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
@@ -239,7 +121,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     step, window, t0, last_loss = start, [], time.perf_counter(), None
 
     def checkpoint_now() -> None:
-        rngs = [_tensors(r) for r in gather_object([_arrays(_rng_state())])] if world > 1 else [_rng_state()]
+        rngs = [rng_from_arrays(r) for r in gather_object([rng_as_arrays(rng_state())])] if world > 1 else [rng_state()]
         if accelerator.is_main_process:
             save_checkpoint({"step": step, "model": unwrapped.state_dict(), "ema": ema.state_dict(),
                              "optimizer": opt.state_dict(), "rng": rngs, "config_hash": cfg.hash,

@@ -100,7 +100,7 @@ def test_a_latent_run_trains_dit_and_fcdm_through_the_same_path(tmp_path):
     (latents / "meta.json").write_text(json.dumps({"resolution": 64, "scale_factor": 0.18215, "flip_copies": 1,
                                                    "num_classes": 3, "vae": "none"}))
     for model in (["model.name=DiT-S/2", "model.args={hidden_size: 24, depth: 1, num_heads: 2}"],
-                  [f"model.args.hidden_size=8"]):
+                  ["model.args.hidden_size=8"]):
         cfg = load_config(SMOKE, [*TINY, "data.name=latent-array", f"data.path={latents}", "objective.name=ddpm",
                                   "eval.sampler=ddim", "train.steps=4", *model])
         result = train(cfg, store=tmp_path / "store", progress=False)

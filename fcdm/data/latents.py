@@ -143,8 +143,8 @@ class LatentArrayDataset(Dataset):
 
     def __init__(self, path: str | Path, num_classes: int | None = None):
         self.path = Path(path)
-        fmt = (f"a directory with latents.npy (N x C x H x W, float16 or float32), labels.npy "
-               f"(N, int64) and meta.json")
+        fmt = ("a directory with latents.npy (N x C x H x W, float16 or float32), labels.npy "
+               "(N, int64) and meta.json")
         if not self.path.is_dir():
             raise DataError(f"latent array {self.path} does not exist or is not a directory; expected "
                             f"{fmt}; {PREPARE_HINT}")

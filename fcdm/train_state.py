@@ -1,0 +1,86 @@
+"""What a training run carries from step to step, and how it is made reproducible: the data order,
+the EMA of the weights, and the RNG states saved in every checkpoint."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .config import ConfigError, RunConfig
+
+
+class StepBatchSampler:
+    """Index batches for one rank, from `start_step` on; batch k of the run is a pure function of (seed, k).
+
+    Each epoch is a fresh permutation from a generator seeded by (seed, epoch); the global batch is
+    cut from it in order and rank r takes slice r, so the order is the same for any world size.
+    """
+
+    def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int, start_step: int, steps: int):
+        if global_batch % world:
+            raise ConfigError(f"train.batch_size={global_batch} is not divisible by the {world} processes; "
+                              "choose a multiple of the process count")
+        if global_batch > n:
+            raise ConfigError(f"train.batch_size={global_batch} exceeds the {n} training examples; lower it")
+        self.n, self.batch, self.rank, self.world, self.seed = n, global_batch, rank, world, seed
+        self.start, self.steps = start_step, steps
+        self.per_epoch = n // global_batch
+
+    def __len__(self) -> int:
+        return self.steps - self.start
+
+    def __iter__(self):
+        epoch, perm = -1, None
+        local = self.batch // self.world
+        for step in range(self.start, self.steps):
+            e, i = divmod(step, self.per_epoch)
+            if e != epoch:
+                epoch, perm = e, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
+            lo = i * self.batch + self.rank * local
+            yield perm[lo:lo + local].tolist()
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().float(), 1 - decay)
+
+
+def ema_decay(cfg: RunConfig, updates: int) -> float:
+    d = cfg.train.ema_decay
+    return min(d, (1 + updates) / (10 + updates)) if cfg.train.ema_warmup else d
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy_keys": torch.from_numpy(np_state[1].copy()), "numpy_rest": (np_state[0], *np_state[2:])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def rng_as_arrays(state: dict) -> dict:
+    # Tensors do not survive gather_object's pickling over gloo; numpy arrays do.
+    return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def rng_from_arrays(state: dict) -> dict:
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, *rest = state["numpy_rest"]
+    np.random.set_state((name, state["numpy_keys"].numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
