@@ -22,22 +22,19 @@ The target (issue) is < 60 s for the end-to-end evaluation. Before timing the sc
 """
 import argparse
 import datetime
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from fcdm.config import load_config
 from fcdm.evaluate import Protocol, evaluate_run, make_decoder, measure, sample_images
 from fcdm.train import train
+from _common import RESULTS, load1, machine, record, wait_for_load
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "ablations" / "configs" / "smoke.yaml"
-RESULTS = Path(__file__).with_name("RESULTS.md")
 TARGET_S = 60.0
 
 
@@ -45,28 +42,6 @@ def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return time.perf_counter() - t0, out
-
-
-def load1() -> float:
-    return float(open("/proc/loadavg").read().split()[0])
-
-
-def wait_for_load(max_load: float, max_wait: float) -> tuple[float, float]:
-    """Sleep in 30 s steps while the 1-minute load is above max_load; returns (load seen, seconds waited)."""
-    waited = 0.0
-    while load1() > max_load and waited < max_wait:
-        print(f"load {load1():.2f} > {max_load}: waiting 30 s ({waited:.0f} s so far)", file=sys.stderr)
-        time.sleep(30)
-        waited += 30
-    return load1(), waited
-
-
-def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-               platform.processor())
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA GPU"
-    return (f"{len(os.sched_getaffinity(0))} CPUs (nproc), {cpu}{gpu}; torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def bench(store: Path, num_samples: int, steps: int, log) -> tuple[list[tuple[str, float, str]], dict]:
@@ -157,9 +132,7 @@ def main() -> None:
                    "- Run: smoke config trained to its end with eval.at=[] (caches cold), then "
                    "`evaluate_run(run_id, store, num_samples, sampling_steps)` twice, then `sample_images` and "
                    "`measure` separately, twice each.\n\n" + body + "\n")
-        with RESULTS.open("a") as f:
-            f.write(section)
-        print(f"appended to {RESULTS}", file=sys.stderr)
+        record(section)
 
 
 if __name__ == "__main__":

@@ -15,24 +15,21 @@ bench/RESULTS.md.
 import argparse
 import datetime
 import multiprocessing as mp
-import os
-import platform
 import statistics
 import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import psutil
 import torch
 
 from fcdm.flops import preset_gflops
 from fcdm.models import create_model
+from _common import RESULTS, load1, machine, record
 
 PAIRS = {"cpu": ("FCDM-S", "DiT-S/2"), "cuda": ("FCDM-XL", "DiT-XL/2")}
 DEFAULTS = {"cpu": dict(batch=8, warmup=2, iters=3, repeats=6), "cuda": dict(batch=32, warmup=10, iters=20, repeats=6)}
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, first match wins
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def make_inputs(batch: int, n: int, device: str, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
@@ -149,16 +146,6 @@ def bench(device: str, args) -> tuple[str, str]:
     return "\n".join(rows), summary
 
 
-def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA GPU"
-    return f"{len(os.sched_getaffinity(0))} CPUs (nproc), {cpu}{gpu}; torch {torch.__version__}, Python {platform.python_version()}"
-
-
-def load1() -> str:
-    return open("/proc/loadavg").read().split()[0]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -190,11 +177,7 @@ def main() -> None:
                    "- Memory: CPU = peak RSS (VmHWM, reset after model and inputs were built) minus RSS at that "
                    "point, in a fresh spawned process (gradients + activations + allocator slack); "
                    "CUDA = torch.cuda.max_memory_allocated (weights included).\n\n" + body + "\n")
-        if not RESULTS.exists():
-            RESULTS.write_text("# Benchmark results\n\nAppended by `python bench/models.py --record`.\n")
-        with RESULTS.open("a") as f:
-            f.write(section)
-        print(f"appended to {RESULTS}", file=sys.stderr)
+        record(section)
 
 
 if __name__ == "__main__":

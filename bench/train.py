@@ -37,8 +37,6 @@ Before timing (and with --record) the script waits while the 1-minute load avera
 import argparse
 import copy
 import datetime
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,10 +49,10 @@ from fcdm.config import load_config
 from fcdm.build import build_dataset, build_model, build_objective
 from fcdm.train import train
 from fcdm.train_state import StepBatchSampler, ema_decay, update_ema
+from _common import RESULTS, load1, machine, record, wait_for_load
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "ablations" / "configs" / "smoke.yaml"
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def trainer_config(steps: int, seed: int, every: int):
@@ -166,28 +164,6 @@ def breakdown(cfg, store: str) -> list[tuple[str, float]]:
     return out
 
 
-def load1() -> float:
-    return float(open("/proc/loadavg").read().split()[0])
-
-
-def wait_for_load(max_load: float, max_wait: float) -> tuple[float, float]:
-    """Sleep in 30 s steps while the 1-minute load is above max_load; returns (load seen, seconds waited)."""
-    waited = 0.0
-    while load1() > max_load and waited < max_wait:
-        print(f"load {load1():.2f} > {max_load}: waiting 30 s ({waited:.0f} s so far)", file=sys.stderr)
-        time.sleep(30)
-        waited += 30
-    return load1(), waited
-
-
-def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-               platform.processor())
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA GPU"
-    return (f"{len(os.sched_getaffinity(0))} CPUs (nproc), {cpu}{gpu}; torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
@@ -255,9 +231,7 @@ def main() -> None:
                    "only the final checkpoint, log.every 10. Trainer timed by MLflow metric timestamps "
                    "(steady-state loop incl. its MLflow writes); bare loop by perf_counter over the same steps.\n\n"
                    + body + "\n")
-        with RESULTS.open("a") as f:
-            f.write(section)
-        print(f"appended to {RESULTS}", file=sys.stderr)
+        record(section)
 
 
 if __name__ == "__main__":
