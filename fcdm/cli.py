@@ -85,8 +85,10 @@ def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. abl
     if result.status == "SKIPPED":
         typer.echo(f"{cfg.name}: already finished at step {result.step} ({result.checkpoint_dir})")
     else:
+        from .tracking import run_name
+
         typer.echo(f"{cfg.name}: {result.status} at step {result.step}, loss {result.final_loss:.4f}, "
-                   f"run {result.run_id}")
+                   f"run {run_name(cfg)} ({result.run_id})")
 
 
 @app.command()

@@ -35,8 +35,14 @@ def resolve_tracking_uri(store: Path, tracking_uri: str | None = None) -> str:
 
 
 def run_key(cfg: RunConfig) -> str:
-    """Folder name of a run's checkpoints: readable name, configuration hash and seed."""
-    return f"{cfg.name}-{cfg.hash}-s{cfg.seed}"
+    """Folder name of a run's checkpoints: the run's identity, configuration hash and seed (a renamed
+    config is the same run, so the name is not part of it)."""
+    return f"{cfg.hash}-s{cfg.seed}"
+
+
+def run_name(cfg: RunConfig) -> str:
+    """The MLflow run name: `sample` and `evaluate` accept it in place of the run id."""
+    return f"{cfg.name}-{cfg.hash[:8]}-s{cfg.seed}"
 
 
 def checkpoint_dir(store: Path, cfg: RunConfig) -> Path:
@@ -86,7 +92,7 @@ class Tracker:
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
             return self.run_id, True
-        run = self.client.create_run(self.experiment_id(cfg.name), run_name=f"{cfg.name}-{cfg.hash[:8]}-s{cfg.seed}",
+        run = self.client.create_run(self.experiment_id(cfg.name), run_name=run_name(cfg),
                                      tags={TAG_HASH: cfg.hash, TAG_SEED: str(cfg.seed), **tags})
         self.run_id = run.info.run_id
         # MLflow params are immutable: logged once, when the run is created.

@@ -45,7 +45,7 @@ class TrainingInterrupted(RuntimeError):
 class TrainResult:
     run_id: str | None
     step: int
-    status: str  # FINISHED, or SKIPPED when the run had already finished
+    status: str  # FINISHED; STOPPED after max_steps; SKIPPED when the run had already finished
     checkpoint_dir: Path
     final_loss: float | None = None
     main_process: bool = True  # False on the other ranks of a multi-process run
@@ -108,7 +108,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     tracker, run_id = None, None
     if accelerator.is_main_process:
         tracker = Tracker(store, tracking_uri)
-        run_id, existed = tracker.open(cfg, tags={"fcdm.params": params, "fcdm.gflops": f"{gflops:.6g}",
+        run_id, _ = tracker.open(cfg, tags={"fcdm.params": params, "fcdm.gflops": f"{gflops:.6g}",
                                                   "fcdm.model": cfg.model.name, TAG_CKPT: str(ckpt_dir),
                                                   "fcdm.processes": world})
         if state:

@@ -79,3 +79,11 @@ def test_learned_sigma_and_sampler_defaults_follow_the_objective():
     assert load_config(None).learn_sigma and load_config(None).sampler == "ddpm"
     flow = load_config(None, ["objective.name=flow"])
     assert not flow.learn_sigma and flow.sampler == "euler"
+
+
+def test_a_renamed_config_is_the_same_run_with_the_same_checkpoints(tmp_path):
+    from fcdm.tracking import checkpoint_dir
+
+    a, b = load_config(SMOKE), load_config(SMOKE, ["name=renamed"])
+    assert checkpoint_dir(tmp_path, a) == checkpoint_dir(tmp_path, b)
+    assert checkpoint_dir(tmp_path, a) != checkpoint_dir(tmp_path, load_config(SMOKE, ["seed=1"]))

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from fcdm.checkpoint import list_checkpoints, load_latest
 from fcdm.cli import app
 from fcdm.config import load_config
-from fcdm.tracking import TAG_HASH, checkpoint_dir
+from fcdm.tracking import TAG_HASH, checkpoint_dir, run_name
 from fcdm.train import TrainingDiverged, train
 
 from conftest import ROOT, SMOKE, TINY, all_runs, client
@@ -68,7 +68,7 @@ def test_smoke_samples_are_recognisably_their_class(smoke, tmp_path):
     from sklearn.svm import SVC
 
     cfg, store, _ = smoke
-    result = runner.invoke(app, ["sample", f"{cfg.name}-{cfg.hash[:8]}-s{cfg.seed}", "--num", "200",
+    result = runner.invoke(app, ["sample", run_name(cfg), "--num", "200",
                                  "--out", str(tmp_path), "--store", str(store)])
     assert result.exit_code == 0, result.output
     data = np.load(tmp_path / "samples.npz")
