@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .config import RunConfig
-from .sampling import generate, spread_labels, to_uint8
+from .sampling import generate, make_decoder, spread_labels, to_uint8
 
 
 @dataclass(frozen=True)
@@ -58,21 +58,6 @@ class Protocol:
                                                                                         "num_samples")})
         tags["eval.guided_channels"] = f"{guided} of {num_channels}"
         return tags
-
-
-def make_decoder(vae: str | None, device) -> callable:
-    """latents (N, 4, h, w) -> images (N, 3, 8h, 8w) in [-1, 1] through the SD-VAE, or identity for pixels."""
-    if vae is None:
-        return lambda x: x
-    from .data.prepare import SD_VAE_SCALE, load_vae
-
-    model = load_vae(vae).to(device).eval()
-
-    @torch.no_grad()
-    def decode(z: torch.Tensor, batch: int = 32) -> torch.Tensor:
-        return torch.cat([model.decode(z[i:i + batch].to(device) / SD_VAE_SCALE).sample.float().cpu()
-                          for i in range(0, len(z), batch)])
-    return decode
 
 
 def sample_images(model: nn.Module, objective, shape: tuple[int, int, int], num_classes: int, proto: Protocol,

@@ -1,6 +1,7 @@
 """Class-conditional sampling from a trained denoiser: batches, guidance, images, grids."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,29 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
+def make_decoder(vae: str | None, device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """latents (N, 4, h, w) -> images (N, 3, 8h, 8w) in [-1, 1] through the SD-VAE, or identity for pixels."""
+    if vae is None:
+        return lambda x: x
+    from .data.prepare import SD_VAE_SCALE, load_vae
+
+    model = load_vae(vae).to(device).eval()
+
+    @torch.no_grad()
+    def decode(z: torch.Tensor, batch: int = 32) -> torch.Tensor:
+        return torch.cat([model.decode(z[i:i + batch].to(device) / SD_VAE_SCALE).sample.float().cpu()
+                          for i in range(0, len(z), batch)])
+    return decode
+
+
+def for_display(x: torch.Tensor, cfg, device) -> torch.Tensor:
+    """Samples as images in [-1, 1]: pixels as they are; latents decoded by eval.vae when one is set,
+    else a normalised view of their first three channels."""
+    if cfg.data.name == "digits":
+        return x
+    return make_decoder(cfg.eval.vae, device)(x) if cfg.eval.vae else latent_preview(x)
+
+
 def latent_preview(x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) latents -> (N, 3, H, W) in [-1, 1]: the first three channels, each normalised, for a
     quick look at latent runs when no VAE is available to decode them."""
@@ -82,9 +106,7 @@ def write_samples(trained, num: int, out: Path, seed: int = 0, progress: bool = 
                  num_steps=cfg.eval.sampling_steps, cfg_scale=cfg.eval.cfg_scale,
                  guided_channels=cfg.eval.guided_channels, batch_size=cfg.eval.batch_size, seed=seed,
                  device=device, progress=progress)
-    if cfg.data.name != "digits":
-        x = latent_preview(x)
-    images = to_uint8(x)
+    images = to_uint8(for_display(x, cfg, device))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "samples.npz", arr_0=images, labels=labels.numpy())

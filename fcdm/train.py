@@ -210,7 +210,8 @@ def _evaluate(accelerator, tracker: Tracker | None, cfg: RunConfig, protocol, em
     """Every process samples its share; the main process measures and logs at this training step."""
     from accelerate.utils import gather_object
 
-    from .evaluate import gather_samples, make_decoder, measure, sample_images
+    from .evaluate import gather_samples, measure, sample_images
+    from .sampling import make_decoder
 
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     share = sample_images(ema, objective, shape, num_classes, protocol, cfg.eval.batch_size, device,
@@ -228,15 +229,14 @@ def _log_sample_grid(tracker: Tracker, cfg: RunConfig, ema: nn.Module, objective
                      step: int, device) -> None:
     import tempfile
 
-    from .sampling import generate, latent_preview, save_grid, spread_labels, to_uint8
+    from .sampling import for_display, generate, save_grid, spread_labels, to_uint8
 
     classes = min(num_classes, 10)
     labels = spread_labels(classes, num_classes).repeat_interleave(cfg.eval.grid_per_class)
     x = generate(ema, objective, shape, labels, sampler=cfg.sampler, num_steps=cfg.eval.sampling_steps,
                  cfg_scale=cfg.eval.cfg_scale, guided_channels=cfg.eval.guided_channels,
                  batch_size=cfg.eval.batch_size, seed=cfg.seed, device=device)
-    if cfg.data.name != "digits":
-        x = latent_preview(x)
+    x = for_display(x, cfg, device)
     with tempfile.TemporaryDirectory() as tmp:
         path = save_grid(to_uint8(x), Path(tmp) / f"step_{step:08d}.png", nrow=cfg.eval.grid_per_class,
                          scale=max(1, 64 // shape[-1]))

@@ -86,22 +86,54 @@ def test_latent_runs_need_a_vae_and_reference_to_be_measured():
     load_config(SMOKE, ["data.name=latent-array", "data.path=/data/latents", "eval.metrics=[]"])
 
 
-def test_a_latent_run_trains_dit_and_fcdm_through_the_same_path(tmp_path):
-    """The paper profile's code path on a tiny fake latent set (4 x 8 x 8 latents, 3 classes)."""
+def write_fake_latents(root, n=48, classes=3):
+    """A tiny latent-array set: n random 4 x 8 x 8 latents over `classes` classes."""
     import json
 
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(root / "latents.npy", rng.standard_normal((n, 4, 8, 8)).astype(np.float32))
+    np.save(root / "labels.npy", rng.integers(0, classes, n))
+    (root / "meta.json").write_text(json.dumps({"resolution": 64, "scale_factor": 0.18215, "flip_copies": 1,
+                                                "num_classes": classes, "vae": "none"}))
+    return root
+
+
+def test_a_latent_run_trains_dit_and_fcdm_through_the_same_path(tmp_path):
+    """The paper profile's code path on a tiny fake latent set (4 x 8 x 8 latents, 3 classes)."""
     from fcdm.train import train
 
-    latents = tmp_path / "latents"
-    latents.mkdir()
-    rng = np.random.default_rng(0)
-    np.save(latents / "latents.npy", rng.standard_normal((48, 4, 8, 8)).astype(np.float32))
-    np.save(latents / "labels.npy", rng.integers(0, 3, 48))
-    (latents / "meta.json").write_text(json.dumps({"resolution": 64, "scale_factor": 0.18215, "flip_copies": 1,
-                                                   "num_classes": 3, "vae": "none"}))
+    latents = write_fake_latents(tmp_path / "latents")
     for model in (["model.name=DiT-S/2", "model.args={hidden_size: 24, depth: 1, num_heads: 2}"],
                   ["model.args.hidden_size=8"]):
         cfg = load_config(SMOKE, [*TINY, "data.name=latent-array", f"data.path={latents}", "objective.name=ddpm",
                                   "eval.sampler=ddim", "train.steps=4", *model])
         result = train(cfg, store=tmp_path / "store", progress=False)
         assert result.status == "FINISHED" and np.isfinite(result.final_loss)
+
+
+def test_latent_samples_are_decoded_by_the_vae_and_measured_against_a_reference_npz(tmp_path):
+    """Decode through a tiny random AutoencoderKL and compare with an ADM-style reference .npz (the digits
+    extractor stands in for Inception, whose weights are not on this machine)."""
+    from diffusers import AutoencoderKL
+
+    from fcdm.train import train
+
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4,
+                        norm_num_groups=8, sample_size=32)
+    vae.save_pretrained(tmp_path / "vae")
+    reference = tmp_path / "reference.npz"
+    np.savez(reference, arr_0=np.random.default_rng(1).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8))
+    latents = write_fake_latents(tmp_path / "latents")
+    cfg = load_config(SMOKE, [*TINY, "data.name=latent-array", f"data.path={latents}", "train.steps=4",
+                              "eval.metrics=[fid, kid]", "eval.num_samples=32", "eval.extractor=digits-classifier",
+                              f"eval.vae={tmp_path / 'vae'}", f"eval.reference={reference}"])
+    result = train(cfg, store=tmp_path / "store", progress=False)
+    fid = history(tmp_path / "store", result.run_id, "fid")
+    assert [s for s, _ in fid] == [4] and np.isfinite(fid[0][1])
+    npz = tmp_path / "samples.npz"
+    out = runner.invoke(app, ["evaluate", result.run_id, "--num-samples", "16", "--export-npz", str(npz),
+                              "--store", str(tmp_path / "store")])
+    assert out.exit_code == 0, out.output
+    assert np.load(npz)["arr_0"].shape == (16, 16, 16, 3)  # 8 x 8 latents decoded to 16 x 16 RGB
