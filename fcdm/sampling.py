@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,12 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
+@lru_cache(maxsize=2)
 def make_decoder(vae: str | None, device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """latents (N, 4, h, w) -> images (N, 3, 8h, 8w) in [-1, 1] through the SD-VAE, or identity for pixels."""
+    """latents (N, 4, h, w) -> images (N, 3, 8h, 8w) in [-1, 1] through the SD-VAE, or identity for pixels.
+
+    Cached: a run decodes at every evaluation step and every sample grid, and loads the VAE once.
+    """
     if vae is None:
         return lambda x: x
     from .data.prepare import SD_VAE_SCALE, load_vae
