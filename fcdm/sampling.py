@@ -21,22 +21,64 @@ def spread_labels(n: int, num_classes: int) -> torch.Tensor:
 def generate(model: nn.Module, objective, shape: tuple[int, int, int], labels: torch.Tensor, *, sampler: str,
              num_steps: int, cfg_scale: float = 1.0, guided_channels: int | None = None, batch_size: int = 256,
              seed: int = 0, device: torch.device | str = "cpu", progress: bool = False) -> torch.Tensor:
-    """Samples (N, C, H, W) for labels (N,), drawn in batches from one generator seeded by `seed`.
+    """Samples (N, C, H, W) for labels (N,), in batches of at most `batch_size`.
 
-    Deterministic for a given (seed, batch_size); the training RNG is never touched.
+    Each batch draws from its own generator seeded by (seed, index of its first sample), so the result
+    is deterministic for a given (seed, batch_size) and the training RNG is never touched. A batch that
+    does not fit in GPU memory is retried at half the size (and says so).
     """
     was_training = model.training
     model.eval()
-    generator = torch.Generator(device="cpu").manual_seed(seed)
     null_class = getattr(model, "num_classes", 0)
-    outs = []
-    for i in range(0, len(labels), batch_size):
-        y = labels[i:i + batch_size].to(device)
-        fn = guided_model_fn(model, y, cfg_scale, null_class, guided_channels)
-        outs.append(sample(objective, fn, (len(y), *shape), sampler, num_steps, generator=generator,
-                           device=device, progress=progress).float().cpu())
+    outs, i = [], 0
+    with _SampleProgress(progress, len(labels)) as bar:
+        while i < len(labels):
+            y = labels[i:i + batch_size].to(device)
+            fn = guided_model_fn(model, y, cfg_scale, null_class, guided_channels)
+            generator = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + i)
+            try:
+                x = sample(objective, fn, (len(y), *shape), sampler, num_steps, generator=generator, device=device)
+            except torch.cuda.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                batch_size //= 2
+                torch.cuda.empty_cache()
+                bar.note(f"out of GPU memory: sampling batch size lowered to {batch_size}")
+                continue
+            outs.append(x.float().cpu())
+            i += len(y)
+            bar.advance(len(y))
     model.train(was_training)
     return torch.cat(outs)
+
+
+class _SampleProgress:
+    """One rich progress bar over all samples (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total, self.bar = enabled, total, None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import Progress
+
+            self.bar = Progress()
+            self.bar.start()
+            self.task = self.bar.add_task("sampling", total=self.total)
+        return self
+
+    def advance(self, n: int) -> None:
+        if self.bar:
+            self.bar.advance(self.task, n)
+
+    def note(self, message: str) -> None:
+        import sys
+
+        print(message, file=sys.stderr)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar:
+            self.bar.stop()
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

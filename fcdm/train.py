@@ -56,12 +56,17 @@ class TrainResult:
 def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | None = None,
           progress: bool = True, max_steps: int | None = None) -> TrainResult:
     """Train `cfg` to cfg.train.steps (or stop after `max_steps` more steps, for tests and debugging)."""
+    from datetime import timedelta
+
     from accelerate import Accelerator
-    from accelerate.utils import gather_object
+    from accelerate.utils import InitProcessGroupKwargs, gather_object
 
     from .flops import config_gflops, training_gflops
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision)
+    # The other ranks wait at a collective while the main process measures an evaluation (FID-50K
+    # features take minutes at paper scale): allow longer than the default process-group timeout.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision,
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=2))])
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     store = resolve_store(store)
     ckpt_dir = checkpoint_dir(store, cfg)

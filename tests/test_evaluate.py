@@ -137,3 +137,24 @@ def test_latent_samples_are_decoded_by_the_vae_and_measured_against_a_reference_
                               "--store", str(tmp_path / "store")])
     assert out.exit_code == 0, out.output
     assert np.load(npz)["arr_0"].shape == (16, 16, 16, 3)  # 8 x 8 latents decoded to 16 x 16 RGB
+
+
+def test_sampling_is_deterministic_under_a_seed_and_leaves_the_global_rng_alone():
+    import torch
+
+    from fcdm.build import build_model, build_objective
+    from fcdm.data import DigitsDataset
+    from fcdm.sampling import generate, spread_labels
+
+    cfg = load_config(SMOKE, TINY)
+    model = build_model(cfg, DigitsDataset())
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)
+    labels = spread_labels(20, 10)
+    kwargs = dict(sampler="euler", num_steps=3, cfg_scale=2.0, batch_size=8)
+    state = torch.get_rng_state()
+    a = generate(model, build_objective(cfg), (1, 8, 8), labels, seed=0, **kwargs)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = generate(model, build_objective(cfg), (1, 8, 8), labels, seed=0, **kwargs)
+    c = generate(model, build_objective(cfg), (1, 8, 8), labels, seed=1, **kwargs)
+    assert a.shape == (20, 1, 8, 8) and torch.equal(a, b) and not torch.equal(a, c)
