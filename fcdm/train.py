@@ -169,7 +169,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
             done = step == cfg.train.steps or (max_steps is not None and step - start >= max_steps)
             if signum or done or step % cfg.log.checkpoint_every == 0 or step in eval_steps:
                 checkpoint_now()
-                if tracker and (step in eval_steps or step == cfg.train.steps):
+                if tracker and not signum:  # a grid per checkpoint; a stopping run exits at once
                     _log_sample_grid(tracker, cfg, ema, objective, shape, dataset.num_classes, step, device)
                 if step in eval_steps and cfg.eval.metrics:
                     _evaluate(accelerator, tracker, cfg, protocol, ema, objective, shape, dataset.num_classes,

@@ -59,7 +59,8 @@ def test_smoke_run_finishes_and_mlflow_holds_params_metrics_config_and_grids(smo
     artifacts = {a.path for a in client(store).list_artifacts(run.info.run_id)}
     assert "config.yaml" in artifacts
     grids = {a.path for a in client(store).list_artifacts(run.info.run_id, "samples")}
-    assert grids == {f"samples/step_{s:08d}.png" for s in cfg.eval_steps()}
+    checkpoints = set(range(cfg.log.checkpoint_every, cfg.train.steps + 1, cfg.log.checkpoint_every))
+    assert grids == {f"samples/step_{s:08d}.png" for s in checkpoints | set(cfg.eval_steps())}
 
 
 def test_smoke_samples_are_recognisably_their_class(smoke, tmp_path):
