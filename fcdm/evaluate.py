@@ -2,7 +2,7 @@
 
 The protocol (sampler, steps, guidance, samples, extractor, reference, VAE, precision) comes from the
 run config's `eval` section and is logged as tags next to every number. A post-hoc evaluation with
-a different protocol logs its metrics under a suffixed name (`fid/ddpm-250-cfg1.5-n50000`), so
+a different protocol logs its metrics under a suffixed name (`fid/ddpm-250-cfg1.5-n50000-fp32-seed0`), so
 numbers made differently never share one curve.
 
     fcdm-ablate evaluate smoke-5f7d8531-s0 --num-samples 1000 --export-npz samples.npz
