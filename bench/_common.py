@@ -10,6 +10,13 @@ import torch
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
+def add_common_args(parser) -> None:
+    """The flags every benchmark takes: waiting for a quiet machine, and recording the result."""
+    parser.add_argument("--max-load", type=float, default=1.0, help="wait while the 1-minute load is above this")
+    parser.add_argument("--max-wait", type=float, default=480, help="longest wait for the load to drop, seconds")
+    parser.add_argument("--record", action="store_true", help=f"append a dated section to {RESULTS}")
+
+
 def load1() -> float:
     """The 1-minute load average."""
     return float(open("/proc/loadavg").read().split()[0])

@@ -31,7 +31,7 @@ from pathlib import Path
 from fcdm.config import load_config
 from fcdm.evaluate import Protocol, evaluate_run, make_decoder, measure, sample_images
 from fcdm.train import train
-from _common import RESULTS, load1, machine, record, wait_for_load
+from _common import add_common_args, load1, machine, record, wait_for_load
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "ablations" / "configs" / "smoke.yaml"
@@ -99,9 +99,7 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=1000, help="samples to evaluate (default 1000)")
     p.add_argument("--sampling-steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--store", type=Path, help="store to train into / reuse (default: a fresh temporary one)")
-    p.add_argument("--max-load", type=float, default=1.0, help="wait while the 1-minute load is above this")
-    p.add_argument("--max-wait", type=float, default=480, help="longest wait for the load to drop, seconds")
-    p.add_argument("--record", action="store_true", help=f"append a dated section to {RESULTS}")
+    add_common_args(p)
     args = p.parse_args()
 
     load_before, waited = wait_for_load(args.max_load, args.max_wait)

@@ -49,7 +49,7 @@ from fcdm.config import load_config
 from fcdm.build import build_dataset, build_model, build_objective
 from fcdm.train import train
 from fcdm.train_state import StepBatchSampler, ema_decay, update_ema
-from _common import RESULTS, load1, machine, record, wait_for_load
+from _common import add_common_args, load1, machine, record, wait_for_load
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "ablations" / "configs" / "smoke.yaml"
@@ -172,9 +172,7 @@ def main() -> None:
                    "a multiple of log.every (default 10)")
     p.add_argument("--every", type=int, default=10, help="log.every of the trainer (default 10, the config's)")
     p.add_argument("--breakdown", action="store_true", help="also time the trainer's per-step extras in isolation")
-    p.add_argument("--max-load", type=float, default=1.0, help="wait while the 1-minute load is above this")
-    p.add_argument("--max-wait", type=float, default=480, help="longest wait for the load to drop, seconds")
-    p.add_argument("--record", action="store_true", help=f"append a dated section to {RESULTS}")
+    add_common_args(p)
     args = p.parse_args()
 
     load_before, waited = wait_for_load(args.max_load, args.max_wait)
