@@ -113,6 +113,46 @@ def check_ready(cfg: RunConfig, proto: Protocol, cache_dir: Path) -> None:
         load_vae(proto.vae)
 
 
+# -- during training -----------------------------------------------------------------------------
+
+def evaluate_in_training(accelerator, tracker, cfg: RunConfig, protocol, ema: nn.Module, objective, shape,
+                         num_classes: int, step: int, store: Path) -> None:
+    """Every process samples its share; the main process measures and logs at this training step."""
+    from accelerate.utils import gather_object
+
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    share = sample_images(ema, objective, shape, num_classes, protocol, cfg.eval.batch_size, device,
+                          make_decoder(protocol.vae, device), rank=rank, world=world)
+    shares = gather_object([share]) if world > 1 else [share]
+    if tracker:
+        images, labels = gather_samples(shares)
+        values = measure(images, labels, protocol, cfg.eval.metrics, store / "cache", cfg.eval.fid_weights)
+        tracker.log_metrics(values, step)
+        tracker.set_tags(protocol.tags(shape[0]))
+    accelerator.wait_for_everyone()
+
+
+def log_sample_grid(tracker, cfg: RunConfig, ema: nn.Module, objective, shape, num_classes: int,
+                    step: int, device) -> None:
+    """A grid of EMA samples (grid_per_class per class, up to 10 classes) logged as samples/step_N.png."""
+    import tempfile
+
+    from .sampling import for_display, save_grid
+
+    classes = min(num_classes, 10)
+    labels = spread_labels(classes, num_classes).repeat_interleave(cfg.eval.grid_per_class)
+    x = generate(ema, objective, shape, labels, sampler=cfg.sampler, num_steps=cfg.eval.sampling_steps,
+                 cfg_scale=cfg.eval.cfg_scale, guided_channels=cfg.eval.guided_channels,
+                 batch_size=cfg.eval.batch_size, seed=cfg.seed, device=device)
+    x = for_display(x, cfg, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_grid(to_uint8(x), Path(tmp) / f"step_{step:08d}.png", nrow=cfg.eval.grid_per_class,
+                         scale=max(1, 64 // shape[-1]))
+        tracker.log_artifact(path, "samples")
+
+
+# -- after training ------------------------------------------------------------------------------
+
 def evaluate_run(run: str, store=None, tracking_uri: str | None = None, step: int | None = None,
                  export_npz: Path | None = None, progress: bool = True, **overrides) -> tuple[dict, str]:
     """Evaluate a run's checkpoint after the fact and log into the same MLflow run at that step.

@@ -82,7 +82,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     if start >= cfg.train.steps:
         _finish_if_needed(accelerator, cfg, store, tracking_uri)
         return TrainResult(None, start, "SKIPPED", ckpt_dir, main_process=accelerator.is_main_process)
-    from .evaluate import Protocol, check_ready
+    from .evaluate import Protocol, check_ready, evaluate_in_training, log_sample_grid
 
     protocol = Protocol.from_config(cfg)
     check_ready(cfg, protocol, store / "cache")
@@ -170,10 +170,10 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
             if signum or done or step % cfg.log.checkpoint_every == 0 or step in eval_steps:
                 checkpoint_now()
                 if tracker and not signum:  # a grid per checkpoint; a stopping run exits at once
-                    _log_sample_grid(tracker, cfg, ema, objective, shape, dataset.num_classes, step, device)
+                    log_sample_grid(tracker, cfg, ema, objective, shape, dataset.num_classes, step, device)
                 if step in eval_steps and cfg.eval.metrics:
-                    _evaluate(accelerator, tracker, cfg, protocol, ema, objective, shape, dataset.num_classes,
-                              step, store)
+                    evaluate_in_training(accelerator, tracker, cfg, protocol, ema, objective, shape,
+                                         dataset.num_classes, step, store)
             if signum:
                 raise TrainingInterrupted(f"stopped by signal {signal.Signals(signum).name} at step {step}; "
                                           f"checkpoint written to {ckpt_dir}; rerun the same command to resume",
@@ -208,44 +208,6 @@ def _finish_if_needed(accelerator, cfg: RunConfig, store: Path, tracking_uri: st
             tracker.run_id = run.info.run_id
             tracker.end("FINISHED")
         accelerator.print(f"{cfg.name} (hash {cfg.hash}, seed {cfg.seed}) already finished; nothing to do")
-
-
-def _evaluate(accelerator, tracker: Tracker | None, cfg: RunConfig, protocol, ema: nn.Module, objective, shape,
-              num_classes: int, step: int, store: Path) -> None:
-    """Every process samples its share; the main process measures and logs at this training step."""
-    from accelerate.utils import gather_object
-
-    from .evaluate import gather_samples, measure, sample_images
-    from .sampling import make_decoder
-
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    share = sample_images(ema, objective, shape, num_classes, protocol, cfg.eval.batch_size, device,
-                          make_decoder(protocol.vae, device), rank=rank, world=world)
-    shares = gather_object([share]) if world > 1 else [share]
-    if tracker:
-        images, labels = gather_samples(shares)
-        values = measure(images, labels, protocol, cfg.eval.metrics, store / "cache", cfg.eval.fid_weights)
-        tracker.log_metrics(values, step)
-        tracker.set_tags(protocol.tags(shape[0]))
-    accelerator.wait_for_everyone()
-
-
-def _log_sample_grid(tracker: Tracker, cfg: RunConfig, ema: nn.Module, objective, shape, num_classes: int,
-                     step: int, device) -> None:
-    import tempfile
-
-    from .sampling import for_display, generate, save_grid, spread_labels, to_uint8
-
-    classes = min(num_classes, 10)
-    labels = spread_labels(classes, num_classes).repeat_interleave(cfg.eval.grid_per_class)
-    x = generate(ema, objective, shape, labels, sampler=cfg.sampler, num_steps=cfg.eval.sampling_steps,
-                 cfg_scale=cfg.eval.cfg_scale, guided_channels=cfg.eval.guided_channels,
-                 batch_size=cfg.eval.batch_size, seed=cfg.seed, device=device)
-    x = for_display(x, cfg, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_grid(to_uint8(x), Path(tmp) / f"step_{step:08d}.png", nrow=cfg.eval.grid_per_class,
-                         scale=max(1, 64 // shape[-1]))
-        tracker.log_artifact(path, "samples")
 
 
 def _install_signal_handlers(stop: dict):
