@@ -1,6 +1,7 @@
 """Training objectives and samplers: Gaussian diffusion (DDPM/DDIM) and flow matching (Euler ODE/SDE).
 
-    obj = create_objective("ddpm")                       # or "flow"
+    obj = create_objective("ddpm", num_timesteps=1000, learn_sigma=True, fixed_variance="large", clip_x0=False)
+    obj = create_objective("flow", learn_sigma=False, time_scale=1000.0, clip_x0=False)
     losses = obj.training_losses(lambda x, t: model(x, t, y), x0, obj.sample_t(B, device))
     fn = guided_model_fn(model, y, cfg_scale=1.5, null_class=1000)
     x = sample(obj, fn, (B, 4, 32, 32), sampler="ddpm", num_steps=250, generator=g)
@@ -8,6 +9,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +30,7 @@ __all__ = [
     "create_objective",
     "guided_model_fn",
     "linear_beta_schedule",
+    "objective_arguments",
     "respace",
     "sample",
     "space_timesteps",
@@ -38,10 +41,29 @@ OBJECTIVES = {"ddpm": GaussianDiffusion, "flow": FlowMatching}
 SAMPLERS = {"ddpm": ("ddpm", "ddim"), "flow": ("euler", "euler-sde")}
 
 
-def create_objective(name: str, **kwargs: Any) -> GaussianDiffusion | FlowMatching:
-    """Build an objective by name: "ddpm" -> GaussianDiffusion(**kwargs), "flow" -> FlowMatching(**kwargs)."""
+def objective_arguments(name: str) -> list[str]:
+    """The keyword arguments ``create_objective(name, ...)`` takes (the objective's settings)."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; allowed values are {sorted(OBJECTIVES)}.")
+    params = inspect.signature(OBJECTIVES[name].__init__).parameters.values()
+    # betas / timestep_map are respacing internals, not settings.
+    return [p.name for p in params if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def create_objective(name: str, **kwargs: Any) -> GaussianDiffusion | FlowMatching:
+    """Build an objective by name with its settings as keyword arguments:
+
+    - "ddpm" -> GaussianDiffusion(num_timesteps=1000, learn_sigma=True, fixed_variance="large",
+      clip_x0=False)
+    - "flow" -> FlowMatching(time_scale=1000.0, learn_sigma=False, clip_x0=False)
+
+    An argument the objective does not take raises a ValueError naming the allowed ones.
+    """
+    allowed = objective_arguments(name)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"objective {name!r} does not take {', '.join(unknown)}; "
+                         f"allowed arguments: {', '.join(allowed)}.")
     return OBJECTIVES[name](**kwargs)
 
 

@@ -9,6 +9,13 @@ embedder built for DDPM's integer timesteps 0..999 sees the same numeric range a
 both objectives; an ablation then changes only the objective, not the embedder's effective input.
 (SiT itself feeds t in [0, 1]; set ``time_scale=1.0`` to reproduce that.)
 
+x0 clipping (``clip_x0=True``, for pixel data in [-1, 1]): while sampling, the data the velocity
+implies, x1_hat = x_t + (1 - t) v, is clamped to [-1, 1] and the step uses the velocity consistent
+with it, v' = v + (clamp(x1_hat) - x1_hat) / (1 - t) = (clamp(x1_hat) - x_t) / (1 - t). On the linear
+path an Euler step x + h v equals the DDIM step from (x1_hat, implied noise), so this is exactly DDIM's
+``clip_denoised`` (clip the data estimate, re-derive the noise from x_t); v' = v where nothing is
+clipped. The samplers never evaluate at t = 1, so 1 - t > 0. Training never clips.
+
 A denoiser is ``model_fn(x, t) -> out``, x: (B, C, H, W), t: (B,) float; out is (B, C, H, W), or
 (B, 2C, H, W) when ``learn_sigma=True`` (a DDPM-shaped head), of which the first C are the velocity
 and the rest are ignored (they receive no gradient).
@@ -30,16 +37,20 @@ class FlowMatching:
     Args:
         time_scale: multiplier applied to t in [0, 1] before calling the model (see module docstring).
         learn_sigma: the model has 2C output channels; only the first C (velocity) are used.
+        clip_x0: clamp the implied clean data to [-1, 1] while sampling (see module docstring).
     """
 
-    def __init__(self, time_scale: float = 1000.0, learn_sigma: bool = False):
-        if time_scale <= 0:
-            raise ValueError(f"time_scale must be positive, got {time_scale}.")
+    def __init__(self, time_scale: float = 1000.0, learn_sigma: bool = False, clip_x0: bool = False):
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be positive, got {time_scale}; 1000.0 (DDPM's timestep "
+                             "range, the default) or 1.0 (SiT's t in [0, 1]).")
         self.time_scale = float(time_scale)
         self.learn_sigma = learn_sigma
+        self.clip_x0 = bool(clip_x0)
 
     def __repr__(self) -> str:
-        return f"FlowMatching(time_scale={self.time_scale}, learn_sigma={self.learn_sigma})"
+        return (f"FlowMatching(time_scale={self.time_scale}, learn_sigma={self.learn_sigma}, "
+                f"clip_x0={self.clip_x0})")
 
     # ---- helpers ---------------------------------------------------------------------------------
 
@@ -55,6 +66,16 @@ class FlowMatching:
                 "Set the model's out_channels / learn_sigma to match the objective."
             )
         return out[:, :C]
+
+    def sampling_velocity(self, model_fn: ModelFn, x: Tensor, t: Tensor) -> Tensor:
+        """The velocity the samplers step with: the model's, or with ``clip_x0`` the one whose implied
+        data x_t + (1 - t) v is clamped to [-1, 1]. x: (B, C, H, W), t: (B,) in [0, 1) -> (B, C, H, W)."""
+        v = self.velocity(model_fn, x, t)
+        if not self.clip_x0:
+            return v
+        rest = 1.0 - self._bcast(t, x).to(v.dtype)
+        x1 = x + rest * v
+        return v + (x1.clamp(-1.0, 1.0) - x1) / rest
 
     @staticmethod
     def _bcast(t: Tensor, x: Tensor) -> Tensor:
@@ -99,7 +120,7 @@ class FlowMatching:
         For the linear path score = (t v - x) / (1 - t) (SiT's get_score_from_velocity), so
         w * score = norm * (t v - x): the 1 / (1 - t) cancels and the drift is finite at t = 1.
         """
-        v = self.velocity(model_fn, x, t)
+        v = self.sampling_velocity(model_fn, x, t)
         return v + diffusion_norm * (self._bcast(t, x) * v - x)
 
     def _init(self, shape, noise, generator, device) -> Tensor:
@@ -123,7 +144,7 @@ class FlowMatching:
         with torch.no_grad():
             for i in progress_iter(range(num_steps), num_steps, "Euler ODE", progress):
                 t = torch.full((shape[0],), float(ts[i]), device=x.device)
-                x = x + self.velocity(model_fn, x, t) * float(ts[i + 1] - ts[i])
+                x = x + self.sampling_velocity(model_fn, x, t) * float(ts[i + 1] - ts[i])
         return x
 
     def euler_sde_sample(
@@ -161,7 +182,7 @@ class FlowMatching:
                 x = x + drift * dt + g * randn(x.shape, generator, x.device)
             t = torch.full((shape[0],), t1, device=x.device)
             if last_step == "euler":
-                x = x + self.velocity(model_fn, x, t) * last_step_size
+                x = x + self.sampling_velocity(model_fn, x, t) * last_step_size
             else:
                 x = x + self.sde_drift(model_fn, x, t, diffusion_norm) * last_step_size
         return x

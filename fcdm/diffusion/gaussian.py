@@ -124,8 +124,10 @@ class GaussianDiffusion:
     Args:
         num_timesteps: T of the linear schedule (ignored in favour of ``len(betas)`` when betas given).
         learn_sigma: model outputs 2C channels (eps, v) and the loss adds L_vlb.
-        fixed_variance: reverse variance without learned sigma: "small" = posterior beta~_t (the
-            brief's default), "large" = beta_t (DiT's choice when learn_sigma=False).
+        fixed_variance: reverse variance without learned sigma: "large" = beta_t (the default: DiT's
+            and ADM's FIXED_LARGE, with beta~_1 at t = 0), "small" = the posterior variance beta~_t.
+        clip_x0: clamp the predicted x_0 to [-1, 1] while sampling (ADM's ``clip_denoised``): right
+            for pixel data in [-1, 1], wrong for VAE latents, whose range is wider. Training never clips.
         betas: explicit (T,) schedule; used by respacing.
         timestep_map: (T,) long, the model-facing timestep of each internal index; used by respacing.
     """
@@ -134,7 +136,8 @@ class GaussianDiffusion:
         self,
         num_timesteps: int = 1000,
         learn_sigma: bool = True,
-        fixed_variance: str = "small",
+        fixed_variance: str = "large",
+        clip_x0: bool = False,
         *,
         betas: Tensor | Sequence[float] | None = None,
         timestep_map: Tensor | Sequence[int] | None = None,
@@ -154,6 +157,7 @@ class GaussianDiffusion:
         self.num_timesteps = T = betas.numel()
         self.learn_sigma = learn_sigma
         self.fixed_variance = fixed_variance
+        self.clip_x0 = bool(clip_x0)
         if timestep_map is None:
             timestep_map = torch.arange(T)
         self.timestep_map = torch.as_tensor(timestep_map, dtype=torch.long).flatten()
@@ -179,7 +183,8 @@ class GaussianDiffusion:
         one_minus_abar = 1.0 - self.alphas_cumprod
         self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / one_minus_abar
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / one_minus_abar
-        # "large": beta_t, with beta~_1 at t = 0 as in improved DDPM (a zero variance has no log).
+        # "large": beta_t, with beta~_1 at t = 0, exactly ADM's FIXED_LARGE
+        # (np.append(posterior_variance[1], betas[1:]) for both the variance and its log).
         large = torch.cat([self.posterior_variance[1:2], betas[1:]]) if T > 1 else betas.clone()
         self._fixed_var = self.posterior_variance if fixed_variance == "small" else large
         self._fixed_log_var = (self.posterior_log_variance_clipped if fixed_variance == "small"
@@ -187,7 +192,7 @@ class GaussianDiffusion:
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(num_timesteps={self.num_timesteps}, learn_sigma={self.learn_sigma}, "
-                f"fixed_variance={self.fixed_variance!r})")
+                f"fixed_variance={self.fixed_variance!r}, clip_x0={self.clip_x0})")
 
     # ---- helpers ---------------------------------------------------------------------------------
 
@@ -197,12 +202,16 @@ class GaussianDiffusion:
         out = arr[t.detach().to("cpu", torch.long)].to(device=x.device, dtype=torch.float32)
         return out.view(-1, *([1] * (x.ndim - 1)))
 
+    def _clip(self, clip_denoised: bool | None) -> bool:
+        return self.clip_x0 if clip_denoised is None else bool(clip_denoised)
+
     def model_timesteps(self, t: Tensor) -> Tensor:
         """Internal indices (B,) -> the timesteps the model was trained on (B,)."""
         return self.timestep_map.to(t.device)[t]
 
-    def respaced(self, num_steps: int) -> GaussianDiffusion:
-        """This diffusion restricted to ``num_steps`` evenly spaced timesteps (see ``respace``)."""
+    def respaced(self, num_steps: int | str) -> GaussianDiffusion:
+        """This diffusion restricted to ``num_steps`` evenly spaced timesteps, ADM's spacing (an int,
+        "10,15,20" sections or "ddimN"; see ``respace.space_timesteps``)."""
         from .respace import respace
 
         return respace(self, num_steps)
@@ -330,21 +339,23 @@ class GaussianDiffusion:
     # ---- samplers --------------------------------------------------------------------------------
 
     def p_sample(
-        self, model_fn: ModelFn, x: Tensor, t: Tensor, generator: torch.Generator | None = None,
-        clip_denoised: bool = False,
+        self, model_fn: ModelFn, x: Tensor, t: Tensor, generator: Generators = None,
+        clip_denoised: bool | None = None,
     ) -> Tensor:
-        """One ancestral step x_t -> x_{t-1}; no noise is added at t == 0. x: (B, C, H, W), t: (B,)."""
-        p = self.p_mean_variance(model_fn, x, t, clip_denoised)
+        """One ancestral step x_t -> x_{t-1}; no noise is added at t == 0. x: (B, C, H, W), t: (B,).
+        clip_denoised=None uses the objective's ``clip_x0``."""
+        p = self.p_mean_variance(model_fn, x, t, self._clip(clip_denoised))
         noise = randn(x.shape, generator, x.device)
         nonzero = (t != 0).float().view(-1, *([1] * (x.ndim - 1)))
         return p["mean"] + nonzero * torch.exp(0.5 * p["log_variance"]) * noise
 
     def ddim_sample(
         self, model_fn: ModelFn, x: Tensor, t: Tensor, eta: float = 0.0,
-        generator: torch.Generator | None = None, clip_denoised: bool = False,
+        generator: Generators = None, clip_denoised: bool | None = None,
     ) -> Tensor:
-        """One DDIM step x_t -> x_{t-1} (Song et al. 2021, eq. 12); eta = 0 is deterministic."""
-        p = self.p_mean_variance(model_fn, x, t, clip_denoised)
+        """One DDIM step x_t -> x_{t-1} (Song et al. 2021, eq. 12); eta = 0 is deterministic.
+        clip_denoised=None uses the objective's ``clip_x0``."""
+        p = self.p_mean_variance(model_fn, x, t, self._clip(clip_denoised))
         # Re-derive eps from (possibly clipped) x0 so both stay consistent.
         eps = self.predict_eps_from_x0(x, t, p["pred_x0"])
         abar = self._extract(self.alphas_cumprod, t, x)
@@ -370,8 +381,8 @@ class GaussianDiffusion:
 
     def p_sample_loop(
         self, model_fn: ModelFn, shape: Sequence[int], noise: Tensor | None = None,
-        generator: torch.Generator | None = None, progress: bool = False, *,
-        clip_denoised: bool = False, device: torch.device | str | None = None,
+        generator: Generators = None, progress: bool = False, *,
+        clip_denoised: bool | None = None, device: torch.device | str | None = None,
     ) -> Tensor:
         """DDPM ancestral sampling over all of this diffusion's steps -> x_0 of ``shape``.
         For 250-step sampling use ``diffusion.respaced(250).p_sample_loop(...)``."""
@@ -380,8 +391,8 @@ class GaussianDiffusion:
 
     def ddim_sample_loop(
         self, model_fn: ModelFn, shape: Sequence[int], eta: float = 0.0, noise: Tensor | None = None,
-        generator: torch.Generator | None = None, progress: bool = False, *,
-        clip_denoised: bool = False, device: torch.device | str | None = None,
+        generator: Generators = None, progress: bool = False, *,
+        clip_denoised: bool | None = None, device: torch.device | str | None = None,
     ) -> Tensor:
         """DDIM sampling over all of this diffusion's steps -> x_0 of ``shape``."""
         step = lambda x, t: self.ddim_sample(model_fn, x, t, eta, generator, clip_denoised)  # noqa: E731
