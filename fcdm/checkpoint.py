@@ -3,16 +3,25 @@
 One file per saved step, `<dir>/step_00000400.pt`; the newest `keep` survive. A file is written
 to a temporary name and renamed into place, so a crash mid-write leaves the previous checkpoint
 intact and never a truncated file under a checkpoint name.
+
+Beside them the main process keeps `progress.json`, a small sidecar that `plan` and the runner read
+without torch (this module imports torch only inside the functions that need it)::
+
+    {"config_hash", "seed", "step", "steps", "evals_due": [...], "evals_done": [...],
+     "status": "running" | "finished" | "failed" | "killed", "run_id", "updated": unix time, "reason"}
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 from pathlib import Path
-
-import torch
+from typing import Any
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
+PROGRESS = "progress.json"
+STATUSES = ("running", "finished", "failed", "killed")
 
 
 class CheckpointError(RuntimeError):
@@ -32,8 +41,14 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(state: dict, directory: Path, step: int, keep: int = 2) -> Path:
-    """Write `state` as the checkpoint of `step` atomically, then prune to the newest `keep`."""
+def save_checkpoint(state: dict, directory: Path, step: int, keep: int = 2, protect=()) -> Path:
+    """Write `state` as the checkpoint of `step` atomically, then prune to the newest `keep`.
+
+    protect: steps never pruned (evaluation steps whose evaluation is not logged yet: a rerun needs
+    the weights of that step to perform it).
+    """
+    import torch
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, step)
@@ -48,13 +63,16 @@ def save_checkpoint(state: dict, directory: Path, step: int, keep: int = 2) -> P
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
-    for _, old in list_checkpoints(directory)[:-keep]:
-        old.unlink(missing_ok=True)
+    for old_step, old in list_checkpoints(directory)[:-keep]:
+        if old_step not in protect:
+            old.unlink(missing_ok=True)
     return final
 
 
 def load_checkpoint(path: Path) -> dict:
     """Load one checkpoint with weights_only=True; a damaged file raises CheckpointError."""
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
@@ -72,3 +90,43 @@ def load_latest(directory: Path) -> dict | None:
     """The newest checkpoint in `directory`, or None when there is none."""
     found = list_checkpoints(directory)
     return load_checkpoint(found[-1][1]) if found else None
+
+
+# -- the progress sidecar ----------------------------------------------------------------------------
+
+def write_progress(directory: Path, **fields: Any) -> dict:
+    """Update `<directory>/progress.json` atomically with `fields` (merged into what is there); returns it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if fields.get("status") not in (None, *STATUSES):
+        raise ValueError(f"progress status {fields['status']!r}; allowed values: {', '.join(STATUSES)}")
+    try:
+        current = read_progress(directory) or {}
+    except CheckpointError:  # a damaged sidecar is rewritten whole
+        current = {}
+    current.update(fields, updated=time.time())
+    final = directory / PROGRESS
+    tmp = final.with_name(f".{PROGRESS}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(current, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return current
+
+
+def read_progress(ckpt_dir: Path) -> dict | None:
+    """The run's progress sidecar, or None when there is none (a run that never checkpointed). Cheap: no torch."""
+    path = Path(ckpt_dir) / PROGRESS
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({e}); delete it: the next checkpoint rewrites it") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object; delete it: the next checkpoint rewrites it")
+    return data

@@ -2,7 +2,12 @@
 
     cfg = load_config("ablations/configs/smoke.yaml", overrides=["train.lr=2e-4"])
     cfg.hash          # canonical hash of everything that changes the trained weights (seed excluded)
+    cfg.data_shape    # (C, H, W) the denoiser sees, from the config alone (no dataset needed)
     cfg.to_yaml()     # round-trips through load_config
+
+The hash covers the *resolved* run: constructor arguments with preset and signature defaults filled in
+(numbers normalised, so 3 == 3.0), the objective's resolved settings, what the data is (a fixed identity
+for digits, a fingerprint of the files for latents, never their path) and SCHEMA_VERSION.
 
 Validation errors are ConfigError sentences naming the file, the key, the bad value and the fix.
 """
@@ -11,11 +16,23 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+# Bump whenever a code default that changes the trained weights changes (a model or objective default,
+# the data split, the flip RNG), so a new default never attaches to an old run's checkpoints.
+# 2: resolved, canonical identity; data fingerprints; per-item flip seeds from (seed, step, index).
+SCHEMA_VERSION = 2
+LATENT_CHANNELS = 4  # SD-VAE latents (DESIGN.md section 1)
+DIGITS_SIZES = (8, 16)
+# Constructor arguments fixed by other sections; the config refuses them in model.args.
+DERIVED_MODEL_ARGS = {"in_channels": "data", "num_classes": "data.num_classes", "input_size": "data.image_size",
+                      "learn_sigma": "objective.learn_sigma", "gradient_checkpointing": "train.gradient_checkpointing"}
 
 
 class ConfigError(ValueError):
@@ -36,14 +53,25 @@ class ObjectiveConfig(_Section):
     name: Literal["ddpm", "flow"] = "ddpm"
     num_timesteps: int = Field(1000, gt=1)  # ddpm only
     learn_sigma: bool | None = None  # None: learned variance for ddpm (as DiT), none for flow
+    fixed_variance: Literal["large", "small"] = "large"  # ddpm only, without learn_sigma; DiT's fixed-large
+    time_scale: float | None = Field(None, gt=0)  # flow only; None: 1000 (the FCDM release's t * 1000; SiT uses 1)
+    clip_x0: bool | None = None  # None: on for pixel data (digits), off for latents
+
+
+# Keys that apply to one objective only, with their defaults: any other value with the other objective
+# is refused, so a setting never silently does nothing.
+_OBJECTIVE_ONLY = {"ddpm": {"num_timesteps": 1000, "fixed_variance": "large"}, "flow": {"time_scale": None}}
 
 
 class DataConfig(_Section):
     name: Literal["digits", "latent-folder", "latent-array"] = "digits"
-    path: str | None = None  # latent datasets; operational (not hashed)
-    image_size: int = 8  # digits only: 8 or 16
-    hflip: bool = False  # digits are not flip-invariant; latents store flips as copies
-    num_workers: int = Field(0, ge=0)  # operational
+    path: str | None = None  # latent datasets; where, not what: the hash covers a fingerprint of the files
+    # The spatial side the denoiser sees: digits 8 or 16 (None: 8); latents 32 for 256 px, 64 for 512 px
+    # (None: 32). Declared so the model's shape is known without the data; training checks the data.
+    image_size: int | None = Field(None, gt=0)
+    num_classes: int | None = Field(None, gt=1)  # None: 10 for digits, 1000 for latents (ImageNet)
+    hflip: bool = False  # digits only: digits are not flip-invariant; latents store flips as copies
+    num_workers: int = Field(0, ge=0)  # operational: flips are seeded per item from (seed, step, index)
 
 
 class TrainConfig(_Section):
@@ -80,10 +108,12 @@ class EvalConfig(_Section):
 
 
 class LogConfig(_Section):
-    """Operational: cadence of metrics and checkpoints. Not hashed."""
+    """Operational: cadence of metrics and checkpoints, where the MLflow run lives. Not hashed."""
     every: int = Field(10, gt=0)
     checkpoint_every: int = Field(100, gt=0)
     keep_checkpoints: int = Field(2, ge=1)
+    experiment: str | None = None  # MLflow experiment a new run is created in; None: the run's name
+    tags: dict[str, str] = Field(default_factory=dict)  # set on the MLflow run whenever it is opened
 
 
 class RunConfig(_Section):
@@ -100,27 +130,72 @@ class RunConfig(_Section):
     def _consistent(self) -> RunConfig:
         from .diffusion import SAMPLERS
 
-        if self.data.name != "digits" and not self.data.path:
-            raise ValueError(f"data.path is required for data.name={self.data.name!r}: point it at the latents "
+        d, o = self.data, self.objective
+        if d.name != "digits" and not d.path:
+            raise ValueError(f"data.path is required for data.name={d.name!r}: point it at the latents "
                              "written by `fcdm-ablate prepare-latents IMAGE_DIR OUT --vae PATH`")
-        allowed = SAMPLERS[self.objective.name]
+        if d.name == "digits" and d.image_size is not None and d.image_size not in DIGITS_SIZES:
+            raise ValueError(f"data.image_size={d.image_size} is not available for digits; allowed values: "
+                             f"{', '.join(map(str, DIGITS_SIZES))}")
+        if d.name == "digits" and d.num_classes not in (None, 10):
+            raise ValueError(f"data.num_classes={d.num_classes} does not match digits, which has 10 classes; "
+                             "remove data.num_classes")
+        if d.name != "digits" and d.hflip:
+            raise ValueError(f"data.hflip=true does not apply to data.name={d.name!r}: latents store flips as "
+                             "encoded copies (prepare-latents --flip); remove data.hflip")
+        for key, default in _OBJECTIVE_ONLY["flow" if o.name == "ddpm" else "ddpm"].items():
+            if getattr(o, key) != default:
+                raise ValueError(f"objective.{key}={getattr(o, key)!r} does not apply to objective.name="
+                                 f"{o.name!r}; remove objective.{key}")
+        allowed = SAMPLERS[o.name]
         if self.eval.sampler is not None and self.eval.sampler not in allowed:
             raise ValueError(f"eval.sampler={self.eval.sampler!r} does not apply to objective.name="
-                             f"{self.objective.name!r}; allowed values: {', '.join(allowed)}")
-        if self.data.name != "digits" and self.eval.metrics and not (self.eval.vae and self.eval.reference):
+                             f"{o.name!r}; allowed values: {', '.join(allowed)}")
+        if d.name != "digits" and self.eval.metrics and not (self.eval.vae and self.eval.reference):
             raise ValueError("eval.vae and eval.reference are required to measure a latent run (samples are "
                              "decoded by the VAE and compared with reference images, e.g. ADM's "
                              "VIRTUAL_imagenet256_labeled.npz); set them, or set eval.metrics: [] to skip")
-        derived = {"in_channels", "num_classes", "learn_sigma", "gradient_checkpointing"} & set(self.model.args)
+        derived = sorted(set(DERIVED_MODEL_ARGS) & set(self.model.args))
         if derived:
-            raise ValueError(f"model.args.{sorted(derived)[0]} is set from the data and objective sections; "
-                             "remove it from model.args (use objective.learn_sigma or train.gradient_checkpointing)")
+            raise ValueError(f"model.args.{derived[0]} is set from {DERIVED_MODEL_ARGS[derived[0]]}; remove it "
+                             f"from model.args (set {DERIVED_MODEL_ARGS[derived[0]]} instead)")
+        if self.model.args.get("conditioning") in ("unconditional", "none") and self.eval.cfg_scale > 1:
+            raise ValueError(f"eval.cfg_scale={self.eval.cfg_scale:g} needs a class-conditional model, but "
+                             f"model.args.conditioning={self.model.args['conditioning']!r} has no class input, so "
+                             "guidance would only double the sampling cost; set eval.cfg_scale: 1.0")
+        from .build import check_model_args
+
+        check_model_args(self.model.name, self.model.args)
         return self
 
     # -- derived values -------------------------------------------------------------------------
     @property
     def learn_sigma(self) -> bool:
         return self.objective.name == "ddpm" if self.objective.learn_sigma is None else self.objective.learn_sigma
+
+    @property
+    def image_size(self) -> int:
+        """The spatial side H = W the denoiser sees."""
+        return self.data.image_size or (8 if self.data.name == "digits" else 32)
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one training example, from the config alone: (1, S, S) digits, (4, S, S) latents."""
+        return (1 if self.data.name == "digits" else LATENT_CHANNELS, self.image_size, self.image_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes or (10 if self.data.name == "digits" else 1000)
+
+    @property
+    def clip_x0(self) -> bool:
+        """Clip predicted x0 to [-1, 1] while sampling: right for pixels, wrong for unbounded latents."""
+        return self.data.name == "digits" if self.objective.clip_x0 is None else self.objective.clip_x0
+
+    @property
+    def time_scale(self) -> float:
+        """Flow matching feeds the model t * time_scale (the FCDM release: 1000)."""
+        return 1000.0 if self.objective.time_scale is None else float(self.objective.time_scale)
 
     @property
     def sampler(self) -> str:
@@ -146,23 +221,83 @@ class RunConfig(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def objective_settings(self) -> dict[str, Any]:
+        """The objective's resolved constructor settings (what `build_objective` passes)."""
+        o = self.objective
+        if o.name == "ddpm":
+            return {"num_timesteps": o.num_timesteps, "learn_sigma": self.learn_sigma,
+                    "fixed_variance": o.fixed_variance, "clip_x0": self.clip_x0}
+        return {"learn_sigma": self.learn_sigma, "time_scale": self.time_scale, "clip_x0": self.clip_x0}
+
     def identity(self) -> dict:
-        """The part of the config that determines the trained weights (what the hash covers)."""
-        d = self.to_dict()
-        for key in ("name", "seed", "eval", "log"):
-            d.pop(key)
-        for key in ("path", "num_workers"):
-            d["data"].pop(key)
-        return d
+        """What determines the trained weights, resolved and canonical (what the hash covers).
+
+        For latent data this reads the dataset's fingerprint (headers, meta.json, a few rows; cached), so
+        missing files raise fcdm.data.DataError; `try_hash` answers None instead.
+        """
+        from .build import resolved_model_kwargs
+        from .data.identity import data_identity
+        from .models import family_of
+
+        d = self.data
+        return canonical({
+            "schema": SCHEMA_VERSION,
+            "model": {"family": family_of(self.model.name), "args": resolved_model_kwargs(self)},
+            "objective": {"name": self.objective.name, **self.objective_settings()},
+            "data": data_identity(d.name, d.path, self.image_size, d.hflip),
+            "train": self.to_dict()["train"],
+        })
 
     @property
     def hash(self) -> str:
-        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        """12 hex digits of sha256 over the canonical identity; latent data: needs its files (DataError)."""
+        if self.data.name == "digits":  # pure function of the config: cached on its serialised form
+            return _digits_hash(json.dumps(self.to_dict(), sort_keys=True))
+        return _digest(self.identity())
+
+    def try_hash(self) -> str | None:
+        """The hash, or None when it needs data files that are missing or unreadable (e.g. `plan` on a laptop)."""
+        from .data import DataError
+
+        try:
+            return self.hash
+        except DataError:
+            return None
 
     def flat(self) -> dict[str, Any]:
         """Flattened `section.key` -> value, for MLflow params."""
         return dict(_flatten(self.to_dict()))
+
+
+def canonical(value: Any) -> Any:
+    """Numbers normalised (3.0 -> 3, -0.0 -> 0), tuples as lists, mappings with string keys; for hashing."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, dict):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return str(value)
+
+
+def _digest(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+@lru_cache(maxsize=4096)
+def _digits_hash(serialised: str) -> str:
+    return _digest(RunConfig.model_validate(json.loads(serialised)).identity())
+
+
+def identity_differences(stored: dict, current: dict) -> list[str]:
+    """'key: stored -> current' for every dotted key where two identities differ, sorted."""
+    a, b = dict(_flatten(stored)), dict(_flatten(current))
+    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in sorted(a.keys() | b.keys())
+            if a.get(k, "(absent)") != b.get(k, "(absent)")]
 
 
 def _flatten(d: dict, prefix: str = ""):

@@ -83,17 +83,19 @@ class Tracker:
         return runs[0] if runs else None
 
     def open(self, cfg: RunConfig, tags: dict[str, str]) -> tuple[str, bool]:
-        """Continue the run of (cfg.hash, cfg.seed) or create it; returns (run_id, existed)."""
+        """Continue the run of (cfg.hash, cfg.seed) or create it in experiment cfg.log.experiment (default:
+        cfg.name); `tags` and cfg.log.tags are set either way. Returns (run_id, existed)."""
         from mlflow.entities import Param, RunTag
 
+        tags = {**{k: str(v) for k, v in tags.items()}, **cfg.log.tags}
         existing = self.find(cfg.hash, cfg.seed)
         if existing is not None:
             self.run_id = existing.info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
             return self.run_id, True
-        run = self.client.create_run(self.experiment_id(cfg.name), run_name=run_name(cfg),
-                                     tags={TAG_HASH: cfg.hash, TAG_SEED: str(cfg.seed), **tags})
+        run = self.client.create_run(self.experiment_id(cfg.log.experiment or cfg.name), run_name=run_name(cfg),
+                                     tags={**tags, TAG_HASH: cfg.hash, TAG_SEED: str(cfg.seed)})
         self.run_id = run.info.run_id
         # MLflow params are immutable: logged once, when the run is created.
         params = [Param(k, str(v)) for k, v in cfg.flat().items()]

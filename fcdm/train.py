@@ -73,7 +73,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
 
     # Everything that can fail on user input is checked before the store is touched.
     dataset = build_dataset(cfg)
-    shape = (dataset.channels, dataset.image_size, dataset.image_size)
+    shape = cfg.data_shape  # build_dataset checked that the data has the declared shape
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg, dataset)
     objective = build_objective(cfg)
@@ -87,7 +87,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     protocol = Protocol.from_config(cfg)
     check_ready(cfg, protocol, store / "cache")
     sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, rank, world, cfg.seed, start, cfg.train.steps)
-    params, gflops = config_gflops(cfg.model.name, shape, **model_kwargs(cfg, dataset))
+    params, gflops = config_gflops(cfg.model.name, shape, **model_kwargs(cfg))
 
     ema = copy.deepcopy(model).float().requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
@@ -130,7 +130,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
         if accelerator.is_main_process:
             save_checkpoint({"step": step, "model": unwrapped.state_dict(), "ema": ema.state_dict(),
                              "optimizer": opt.state_dict(), "rng": rngs, "config_hash": cfg.hash,
-                             "data": data_info(dataset), "config": cfg.to_yaml(),
+                             "data": data_info(cfg, dataset), "config": cfg.to_yaml(),
                              "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None},
                             ckpt_dir, step, keep=cfg.log.keep_checkpoints)
         accelerator.wait_for_everyone()

@@ -24,7 +24,7 @@ def test_overrides_apply_with_yaml_typing():
 def test_hash_ignores_seed_and_operational_keys_but_not_training_choices():
     base = load_config(SMOKE)
     same = ["seed=7", "name=other", "log.every=1", "log.checkpoint_every=5", "data.num_workers=2",
-            "eval.num_samples=10", "eval.at=[1.0]"]
+            "eval.num_samples=10", "eval.at=[1.0]", "log.experiment=elsewhere", "log.tags={spec: a}"]
     for ov in same:
         assert load_config(SMOKE, [ov]).hash == base.hash, ov
     for ov in ["train.lr=2e-4", "model.args.kernel_size=3", "objective.name=ddpm", "train.steps=401",
@@ -56,8 +56,10 @@ def test_invalid_choice_lists_allowed_values():
 def test_latent_data_needs_a_path_and_derived_model_args_are_refused():
     with pytest.raises(ConfigError, match="data.path is required.*prepare-latents"):
         load_config(None, ["data.name=latent-array"])
-    with pytest.raises(ConfigError, match="model.args.num_classes is set from the data"):
+    with pytest.raises(ConfigError, match="model.args.num_classes is set from data.num_classes"):
         load_config(None, ["model.args.num_classes=3"])
+    with pytest.raises(ConfigError, match="model.args.input_size is set from data.image_size"):
+        load_config(None, ["model.name=DiT-S/2", "model.args.input_size=16"])
 
 
 def test_missing_file_and_bad_yaml_are_clear(tmp_path):
@@ -87,3 +89,109 @@ def test_a_renamed_config_is_the_same_run_with_the_same_checkpoints(tmp_path):
     a, b = load_config(SMOKE), load_config(SMOKE, ["name=renamed"])
     assert checkpoint_dir(tmp_path, a) == checkpoint_dir(tmp_path, b)
     assert checkpoint_dir(tmp_path, a) != checkpoint_dir(tmp_path, load_config(SMOKE, ["seed=1"]))
+
+
+# -- canonical hash (issue 7, item 2) --------------------------------------------------------------------
+
+@pytest.mark.parametrize("a, b", [
+    (["model.args.mlp_ratio=3"], ["model.args.mlp_ratio=3.0"]),
+    (["model.args.kernel_size=7"], []),  # explicit default vs the constructor's default
+    (["model.args.depth=[1, 1, 2, 1, 1]"], []),  # smoke's own value, given again
+    (["model.name=FCDM-B"], []),  # same resolved constructor arguments (smoke sets width and depth)
+    (["objective.name=ddpm", "objective.learn_sigma=null"], ["objective.name=ddpm", "objective.learn_sigma=true"]),
+    (["objective.time_scale=1000"], []),
+    (["objective.clip_x0=true"], []),  # digits: clipping is on by default
+    (["data.image_size=8"], ["data.image_size=null"]),
+    (["data.num_classes=10"], []),
+    (["model.name=DiT-S/2"], ["model.name=DiT-S/2", "model.args.patch_size=2.0"]),
+])
+def test_equal_resolved_configs_have_equal_hashes(a, b):
+    assert load_config(SMOKE, a).hash == load_config(SMOKE, b).hash
+
+
+@pytest.mark.parametrize("a, b", [
+    (["objective.name=ddpm", "objective.learn_sigma=true"], ["objective.name=ddpm", "objective.learn_sigma=false"]),
+    (["objective.name=ddpm", "objective.learn_sigma=false"],
+     ["objective.name=ddpm", "objective.learn_sigma=false", "objective.fixed_variance=small"]),
+    (["objective.time_scale=1"], []),
+    (["objective.clip_x0=false"], []),
+    (["data.hflip=true"], []),
+    (["data.image_size=16"], []),
+    (["model.name=DiT-S/2"], ["model.name=DiT-S/4"]),
+    (["model.args.label_dropout=joint"], []),
+])
+def test_different_training_gives_different_hashes(a, b):
+    assert load_config(SMOKE, a).hash != load_config(SMOKE, b).hash
+
+
+def test_identity_is_resolved_and_versioned():
+    from fcdm.build import resolved_model_kwargs
+    from fcdm.config import SCHEMA_VERSION
+
+    cfg = load_config(SMOKE, ["model.args.mlp_ratio=3.0"])
+    ident = cfg.identity()
+    assert ident["schema"] == SCHEMA_VERSION
+    assert ident["model"]["args"] == resolved_model_kwargs(cfg)
+    assert ident["model"]["args"]["kernel_size"] == 7 and ident["model"]["args"]["mlp_ratio"] == 3
+    assert type(ident["model"]["args"]["mlp_ratio"]) is int
+    assert ident["objective"] == {"name": "flow", "learn_sigma": False, "time_scale": 1000, "clip_x0": True}
+    assert ident["data"]["name"] == "digits" and "path" not in ident["data"]
+
+
+def test_resolved_model_kwargs_need_no_dataset():
+    from fcdm.build import resolved_model_kwargs
+
+    latent = load_config(None, ["model.name=DiT-XL/2", "data.name=latent-array", "data.path=/nowhere",
+                                "data.image_size=64", "eval.metrics=[]"])
+    kw = resolved_model_kwargs(latent)
+    assert (kw["input_size"], kw["in_channels"], kw["num_classes"], kw["learn_sigma"]) == (64, 4, 1000, True)
+    assert latent.data_shape == (4, 64, 64) and latent.num_classes == 1000
+    assert load_config(SMOKE).data_shape == (1, 8, 8) and load_config(SMOKE).num_classes == 10
+    assert load_config(None, ["data.name=latent-folder", "data.path=/x", "eval.metrics=[]"]).data_shape == (4, 32, 32)
+
+
+# -- settings of one objective, unconditional models, data declarations ------------------------------------
+
+@pytest.mark.parametrize("overrides, message", [
+    (["objective.time_scale=1"], None),  # smoke is flow: fine
+    (["objective.name=ddpm", "objective.time_scale=1"], "objective.time_scale=1.0 does not apply to objective.name='ddpm'"),
+    (["objective.fixed_variance=small"], "objective.fixed_variance='small' does not apply to objective.name='flow'"),
+    (["objective.num_timesteps=500"], "objective.num_timesteps=500 does not apply to objective.name='flow'"),
+    (["objective.fixed_variance=medium"], "objective.fixed_variance='medium' is invalid"),
+])
+def test_settings_of_the_other_objective_are_refused(overrides, message):
+    if message is None:
+        load_config(SMOKE, overrides)
+        return
+    with pytest.raises(ConfigError) as err:
+        load_config(SMOKE, overrides)
+    assert message in str(err.value) and str(SMOKE) in str(err.value)
+
+
+def test_guidance_on_an_unconditional_model_is_refused():
+    with pytest.raises(ConfigError, match=r"eval.cfg_scale=2 .*conditioning='unconditional' has no class input.*"
+                                          r"set eval.cfg_scale: 1.0"):
+        load_config(SMOKE, ["model.args.conditioning=unconditional"])
+    assert load_config(SMOKE, ["model.args.conditioning=unconditional", "eval.cfg_scale=1"]).eval.cfg_scale == 1
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.image_size=12"], "data.image_size=12 is not available for digits; allowed values: 8, 16"),
+    (["data.num_classes=7"], "data.num_classes=7 does not match digits"),
+    (["data.name=latent-array", "data.path=/x", "eval.metrics=[]", "data.hflip=true"],
+     "data.hflip=true does not apply to data.name='latent-array'"),
+    (["model.args.kernal_size=3"], "unknown key 'model.args.kernal_size' for FCDM-S; did you mean 'model.args.kernel_size'?"),
+    (["model.name=FCDM-XXL"], "model.name='FCDM-XXL' is not a known preset; did you mean 'FCDM-XL'?"),
+])
+def test_bad_data_and_model_declarations_are_one_sentence(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(SMOKE, overrides)
+    assert message in str(err.value)
+
+
+def test_log_experiment_and_tags_are_typed_and_unhashed():
+    cfg = load_config(SMOKE, ["log.experiment=ablation-k", "log.tags={spec: kernel, axis: k3}"])
+    assert cfg.log.experiment == "ablation-k" and cfg.log.tags == {"spec": "kernel", "axis": "k3"}
+    assert load_config(SMOKE).log.experiment is None and load_config(SMOKE).log.tags == {}
+    with pytest.raises(ConfigError, match="log.tags"):
+        load_config(SMOKE, ["log.tags=[a, b]"])

@@ -17,27 +17,30 @@ class DataError(ValueError):
     """Missing, empty or corrupt training data; the message names the path and the fix."""
 
 
-# Defined above the submodule imports on purpose: they import DataError from this package.
-from fcdm.data.digits import DigitsDataset, digits_arrays  # noqa: E402
-from fcdm.data.latents import LatentArrayDataset, LatentFolderDataset  # noqa: E402
-from fcdm.data.prepare import prepare_latents  # noqa: E402
+# The dataset classes import torch: load them on first use (PEP 562), so `fcdm.data.identity` (the
+# data part of a run's hash) and DataError import in milliseconds.
+_LAZY = {"DigitsDataset": "digits", "digits_arrays": "digits", "LatentArrayDataset": "latents",
+         "LatentFolderDataset": "latents", "prepare_latents": "prepare"}
+_DATASETS = {"digits": "DigitsDataset", "latent-folder": "LatentFolderDataset", "latent-array": "LatentArrayDataset"}
 
-DATASETS: dict[str, type] = {
-    "digits": DigitsDataset,
-    "latent-folder": LatentFolderDataset,
-    "latent-array": LatentArrayDataset,
-}
+
+def __getattr__(name: str):
+    import importlib
+
+    if name == "DATASETS":
+        return {k: __getattr__(v) for k, v in _DATASETS.items()}
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"fcdm.data.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'fcdm.data' has no attribute {name!r}")
 
 
 def build_dataset(name: str, **kwargs: Any):
     """Build a dataset by name: ``digits`` (split, image_size, hflip), ``latent-folder`` (root,
     num_classes) or ``latent-array`` (path, num_classes); kwargs go to the class constructor."""
-    try:
-        cls = DATASETS[name]
-    except KeyError:
-        allowed = ", ".join(repr(k) for k in DATASETS)
-        raise ValueError(f"unknown dataset {name!r}; allowed values are {allowed}") from None
-    return cls(**kwargs)
+    if name not in _DATASETS:
+        allowed = ", ".join(repr(k) for k in _DATASETS)
+        raise ValueError(f"unknown dataset {name!r}; allowed values are {allowed}")
+    return __getattr__(_DATASETS[name])(**kwargs)
 
 
 __all__ = [
