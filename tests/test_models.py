@@ -1,9 +1,9 @@
-"""The FCDM and DiT families: presets, conditioning types, init, checkpointing, state dicts, errors."""
+"""The FCDM and DiT families: presets, conditioning types, label dropout, init, checkpointing, state dicts, errors."""
 import pytest
 import torch
 
 from fcdm.flops import count_params
-from fcdm.models import CONDITIONING_TYPES, DIT_PRESETS, FCDM, create_model, list_models
+from fcdm.models import CONDITIONING_TYPES, DIT_PRESETS, FCDM, LABEL_DROPOUT_TYPES, create_model, list_models
 
 # Exact counts from the FCDM model table (DESIGN.md section 1).
 FCDM_PARAMS = {"FCDM-S": 32_699_912, "FCDM-B": 127_675_400, "FCDM-L": 504_453_128, "FCDM-XL": 698_754_056}
@@ -44,14 +44,41 @@ def test_output_shape_for_every_conditioning_type(conditioning, learn_sigma):
     out.sum().backward()  # every conditioning type must be differentiable end to end
 
 
-def test_conditioning_none_ignores_class_labels():
-    model = tiny(conditioning="none")
-    for p in model.parameters():  # break the zero init so the output depends on the input
+def randomised(model):
+    """Break the zero init so the output depends on every input."""
+    for p in model.parameters():
         p.data.normal_(0, 0.1)
-    x, t, _ = inputs()
-    model.eval()
-    assert torch.equal(model(x, t, torch.zeros(2, dtype=torch.long)), model(x, t, torch.full((2,), 7)))
+    return model
+
+
+def test_unconditional_has_no_class_input_but_conditions_blocks_on_the_timestep():
+    torch.manual_seed(0)
+    model = randomised(tiny(conditioning="unconditional")).eval()
+    assert not model.class_conditional
     assert not any("y_embedder" in n for n, _ in model.named_parameters())
+    x, t, _ = inputs()
+    out = model(x, t)  # no labels at all
+    assert torch.equal(out, model(x, t, torch.zeros(2, dtype=torch.long)))
+    assert torch.equal(out, model(x, t, torch.full((2,), 7)))
+    # The blocks keep adaLN-Zero, driven by the timestep alone.
+    assert model.latent[0].adaLN_modulation[-1].out_features == 3 * 32
+    assert not torch.equal(out, model(x, t + 100))
+
+
+def test_conditioning_none_is_refused_with_its_new_name():
+    with pytest.raises(ValueError, match="conditioning='none' is now called 'unconditional'"):
+        tiny(conditioning="none")
+
+
+def test_guidance_is_refused_for_an_unconditional_model():
+    model = tiny(conditioning="unconditional").eval()
+    x, t, _ = inputs()
+    xx, tt, yy = torch.cat([x, x]), torch.cat([t, t]), torch.tensor([1, 2, 10, 10])
+    with pytest.raises(ValueError, match="cfg_scale=1.5 .*needs a class-conditional model.*cfg_scale=1.0"):
+        model.forward_with_cfg(xx, tt, yy, cfg_scale=1.5)
+    assert model.forward_with_cfg(xx, tt, yy, cfg_scale=1.0).shape == (4, 2, 8, 8)
+    with pytest.raises(ValueError, match="class-conditional: pass labels y"):
+        tiny()(x, t)  # a conditional model without labels says what it needs
 
 
 def test_adaln_zero_output_is_zero_at_construction():
@@ -83,9 +110,10 @@ def test_embedders_exist_only_for_levels_that_read_them():
     """Unused parameters would break DDP (and inflate parameter counts of shallow ablations)."""
     names = lambda m: {n.split(".")[0] for n, _ in m.named_parameters() if n.startswith(("t_embedder", "y_embedder"))}
     assert names(tiny(depth=[1, 0, 1, 0, 1])) == {"t_embedder_1", "y_embedder_1", "t_embedder_3", "y_embedder_3"}
-    assert names(tiny(conditioning="none")) == {"t_embedder_1"}
+    assert names(tiny(conditioning="unconditional")) == {"t_embedder_1", "t_embedder_2", "t_embedder_3"}
+    assert names(tiny(conditioning="unconditional", depth=[1, 0, 1, 0, 1])) == {"t_embedder_1", "t_embedder_3"}
     x, t, y = inputs()
-    for model in (tiny(depth=[1, 0, 1, 0, 1]), tiny(depth=[1, 1, 0, 1, 1])):
+    for model in (tiny(depth=[1, 0, 1, 0, 1]), tiny(depth=[1, 1, 0, 1, 1]), tiny(conditioning="unconditional")):
         model(x, t, y).sum().backward()
         assert all(p.grad is not None for p in model.parameters())
 
@@ -152,6 +180,8 @@ def test_grn_off_removes_its_parameters():
     (dict(kernel_size=4), "kernel_size=4"),
     (dict(depth=[1, 1, 1]), "depth=[1, 1, 1]"),
     (dict(conditioning="cross-attention"), "conditioning='cross-attention'"),
+    (dict(label_dropout="shared"), "label_dropout='shared'"),
+    (dict(class_dropout_prob=1.0), "class_dropout_prob=1.0"),
 ])
 def test_bad_arguments_raise_value_errors_naming_argument_and_allowed_values(kwargs, needle):
     with pytest.raises(ValueError, match="allowed values") as err:
@@ -184,3 +214,79 @@ def test_cfg_guides_all_channels_by_default_and_three_on_request(family):
     torch.testing.assert_close(guided[:2, c:], cond[:, c:])  # learned variance is not guided
     partial = model.forward_with_cfg(x, t, y, cfg_scale=4.0, guided_channels=0)
     torch.testing.assert_close(partial[:2], cond)
+
+
+# --------------------------------------------------------------------------------------------------
+# Label dropout: per level (the public release) or jointly over the levels
+# --------------------------------------------------------------------------------------------------
+
+
+def dropped_per_level(model, n=20_000, seed=0) -> torch.Tensor:
+    """Train-mode draw of every level's label dropout for n samples: (levels, n) bool, True where that
+    level's class embedder used the null row. Read from the embedders' outputs, not from the code path."""
+    outputs = []
+    hooks = [emb.register_forward_hook(lambda m, a, kw, out: outputs.append(out), with_kwargs=True)
+             for emb in model._embedders("y")]
+    model.train()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model.conditioning_vectors(torch.zeros(n, dtype=torch.long), torch.arange(n) % model.num_classes)
+    for h in hooks:
+        h.remove()
+    return torch.stack([(out == emb.embedding_table.weight[emb.num_classes]).all(dim=1)
+                        for out, emb in zip(outputs, model._embedders("y"))])
+
+
+@pytest.mark.parametrize("kwargs,levels", [(dict(), 3), (dict(depth=[1, 0, 1, 0, 1]), 2),
+                                           (dict(shared_embedders=True), 1)])
+def test_joint_label_dropout_nulls_every_level_together_with_probability_p(kwargs, levels):
+    p, n = 0.3, 20_000
+    tol = 4 * (p * (1 - p) / n) ** 0.5  # four standard errors
+    per_level = dropped_per_level(tiny(class_dropout_prob=p, **kwargs), n)
+    joint = dropped_per_level(tiny(class_dropout_prob=p, label_dropout="joint", **kwargs), n)
+    assert per_level.shape[0] == joint.shape[0] == levels
+    for drops in (per_level, joint):  # each level alone drops with probability p either way
+        assert (drops.float().mean(dim=1) - p).abs().max() < tol
+    # All levels null at once, the input guidance's unconditional pass feeds: p ** levels vs p.
+    assert per_level.all(dim=0).float().mean().item() == pytest.approx(p ** levels, abs=tol)
+    assert joint.all(dim=0).float().mean().item() == pytest.approx(p, abs=tol)
+    assert torch.equal(joint.all(dim=0), joint.any(dim=0))  # never a partial drop
+
+
+def test_label_dropout_modes_share_weights_and_the_eval_null_path():
+    """Both modes have the same parameters (checkpoints move between them), agree in eval mode, null
+    class included, and a jointly dropped training sample is exactly the eval-mode null-class output."""
+    torch.manual_seed(0)
+    per_level = randomised(tiny(class_dropout_prob=0.5))
+    joint = tiny(class_dropout_prob=0.5, label_dropout="joint")
+    joint.load_state_dict(per_level.state_dict(), strict=True)
+    x, t, _ = inputs(8)
+    y = torch.tensor([0, 1, 2, 3, 10, 10, 4, 5])  # 10 = the null class
+    per_level.eval(), joint.eval()
+    assert torch.equal(per_level(x, t, y), joint(x, t, y))
+    joint.train()
+    torch.manual_seed(1)
+    trained = joint(x, t, y)
+    torch.manual_seed(1)  # the joint draw is the forward's first random number
+    drop = torch.rand(8) < 0.5
+    assert 0 < drop.sum() < 8
+    joint.eval()
+    assert torch.equal(trained, joint(x, t, torch.where(drop, 10, y)))
+
+
+def test_dit_accepts_label_dropout_and_both_modes_draw_the_same():
+    kw = dict(input_size=8, in_channels=1, num_classes=10, depth=1, hidden_size=24, num_heads=2,
+              class_dropout_prob=0.5)
+    torch.manual_seed(0)
+    a = randomised(create_model("DiT-S/8", **kw))
+    b = create_model("DiT-S/8", label_dropout="joint", **kw)
+    b.load_state_dict(a.state_dict())
+    x, t, y = inputs(8)
+    outs = []
+    for m in (a, b):
+        torch.manual_seed(3)
+        outs.append(m.train()(x, t, y))
+    assert torch.equal(*outs)
+    assert set(LABEL_DROPOUT_TYPES) == {"per-level", "joint"}
+    with pytest.raises(ValueError, match="label_dropout='levels' is not supported; allowed values"):
+        create_model("DiT-S/8", label_dropout="levels", **kw)

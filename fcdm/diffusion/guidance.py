@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..models.layers import guided_output
+from ..models.layers import check_guidance, guided_output
 from .gaussian import ModelFn
 
 
@@ -29,7 +29,10 @@ def guided_model_fn(
     [y, null_class]. The first ``guided_channels`` channels (None = all C prediction channels) are
     guided; the remaining prediction channels and any learned-variance channels (C..2C) come from the
     conditional pass. With cfg_scale == 1 the conditional model is run alone (guidance is a no-op).
+    A model with ``class_conditional = False`` (FCDM's conditioning="unconditional") refuses any other
+    cfg_scale with a ValueError: both passes would be identical.
     """
+    check_guidance(model, cfg_scale)
     if cfg_scale == 1.0:
         return lambda x, t: model(x, t, y)
 

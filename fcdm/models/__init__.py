@@ -4,6 +4,8 @@
     model = create_model("FCDM-XL")                           # the paper's preset
     model = create_model("FCDM-L", kernel_size=3)             # an ablation: any constructor argument
     model = create_model("DiT-XL/2", input_size=64)           # DiT at 512 px (64 x 64 latents)
+    model = create_model("FCDM-S", conditioning="unconditional")  # no class input: model(x, t)
+    model = create_model("FCDM-S", label_dropout="joint")     # all levels drop the label together
 """
 import inspect
 from collections.abc import Callable
@@ -11,7 +13,7 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from .dit import DiT
-from .fcdm import CONDITIONING_TYPES, FCDM, FCDMBlock, GRN
+from .fcdm import CONDITIONING_TYPES, FCDM, LABEL_DROPOUT_TYPES, FCDMBlock, GRN
 
 #################################################################################
 #                                    Presets                                    #
@@ -71,5 +73,5 @@ def create_model(name: str, **overrides) -> nn.Module:
     return cls(**kwargs)
 
 
-__all__ = ["CONDITIONING_TYPES", "DiT", "FCDM", "FCDMBlock", "GRN", "FCDM_PRESETS", "DIT_PRESETS",
+__all__ = ["CONDITIONING_TYPES", "LABEL_DROPOUT_TYPES", "DiT", "FCDM", "FCDMBlock", "GRN", "FCDM_PRESETS", "DIT_PRESETS",
            "PRESETS", "create_model", "family_of", "list_models", "preset_kwargs"]

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .layers import LabelEmbedder, TimestepEmbedder, guided_output, modulate
+from .fcdm import LABEL_DROPOUT_TYPES
+from .layers import LabelEmbedder, TimestepEmbedder, check_guidance, guided_output, modulate
 
 
 #################################################################################
@@ -92,12 +93,21 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """Diffusion transformer over (N, in_channels, input_size, input_size) latents."""
+    """Diffusion transformer over (N, in_channels, input_size, input_size) latents.
+
+    label_dropout is accepted for symmetry with FCDM, so one spec axis applies to both families: DiT
+    has a single class embedder, so "per-level" and "joint" are the same thing (the label is dropped
+    with probability class_dropout_prob) and draw the same random numbers.
+    """
 
     def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 1152,
                  depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1,
-                 num_classes: int = 1000, learn_sigma: bool = True, gradient_checkpointing: bool = False):
+                 num_classes: int = 1000, learn_sigma: bool = True, gradient_checkpointing: bool = False,
+                 label_dropout: str = "per-level"):
         super().__init__()
+        if label_dropout not in LABEL_DROPOUT_TYPES:
+            raise ValueError(f"label_dropout={label_dropout!r} is not supported; allowed values: "
+                             f"{', '.join(map(repr, LABEL_DROPOUT_TYPES))}")
         if input_size % patch_size:
             raise ValueError(f"input_size={input_size} is not divisible by patch_size={patch_size}; "
                              "choose a patch size that divides the latent resolution")
@@ -110,6 +120,8 @@ class DiT(nn.Module):
         self.num_heads = num_heads
         self.num_classes = num_classes
         self.class_conditional = True
+        self.class_dropout_prob = class_dropout_prob
+        self.label_dropout = label_dropout
         self.gradient_checkpointing = gradient_checkpointing
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
@@ -170,6 +182,7 @@ class DiT(nn.Module):
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float,
                          guided_channels: int | None = None) -> torch.Tensor:
         """Classifier-free guidance on [x; x] with labels [y; null]; see FCDM.forward_with_cfg."""
+        check_guidance(self, cfg_scale)
         half = x[: len(x) // 2]
         out = self.forward(torch.cat([half, half], dim=0), t, y)
         return guided_output(out, cfg_scale, self.in_channels if guided_channels is None else guided_channels)

@@ -8,12 +8,22 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import LabelEmbedder, LayerNorm2d, TimestepEmbedder, guided_output, modulate
+from .layers import LabelEmbedder, LayerNorm2d, TimestepEmbedder, check_guidance, guided_output, modulate
 
-CONDITIONING_TYPES = ("adaln-zero", "adaln", "additive", "none")
+# How the conditioning vector enters a block; "unconditional" is adaLN-Zero on the timestep alone,
+# with no class input anywhere (the model generates unconditionally, and guidance does not apply).
+CONDITIONING_TYPES = ("adaln-zero", "adaln", "additive", "unconditional")
+BLOCK_CONDITIONING = ("adaln-zero", "adaln", "additive")
+# "per-level": each level's label embedder drops labels on its own (the public release); "joint": one
+# draw per sample drops the label at every level together (see FCDM.class_labels_dropped).
+LABEL_DROPOUT_TYPES = ("per-level", "joint")
 
 
 def _check_choice(name: str, value, allowed) -> None:
+    if name == "conditioning" and value == "none":
+        raise ValueError("conditioning='none' is now called 'unconditional' (no class input at all: "
+                         "unconditional generation, blocks use adaLN-Zero on the timestep alone); allowed "
+                         f"values: {', '.join(map(repr, allowed))}")
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(repr, allowed))}")
 
@@ -41,17 +51,18 @@ class FCDMBlock(nn.Module):
 
     x: (N, D, H, W); c: (N, cond_dim). `conditioning` picks how c enters the block:
     adaln-zero (shift, scale and a gate, zero-initialised), adaln (shift and scale, no gate),
-    additive (a projection of c added after the depthwise conv), none (c is ignored).
+    additive (a projection of c added after the depthwise conv).
     """
 
     def __init__(self, dim: int, cond_dim: int, mlp_ratio: float = 3.0, kernel_size: int = 7,
                  grn: bool = True, conditioning: str = "adaln-zero"):
         super().__init__()
+        _check_choice("conditioning", conditioning, BLOCK_CONDITIONING)
         self.conditioning = conditioning
         hidden = int(dim * mlp_ratio)
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=kernel_size, padding=kernel_size // 2, groups=dim)
         # Without modulation the norm would lose its scale and shift, so it keeps its own affine.
-        self.norm = LayerNorm2d(dim, eps=1e-6, affine=conditioning in ("additive", "none"))
+        self.norm = LayerNorm2d(dim, eps=1e-6, affine=conditioning == "additive")
         self.pwconv1 = nn.Conv2d(dim, hidden, 1)
         self.act = nn.GELU()
         self.grn = GRN(hidden) if grn else nn.Identity()
@@ -125,17 +136,27 @@ class FCDM(nn.Module):
 
     hidden_size: width C of level 1 (levels 2 and 3 use 2C and 4C).
     depth: blocks per stage, [enc1, enc2, mid, dec2, dec1].
+    conditioning: how c enters the blocks (see FCDMBlock); "unconditional" builds no class embedders,
+        ignores y and conditions adaLN-Zero blocks on the timestep alone.
     shared_embedders: one timestep/class embedder of width C feeding every level, instead of the
         paper's per-level embedders of widths C, 2C, 4C.
+    label_dropout: "per-level" (each level's class embedder drops labels independently with
+        probability class_dropout_prob, as the public release does) or "joint" (one draw per sample
+        drops them at every level, so the all-null input guidance uses is trained with probability p
+        whatever the number of levels).
     """
 
     def __init__(self, in_channels: int = 4, hidden_size: int = 128, depth=(2, 4, 8, 4, 2),
                  mlp_ratio: float = 3.0, kernel_size: int = 7, grn: bool = True,
                  conditioning: str = "adaln-zero", shared_embedders: bool = False,
                  class_dropout_prob: float = 0.1, num_classes: int = 1000, learn_sigma: bool = True,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, label_dropout: str = "per-level"):
         super().__init__()
         _check_choice("conditioning", conditioning, CONDITIONING_TYPES)
+        _check_choice("label_dropout", label_dropout, LABEL_DROPOUT_TYPES)
+        if not 0.0 <= class_dropout_prob < 1.0:
+            raise ValueError(f"class_dropout_prob={class_dropout_prob!r} is not supported; allowed values: "
+                             "0 <= p < 1 (0 trains no null class, so guidance is unavailable)")
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size={kernel_size!r} is not supported; allowed values: odd integers >= 1 "
                              "(3, 5, 7, ...) so that padding k//2 keeps the resolution")
@@ -152,15 +173,18 @@ class FCDM(nn.Module):
         self.learn_sigma = learn_sigma
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.num_classes = num_classes
-        self.class_conditional = conditioning != "none"
+        self.conditioning = conditioning
+        self.class_conditional = conditioning != "unconditional"
+        self.class_dropout_prob = class_dropout_prob
+        self.label_dropout = label_dropout
         self.shared_embedders = shared_embedders
         self.gradient_checkpointing = gradient_checkpointing
         widths = [hidden_size, 2 * hidden_size, 4 * hidden_size]
+        block_conditioning = "adaln-zero" if conditioning == "unconditional" else conditioning
 
         # A level's embedders exist only if something reads them (level 1 always: the final layer),
         # so DDP never sees parameters without gradients, e.g. for depth [1, 0, 1, 0, 1].
-        blocks_use_c = conditioning != "none"
-        used = [True, blocks_use_c and depth[1] + depth[3] > 0, blocks_use_c and depth[2] > 0]
+        used = [True, depth[1] + depth[3] > 0, depth[2] > 0]
         emb_widths = [(0, hidden_size)] if shared_embedders else [(i, w) for i, w in enumerate(widths) if used[i]]
         for i, w in emb_widths:
             suffix = "" if shared_embedders else f"_{i + 1}"
@@ -170,8 +194,8 @@ class FCDM(nn.Module):
         cond_dims = [hidden_size] * 3 if shared_embedders else widths
 
         def stage(level: int, n: int) -> nn.ModuleList:
-            return nn.ModuleList(FCDMBlock(widths[level], cond_dims[level], mlp_ratio, kernel_size, grn, conditioning)
-                                 for _ in range(n))
+            return nn.ModuleList(FCDMBlock(widths[level], cond_dims[level], mlp_ratio, kernel_size, grn,
+                                           block_conditioning) for _ in range(n))
 
         self.x_embedder = nn.Conv2d(in_channels, hidden_size, kernel_size=3, stride=1, padding=1)
         self.encoder_level_1 = stage(0, depth[0])
@@ -187,7 +211,7 @@ class FCDM(nn.Module):
         self.decoder_level_1 = stage(0, depth[4])
         self.output_layer = nn.Conv2d(hidden_size, hidden_size, kernel_size=3, stride=1, padding=1)
         self.final_layer = ConvFinalLayer(hidden_size, cond_dims[0], self.out_channels)
-        self.initialize_weights(conditioning)
+        self.initialize_weights(block_conditioning)
 
     def _embedders(self, kind: str) -> list[nn.Module]:
         names = [f"{kind}_embedder"] if self.shared_embedders else [f"{kind}_embedder_{i}" for i in (1, 2, 3)]
@@ -222,16 +246,29 @@ class FCDM(nn.Module):
         return [*self.encoder_level_1, *self.encoder_level_2, *self.latent,
                 *self.decoder_level_2, *self.decoder_level_1]
 
-    def conditioning_vectors(self, t: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor | None]:
+    def joint_drop_ids(self, y: torch.Tensor) -> torch.Tensor | None:
+        """With label_dropout="joint" in training: one Bernoulli(p) draw per sample, (N,) long (1 = use
+        the null class), shared by every level's class embedder. None otherwise (per-level dropout, or
+        eval, or p = 0), so the per-level path draws exactly what the public release draws."""
+        if not (self.training and self.class_conditional and self.label_dropout == "joint"
+                and self.class_dropout_prob > 0):
+            return None
+        return (torch.rand(y.shape[0], device=y.device) < self.class_dropout_prob).long()
+
+    def conditioning_vectors(self, t: torch.Tensor, y: torch.Tensor | None) -> list[torch.Tensor | None]:
         """t: (N,), y: (N,) -> [c1 (N, C), c2 (N, 2C), c3 (N, 4C)] (all (N, C) with shared embedders;
-        None for a level whose blocks do not read it)."""
+        None for a level whose blocks do not read it). y is ignored (may be None) when unconditional."""
+        if self.class_conditional and y is None:
+            raise ValueError("this FCDM is class-conditional: pass labels y (N,) long, num_classes for the "
+                             "null class; only conditioning='unconditional' runs without labels")
         suffixes = [""] if self.shared_embedders else ["_1", "_2", "_3"]
+        drop_ids = self.joint_drop_ids(y) if self.class_conditional else None
         out = []
         for suffix in suffixes:
             t_emb = getattr(self, f"t_embedder{suffix}", None)
             c = None if t_emb is None else t_emb(t)
             if c is not None and self.class_conditional:
-                c = c + getattr(self, f"y_embedder{suffix}")(y, self.training)
+                c = c + getattr(self, f"y_embedder{suffix}")(y, self.training, force_drop_ids=drop_ids)
             out.append(c)
         return out * 3 if self.shared_embedders else out
 
@@ -243,8 +280,8 @@ class FCDM(nn.Module):
                 h = block(h, c)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x: (N, C_in, H, W), t: (N,) timesteps, y: (N,) labels -> (N, C_out, H, W)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, C_in, H, W), t: (N,) timesteps, y: (N,) labels (None when unconditional) -> (N, C_out, H, W)."""
         c1, c2, c3 = self.conditioning_vectors(t, y)
         enc1 = self._run_stage(self.encoder_level_1, self.x_embedder(x), c1)
         enc2 = self._run_stage(self.encoder_level_2, self.down1_2(enc1), c2)
@@ -260,8 +297,9 @@ class FCDM(nn.Module):
         """Classifier-free guidance on a batch [x; x] with labels [y; null]. x: (2N, C_in, H, W).
 
         guided_channels=None guides every predicted channel (in_channels); DiT's published
-        numbers used 3 (of 4 latent channels).
+        numbers used 3 (of 4 latent channels). An unconditional FCDM refuses any cfg_scale but 1.
         """
+        check_guidance(self, cfg_scale)
         half = x[: len(x) // 2]
         out = self.forward(torch.cat([half, half], dim=0), t, y)
         return guided_output(out, cfg_scale, self.in_channels if guided_channels is None else guided_channels)

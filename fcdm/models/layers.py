@@ -88,6 +88,15 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)
 
 
+def check_guidance(model: nn.Module, cfg_scale: float) -> None:
+    """Refuse classifier-free guidance (cfg_scale != 1) for a model without class input: its
+    conditional and unconditional passes are identical, so guidance would only double the compute."""
+    if cfg_scale != 1.0 and not getattr(model, "class_conditional", True):
+        raise ValueError(f"cfg_scale={cfg_scale} asks for classifier-free guidance, which needs a class-conditional "
+                         f"model; this {type(model).__name__} has conditioning='unconditional' (no class input). "
+                         "Sample it with cfg_scale=1.0.")
+
+
 def guided_output(model_out: torch.Tensor, cfg_scale: float, channels: int) -> torch.Tensor:
     """Classifier-free guidance on a doubled batch [cond; uncond] of outputs (2N, C_out, ...).
 
