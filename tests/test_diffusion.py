@@ -188,9 +188,49 @@ def test_wrong_output_channels_raise():
 # --------------------------------------------------------------------------------------------------
 
 
+def adm_space_timesteps(num_timesteps, section_counts):
+    """improved-diffusion's respace.space_timesteps (openai/improved-diffusion, MIT), re-typed from the
+    published algorithm as the reference: a fractional stride ACCUMULATED in floating point."""
+    if isinstance(section_counts, str):
+        if section_counts.startswith("ddim"):
+            desired_count = int(section_counts[len("ddim"):])
+            for i in range(1, num_timesteps):
+                if len(range(0, num_timesteps, i)) == desired_count:
+                    return set(range(0, num_timesteps, i))
+            raise ValueError("no integer stride")
+        section_counts = [int(x) for x in section_counts.split(",")]
+    size_per = num_timesteps // len(section_counts)
+    extra = num_timesteps % len(section_counts)
+    start_idx, all_steps = 0, []
+    for i, section_count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        frac_stride = 1 if section_count <= 1 else (size - 1) / (section_count - 1)
+        cur_idx, taken_steps = 0.0, []
+        for _ in range(section_count):
+            taken_steps.append(start_idx + round(cur_idx))
+            cur_idx += frac_stride
+        all_steps += taken_steps
+        start_idx += size
+    return set(all_steps)
+
+
+def test_spacing_matches_adm_for_every_step_count():
+    """Rounding i * stride instead of the accumulated stride picks other steps for 278 of these N."""
+    for n in range(1, 1001):
+        assert space_timesteps(1000, n) == sorted(adm_space_timesteps(1000, [n])), n
+    for spec in ["10,15,20", "ddim50", "ddim25", "250"]:
+        assert space_timesteps(1000, spec) == sorted(adm_space_timesteps(1000, spec)), spec
+    assert space_timesteps(300, [10, 15, 20]) == sorted(adm_space_timesteps(300, [10, 15, 20]))
+    kept = space_timesteps(1000, 21)  # one of the 278: not [round(i * 999 / 20) for i in range(21)]
+    assert kept != [round(i * 999 / 20) for i in range(21)] and kept[0] == 0 and kept[-1] == 999
+    for bad, needle in [("ddim999", "no integer stride"), ("fifty", "comma-separated"), ("500,600", "section of 500")]:
+        with pytest.raises(ValueError, match=needle):
+            space_timesteps(1000, bad)
+
+
 def test_respacing_keeps_alphas_cumprod_and_maps_timesteps():
     base = GaussianDiffusion()
-    kept = [round(i * 999 / 249) for i in range(250)]
+    kept = sorted(adm_space_timesteps(1000, "250"))  # DiT passes str(num_sampling_steps)
     assert space_timesteps(1000, 250) == kept and kept[0] == 0 and kept[-1] == 999
     sp = base.respaced(250)
     assert sp.num_timesteps == 250 and sp.timestep_map.tolist() == kept
@@ -199,9 +239,80 @@ def test_respacing_keeps_alphas_cumprod_and_maps_timesteps():
     sp10 = respace(sp, 10)
     assert set(sp10.timestep_map.tolist()) <= set(kept)
     np.testing.assert_allclose(sp10.alphas_cumprod.numpy(), ABAR_REF[sp10.timestep_map.numpy()], rtol=1e-10)
+    ddim = base.respaced("ddim50")
+    assert ddim.timestep_map.tolist() == list(range(0, 1000, 20))
     assert respace(base, 1000) is base
     with pytest.raises(ValueError, match="between 1 and 1000"):
         base.respaced(2000)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixed variance without learned sigma, x0 clipping
+# --------------------------------------------------------------------------------------------------
+
+
+def fixed_variances(d: GaussianDiffusion, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(variance, log variance) per internal step (T,) that ``d`` uses with a fixed-variance model."""
+    t = torch.arange(d.num_timesteps)
+    p = d.p_mean_variance_from_output(torch.zeros(d.num_timesteps, *x.shape[1:]), x.expand(d.num_timesteps,
+                                                                                             *x.shape[1:]), t)
+    return p["variance"][:, 0, 0, 0].double().numpy(), p["log_variance"][:, 0, 0, 0].double().numpy()
+
+
+def adm_fixed_variances(betas: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """ADM's gaussian_diffusion.py: FIXED_LARGE and FIXED_SMALL (variance, log variance) in numpy."""
+    abar = np.cumprod(1.0 - betas)
+    abar_prev = np.append(1.0, abar[:-1])
+    posterior = betas * (1.0 - abar_prev) / (1.0 - abar)
+    large = np.append(posterior[1], betas[1:])
+    return {"large": (large, np.log(large)),
+            "small": (posterior, np.log(np.append(posterior[1], posterior[1:])))}
+
+
+def test_fixed_variance_is_adm_fixed_large_by_default_and_small_on_request():
+    x = torch.zeros(1, 1, 1, 1)
+    ref = adm_fixed_variances(BETAS_REF)
+    assert create_objective("ddpm", learn_sigma=False).fixed_variance == "large"
+    for kind, d in [("large", GaussianDiffusion(learn_sigma=False)),
+                    ("large", create_objective("ddpm", num_timesteps=1000, learn_sigma=False, fixed_variance="large",
+                                               clip_x0=False)),
+                    ("small", GaussianDiffusion(learn_sigma=False, fixed_variance="small"))]:
+        var, log_var = fixed_variances(d, x)
+        np.testing.assert_allclose(var, ref[kind][0], rtol=1e-6)
+        np.testing.assert_allclose(log_var, ref[kind][1], rtol=1e-6)
+    var, _ = fixed_variances(GaussianDiffusion(learn_sigma=False), x)
+    np.testing.assert_allclose(var[1:], BETAS_REF[1:], rtol=1e-6)  # beta_t, except t = 0
+    # Respacing keeps the choice: the respaced process's own FIXED_LARGE / FIXED_SMALL.
+    for kind in ("large", "small"):
+        sp = GaussianDiffusion(learn_sigma=False, fixed_variance=kind).respaced(50)
+        assert sp.fixed_variance == kind
+        kept = sp.timestep_map.numpy()
+        betas = 1.0 - ABAR_REF[kept] / np.append(1.0, ABAR_REF[kept][:-1])
+        np.testing.assert_allclose(fixed_variances(sp, x)[0], adm_fixed_variances(betas)[kind][0], rtol=1e-6)
+
+
+def point_mass_eps(value: float):
+    """E[eps | x_t] for data that is always ``value``: predicts x0 = value, outside [-1, 1] for 3.0."""
+    return lambda x, t: (x - _abar(t).sqrt() * value) / (1 - _abar(t)).sqrt()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_clip_x0_clamps_the_predicted_x0_while_sampling(sampler):
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    off = create_objective("ddpm", num_timesteps=1000, learn_sigma=False, fixed_variance="large", clip_x0=False)
+    on = create_objective("ddpm", num_timesteps=1000, learn_sigma=False, fixed_variance="large", clip_x0=True)
+    assert not GaussianDiffusion().clip_x0 and on.respaced(20).clip_x0  # default off; respacing keeps it
+    far = sample(off, point_mass_eps(3.0), (16, 1, 2, 2), sampler, 20, generator=g())
+    torch.testing.assert_close(far, torch.full_like(far, 3.0), atol=1e-3, rtol=0)  # unclipped: the data
+    clipped = sample(on, point_mass_eps(3.0), (16, 1, 2, 2), sampler, 20, generator=g())
+    torch.testing.assert_close(clipped, torch.ones_like(clipped), atol=1e-5, rtol=0)
+    # Inside [-1, 1] clipping changes nothing.
+    inside = [sample(d, point_mass_eps(0.5), (16, 1, 2, 2), sampler, 20, generator=g()) for d in (off, on)]
+    torch.testing.assert_close(inside[0], inside[1], atol=1e-6, rtol=0)
+    # An explicit clip_denoised overrides the objective's setting.
+    loop = on.respaced(20).p_sample_loop if sampler == "ddpm" else on.respaced(20).ddim_sample_loop
+    unclipped = loop(point_mass_eps(3.0), (16, 1, 2, 2), generator=g(), clip_denoised=False)
+    torch.testing.assert_close(unclipped, far, atol=1e-5, rtol=0)
 
 
 def test_respaced_sampler_calls_model_with_original_timesteps():
@@ -251,7 +362,7 @@ def test_ddpm_with_optimal_variance_recovers_gaussian_exactly():
 def test_ddpm_250_steps_posterior_variance_recovers_gaussian():
     """The paper's evaluation sampler (250 respaced steps), fixed small variance: it slightly
     underestimates the data spread (the missing c1^2 Var(x0|x_t) term), hence the 6% tolerance."""
-    d = create_objective("ddpm", learn_sigma=False)
+    d = create_objective("ddpm", learn_sigma=False, fixed_variance="small")
     x = sample(d, optimal_eps, (N_SAMPLES, 1, 2, 2), "ddpm", 250, generator=torch.Generator().manual_seed(6))
     _check_recovers(x, std_tol=0.06)
 
@@ -312,6 +423,16 @@ class ToyConditional:
         return torch.cat([x * scale + yy, x - yy], dim=1)
 
 
+def test_guidance_refused_for_a_model_without_class_input():
+    model = ToyConditional()
+    model.class_conditional = False  # as FCDM(conditioning="unconditional") sets it
+    y = torch.tensor([2, 5])
+    with pytest.raises(ValueError, match="needs a class-conditional model"):
+        guided_model_fn(model, y, 2.0, null_class=10)
+    x, t = torch.randn(2, 4, 3, 3), torch.tensor([10, 10])
+    assert torch.equal(guided_model_fn(model, y, 1.0, null_class=10)(x, t), model(x, t, y))
+
+
 def test_cfg_scale_one_is_conditional_model():
     model, y = ToyConditional(), torch.tensor([2, 5])
     x, t = torch.randn(2, 4, 3, 3), torch.tensor([10, 10])
@@ -344,6 +465,13 @@ def test_create_objective_and_errors():
     assert isinstance(create_objective("ddpm"), GaussianDiffusion)
     flow = create_objective("flow", time_scale=1.0)
     assert isinstance(flow, FlowMatching) and flow.time_scale == 1.0
+    # The settings the config layer passes, exactly.
+    d = create_objective("ddpm", num_timesteps=500, learn_sigma=True, fixed_variance="small", clip_x0=True)
+    assert (d.num_timesteps, d.learn_sigma, d.fixed_variance, d.clip_x0) == (500, True, "small", True)
+    f = create_objective("flow", learn_sigma=True, time_scale=1.0, clip_x0=True)
+    assert (f.learn_sigma, f.time_scale, f.clip_x0) == (True, 1.0, True)
+    with pytest.raises(ValueError, match=r"'flow' does not take num_timesteps; allowed arguments: time_scale"):
+        create_objective("flow", num_timesteps=1000)
     with pytest.raises(ValueError, match=r"unknown objective 'edm'.*\['ddpm', 'flow'\]"):
         create_objective("edm")
     with pytest.raises(ValueError, match=r"'euler'.*allows \['ddpm', 'ddim'\]"):

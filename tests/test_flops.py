@@ -61,3 +61,15 @@ def test_counting_is_on_the_meta_device_and_leaves_no_state():
 
 def test_training_compute():
     assert training_gflops(118.64, batch_size=256, steps=400_000) == pytest.approx(118.64 * 3 * 256 * 400_000)
+
+
+def test_unconditional_and_joint_label_dropout_count_exactly():
+    """No class embedders: FCDM-S loses its three (1000 + 1)-row tables of widths 128, 256, 512 and
+    no FLOPs (a table lookup is not a multiply-add); joint label dropout changes neither."""
+    params, gflops = config_gflops("FCDM-S", (4, 32, 32))
+    assert params == 32_699_912
+    uncond_params, uncond_gflops = config_gflops("FCDM-S", (4, 32, 32), conditioning="unconditional")
+    assert uncond_params == 32_699_912 - 1001 * (128 + 256 + 512) == 31_803_016
+    assert uncond_gflops == gflops
+    assert config_gflops("FCDM-S", (4, 32, 32), label_dropout="joint") == (params, gflops)
+    assert config_gflops("DiT-S/8", (4, 32, 32), label_dropout="joint") == config_gflops("DiT-S/8", (4, 32, 32))

@@ -1,9 +1,9 @@
-"""Linear-path flow matching: path, loss, time scaling and Euler ODE/SDE samplers on Gaussian data."""
+"""Linear-path flow matching: path, loss, time scaling, x0 clipping and Euler ODE/SDE samplers on Gaussian data."""
 
 import pytest
 import torch
 
-from fcdm.diffusion import FlowMatching, sample
+from fcdm.diffusion import FlowMatching, create_objective, sample
 
 MU = torch.tensor([0.5, -0.3, 0.0, 0.2]).view(1, 1, 2, 2)
 S = torch.tensor([0.4, 0.6, 1.0, 0.8]).view(1, 1, 2, 2)
@@ -124,3 +124,58 @@ def test_step_count_errors():
         fm.euler_sde_sample(optimal_velocity, (1, 1, 2, 2), 1)
     with pytest.raises(ValueError, match="num_steps must be >= 1"):
         fm.euler_ode_sample(optimal_velocity, (1, 1, 2, 2), 0)
+
+
+@pytest.mark.parametrize("time_scale", [1000.0, 1.0])
+def test_time_scale_is_an_objective_setting(time_scale):
+    """create_objective passes time_scale through: the model sees t * time_scale in training and sampling."""
+    fm = create_objective("flow", learn_sigma=False, time_scale=time_scale, clip_x0=False)
+    seen = []
+
+    def fn(x, t_model):
+        seen.append(t_model)
+        return optimal_velocity(x, t_model, time_scale)
+
+    t = torch.tensor([0.25, 0.5])
+    fm.training_losses(fn, torch.randn(2, 1, 2, 2), t)
+    torch.testing.assert_close(seen[-1], t * time_scale)
+    seen.clear()
+    sample(fm, fn, (4, 1, 2, 2), "euler", 50, generator=torch.Generator().manual_seed(3))
+    ts = torch.stack(seen)[:, 0] / time_scale  # the 50 Euler times, as the model saw them, unscaled
+    torch.testing.assert_close(ts, torch.linspace(0, 1, 51)[:-1])
+    with pytest.raises(ValueError, match="time_scale must be positive, got 0"):
+        create_objective("flow", time_scale=0.0)
+
+
+def point_mass_velocity(value: float, time_scale: float = 1000.0):
+    """E[x1 - x0 | x_t] for data that is always ``value``: (value - x_t) / (1 - t)."""
+    return lambda x, t_model: (value - x) / (1 - t_model / time_scale).view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler-sde"])
+def test_clip_x0_clamps_the_implied_data_while_sampling(sampler):
+    off = create_objective("flow", learn_sigma=False, time_scale=1000.0, clip_x0=False)
+    on = create_objective("flow", learn_sigma=False, time_scale=1000.0, clip_x0=True)
+    assert not FlowMatching().clip_x0
+    draw = lambda fm, value: sample(fm, point_mass_velocity(value), (16, 1, 2, 2), sampler, 20,  # noqa: E731
+                                    generator=torch.Generator().manual_seed(0))
+    far = draw(off, 3.0)
+    torch.testing.assert_close(far, torch.full_like(far, 3.0), atol=1e-4, rtol=0)  # unclipped: the data
+    clipped = draw(on, 3.0)
+    torch.testing.assert_close(clipped, torch.ones_like(clipped), atol=1e-4, rtol=0)
+    assert torch.equal(draw(off, 0.5), draw(on, 0.5))  # nothing to clip: bit for bit the same
+    # Training never clips.
+    x1, t, noise = torch.full((2, 1, 2, 2), 3.0), torch.tensor([0.3, 0.6]), torch.randn(2, 1, 2, 2)
+    fn = point_mass_velocity(3.0)
+    assert torch.equal(on.training_losses(fn, x1, t, noise)["loss"], off.training_losses(fn, x1, t, noise)["loss"])
+
+
+def test_clipped_velocity_is_the_one_whose_implied_data_is_clamped():
+    fm = FlowMatching(clip_x0=True)
+    g = torch.Generator().manual_seed(1)
+    x, t = 2 * torch.randn(4, 1, 2, 2, generator=g), torch.tensor([0.0, 0.3, 0.7, 0.95])
+    v = optimal_velocity(x, t * 1000)
+    tb = t.view(-1, 1, 1, 1)
+    implied = x + (1 - tb) * v
+    assert (implied.abs() > 1).any() and (implied.abs() < 1).any()
+    torch.testing.assert_close(fm.sampling_velocity(optimal_velocity, x, t), (implied.clamp(-1, 1) - x) / (1 - tb))
