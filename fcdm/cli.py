@@ -166,6 +166,87 @@ def prepare_latents(image_dir: Annotated[Path, typer.Argument(help="Image folder
     typer.echo(f"wrote latents to {path}")
 
 
+class LauncherName(str, Enum):
+    local = "local"
+    accelerate = "accelerate"
+    slurm = "slurm"
+
+
+@app.command()
+def run(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablations/kernel_size.yaml.")],
+        profile: Annotated[str | None, typer.Option(help="Spec profile (default: the spec's default_profile, else smoke).")] = None,
+        jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Jobs at once, each with its share of CPU "
+                                                 "threads or its own GPU(s) (default: one per GPU; CPU only: one per core).")] = None,
+        launcher: Annotated[LauncherName, typer.Option(help="local: a process per job; accelerate: `accelerate launch` "
+                                                       "per job; slurm: a Slurm job per job (submitit).")] = LauncherName.local,
+        force: Annotated[bool, typer.Option("--force", help="Retrain finished jobs (their old MLflow runs go to the trash).")] = False,
+        fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop everything at the first failed job.")] = False,
+        set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key in every job: --set train.steps=50.")] = None,
+        num_processes: Annotated[int | None, typer.Option("--num-processes", min=1, help="accelerate: processes per job.")] = None,
+        accelerate_config: Annotated[Path | None, typer.Option(help="accelerate: config file (default: accelerate's own).")] = None,
+        launcher_opt: Annotated[list[str] | None, typer.Option("--launcher-opt", help="A launcher option key=value: "
+                                                               "partition=gpu, time=240, gpus_per_node=8 (slurm); "
+                                                               "main_process_port=29600 (accelerate).")] = None,
+        wait: Annotated[bool, typer.Option(help="Wait for jobs that other runners hold (taking over any whose runner dies).")] = True,
+        store: StoreOption = None, tracking_uri: TrackingOption = None,
+        progress: Annotated[bool, typer.Option(help="Show the live progress view.")] = True):
+    """Run every job of an ablation spec: skip finished, resume partial, share the work with other runners."""
+    from .config import ConfigError
+    from .launchers import LauncherError, launcher_options
+    from .runner import run_jobs
+    from .spec import SpecError, expand, load_spec
+
+    try:
+        parsed = load_spec(spec)
+        job_list = expand(parsed, profile, set_ or [])
+        options = launcher_options(launcher.value, parsed.launcher, launcher_opt or [], num_processes=num_processes,
+                                   config_file=str(accelerate_config) if accelerate_config else None)
+        summary = run_jobs(job_list, store, tracking_uri, parallel=jobs, launcher=launcher.value,
+                           launcher_options=options, force=force, fail_fast=fail_fast, progress=progress,
+                           wait_elsewhere=wait)
+    except (SpecError, ConfigError, LauncherError) as e:
+        _fail(str(e))
+    typer.echo(summary.render())
+    if summary.interrupted:
+        raise typer.Exit(130)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
+       spec: Annotated[str | None, typer.Option(help="Open this spec's experiment (a name or a spec file).")] = None,
+       store: StoreOption = None):
+    """Start the MLflow UI on the store (127.0.0.1) and print the URL of each spec's training-runs table."""
+    # `--optuna` (optuna-dashboard on the sweep storage) joins here as a branch before the MLflow UI.
+    from .ui import UIError, start_ui
+
+    name = spec
+    if spec and spec.endswith((".yaml", ".yml")):
+        from .spec import SpecError, load_spec
+
+        try:
+            name = load_spec(spec).name
+        except SpecError as e:
+            _fail(str(e))
+    try:
+        server = start_ui(store, port)
+    except UIError as e:
+        _fail(str(e))
+    with server:
+        if name is not None and name not in server.experiments:
+            _fail(f"--spec {spec}: the store {server.store} has no experiment {name!r}; run it with `fcdm-ablate run "
+                  f"ablations/{name}.yaml`, or pick one of: {', '.join(server.experiments) or '(none)'}")
+        shown = {name: server.experiments[name]} if name else server.experiments
+        typer.echo(f"MLflow UI on {server.url} (store {server.store}; log {server.log}); Ctrl-C stops it")
+        for exp, exp_id in shown.items():
+            typer.echo(f"  {exp}: {server.experiment_url(exp_id)}")
+        try:
+            server.proc.wait()
+        except KeyboardInterrupt:
+            pass
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,86 @@
+"""The runner's terminal view: one live rich panel (jobs done, steps done, one bar per running job)
+with a line printed above it for each job that starts, ends or is skipped. Without a terminal (CI,
+a log file, `--no-progress`) only those lines are printed, so job output never interleaves.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Row:
+    """One running job as the view shows it."""
+    name: str
+    step: int
+    steps: int
+    started: float  # unix time
+    where: str  # "pid 123", "slurm job 42"
+
+
+def _clock(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class LiveView:
+    """`with LiveView(title, total, enabled) as view: view.event(...); view.update(rows, counts)`."""
+
+    def __init__(self, title: str, total_jobs: int, total_steps: int, enabled: bool = True):
+        from rich.console import Console
+
+        self.console = Console(highlight=False)
+        self.title, self.total_jobs, self.total_steps = title, total_jobs, total_steps
+        self.enabled = enabled and self.console.is_terminal
+        self.t0 = time.time()
+        self._live = None
+        self._rows: list[Row] = []
+        self._counts: dict[str, int] = {}
+        self._steps_done = 0
+        self._note = ""
+
+    def __enter__(self) -> LiveView:
+        if self.enabled:
+            from rich.live import Live
+
+            self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def event(self, message: str) -> None:
+        """A line above the live panel (or a plain line without one)."""
+        if self._live is not None:
+            self._live.console.print(message, markup=False)
+        else:
+            print(message, flush=True)
+
+    def update(self, rows: list[Row], counts: dict[str, int], steps_done: int, note: str = "") -> None:
+        self._rows, self._counts, self._steps_done, self._note = rows, counts, steps_done, note
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def _render(self):
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        done = sum(self._counts.get(k, 0) for k in ("finished", "skipped", "elsewhere", "failed", "stopped"))
+        table = Table.grid(padding=(0, 1))
+        table.add_column(no_wrap=True, max_width=48)
+        table.add_column(width=32)
+        table.add_column(no_wrap=True)
+        parts = [f"{v} {k}" for k, v in self._counts.items() if v]
+        table.add_row(f"[bold]{self.title}[/]", ProgressBar(total=max(self.total_jobs, 1), completed=done, width=32),
+                      f"{done}/{self.total_jobs} jobs  {', '.join(parts)}  {_clock(time.time() - self.t0)}")
+        table.add_row("steps", ProgressBar(total=max(self.total_steps, 1), completed=self._steps_done, width=32),
+                      f"{self._steps_done}/{self.total_steps}")
+        for r in self._rows:
+            table.add_row(f"  {r.name}", ProgressBar(total=max(r.steps, 1), completed=r.step, width=32),
+                          f"step {r.step}/{r.steps}  {_clock(time.time() - r.started)}  {r.where}")
+        if self._note:
+            table.add_row(f"[dim]{self._note}[/]", "", "")
+        return table
