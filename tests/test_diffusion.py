@@ -430,7 +430,10 @@ def test_guidance_refused_for_a_model_without_class_input():
     with pytest.raises(ValueError, match="needs a class-conditional model"):
         guided_model_fn(model, y, 2.0, null_class=10)
     x, t = torch.randn(2, 4, 3, 3), torch.tensor([10, 10])
-    assert torch.equal(guided_model_fn(model, y, 1.0, null_class=10)(x, t), model(x, t, y))
+    for scale in (1.0, 0.5):  # allowed, and never a doubled batch: both halves would be the same
+        model.batches.clear()
+        assert torch.equal(guided_model_fn(model, y, scale, null_class=10)(x, t), model(x, t, y))
+        assert model.batches == [2, 2]
 
 
 def test_cfg_scale_one_is_conditional_model():

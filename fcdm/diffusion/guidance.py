@@ -29,11 +29,11 @@ def guided_model_fn(
     [y, null_class]. The first ``guided_channels`` channels (None = all C prediction channels) are
     guided; the remaining prediction channels and any learned-variance channels (C..2C) come from the
     conditional pass. With cfg_scale == 1 the conditional model is run alone (guidance is a no-op).
-    A model with ``class_conditional = False`` (FCDM's conditioning="unconditional") refuses any other
-    cfg_scale with a ValueError: both passes would be identical.
+    A model with ``class_conditional = False`` (FCDM's conditioning="unconditional") refuses
+    cfg_scale > 1 with a ValueError, and runs alone for any other scale (both passes would be identical).
     """
     check_guidance(model, cfg_scale)
-    if cfg_scale == 1.0:
+    if cfg_scale == 1.0 or not getattr(model, "class_conditional", True):
         return lambda x, t: model(x, t, y)
 
     def fn(x: Tensor, t: Tensor) -> Tensor:

@@ -297,7 +297,7 @@ class FCDM(nn.Module):
         """Classifier-free guidance on a batch [x; x] with labels [y; null]. x: (2N, C_in, H, W).
 
         guided_channels=None guides every predicted channel (in_channels); DiT's published
-        numbers used 3 (of 4 latent channels). An unconditional FCDM refuses any cfg_scale but 1.
+        numbers used 3 (of 4 latent channels). An unconditional FCDM refuses cfg_scale > 1.
         """
         check_guidance(self, cfg_scale)
         half = x[: len(x) // 2]

@@ -89,9 +89,11 @@ class LabelEmbedder(nn.Module):
 
 
 def check_guidance(model: nn.Module, cfg_scale: float) -> None:
-    """Refuse classifier-free guidance (cfg_scale != 1) for a model without class input: its
-    conditional and unconditional passes are identical, so guidance would only double the compute."""
-    if cfg_scale != 1.0 and not getattr(model, "class_conditional", True):
+    """Refuse classifier-free guidance (cfg_scale > 1) for a model without class input: its
+    conditional and unconditional passes are identical, so guidance would only double the compute
+    and a guided FID would be an unguided one under another name. (cfg_scale <= 1 is let through,
+    as the config layer does: the combination is then exactly the conditional output.)"""
+    if cfg_scale > 1.0 and not getattr(model, "class_conditional", True):
         raise ValueError(f"cfg_scale={cfg_scale} asks for classifier-free guidance, which needs a class-conditional "
                          f"model; this {type(model).__name__} has conditioning='unconditional' (no class input). "
                          "Sample it with cfg_scale=1.0.")
