@@ -15,7 +15,7 @@ from .layers import LabelEmbedder, LayerNorm2d, TimestepEmbedder, check_guidance
 CONDITIONING_TYPES = ("adaln-zero", "adaln", "additive", "unconditional")
 BLOCK_CONDITIONING = ("adaln-zero", "adaln", "additive")
 # "per-level": each level's label embedder drops labels on its own (the public release); "joint": one
-# draw per sample drops the label at every level together (see FCDM.class_labels_dropped).
+# draw per sample drops the label at every level together (see FCDM.joint_drop_ids).
 LABEL_DROPOUT_TYPES = ("per-level", "joint")
 
 
