@@ -42,7 +42,10 @@ def process_start(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22: starttime (fields after the comm's ')')
+    fields = stat.rsplit(")", 1)[1].split()  # the fields after the command name, which may hold spaces
+    if fields[0] in ("Z", "X"):  # a zombie: dead, waiting for its parent to reap it
+        return None
+    return fields[19]  # field 22: starttime
 
 
 def _pid_alive(pid: int, start: str | None) -> bool:

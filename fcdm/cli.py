@@ -166,6 +166,48 @@ def prepare_latents(image_dir: Annotated[Path, typer.Argument(help="Image folder
     typer.echo(f"wrote latents to {path}")
 
 
+@app.command()
+def plan(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablations/kernel_size.yaml.")],
+         profile: Annotated[str | None, typer.Option(help="Spec profile (default: the spec's default_profile, else smoke).")] = None,
+         measure: Annotated[bool, typer.Option("--measure", help="Time a few training steps of each distinct "
+                                               "architecture here and estimate wall time per job and in total.")] = False,
+         fmt: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table,
+         set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key in every job: --set data.path=DIR.")] = None,
+         store: StoreOption = None):
+    """Show a spec's jobs, their GFLOPs, training compute and status, without running or writing anything."""
+    from .spec import SpecError, expand, load_spec, resolve_profile
+
+    try:
+        parsed = load_spec(spec)
+        chosen = resolve_profile(parsed, profile)
+        job_list = expand(parsed, chosen, set_ or [])
+        from . import plan as planning
+
+        rows = planning.plan_rows(job_list, store)
+    except SpecError as e:
+        _fail(str(e))
+    how = "as asked" if profile else ("the spec's default_profile" if parsed.default_profile else "the default")
+    others = [p for p in parsed.profiles if p != chosen]
+    typer.echo(f"{parsed.name}: profile '{chosen}' ({how}" + (f"; others: {', '.join(others)})" if others else ")"),
+               err=fmt is not TableFormat.table)
+    if measure:
+        for row, seconds in zip(rows, planning.measure_steps(job_list)):
+            row["est_seconds"] = seconds * row["steps"]
+    meta = {"spec": parsed.name, "profile": chosen}
+    if fmt is TableFormat.csv:
+        typer.echo(planning.to_csv(rows), nl=False)
+    elif fmt is TableFormat.json:
+        typer.echo(planning.to_json(rows, meta))
+    else:
+        from rich.console import Console
+
+        title = f"{parsed.name} ({chosen}): GFLOPs per forward (batch 1); training compute = GFLOPs x 3 x batch x steps"
+        Console(width=max(Console().width, 140)).print(planning.table(rows, title))
+        if any(r["hash"] is None for r in rows):
+            typer.echo(f"'{planning.NO_DATA}': the hash covers the latent data's fingerprint; set --set data.path=... "
+                       "to a prepared dataset to see hashes and status")
+
+
 class LauncherName(str, Enum):
     local = "local"
     accelerate = "accelerate"
@@ -177,8 +219,9 @@ def run(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablations
         profile: Annotated[str | None, typer.Option(help="Spec profile (default: the spec's default_profile, else smoke).")] = None,
         jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Jobs at once, each with its share of CPU "
                                                  "threads or its own GPU(s) (default: one per GPU; CPU only: one per core).")] = None,
-        launcher: Annotated[LauncherName, typer.Option(help="local: a process per job; accelerate: `accelerate launch` "
-                                                       "per job; slurm: a Slurm job per job (submitit).")] = LauncherName.local,
+        launcher: Annotated[LauncherName | None, typer.Option(help="local (default): a process per job; accelerate: "
+                                                              "`accelerate launch` per job; slurm: a Slurm job per job "
+                                                              "(submitit). Default: the spec's launcher.name.")] = None,
         force: Annotated[bool, typer.Option("--force", help="Retrain finished jobs (their old MLflow runs go to the trash).")] = False,
         fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop everything at the first failed job.")] = False,
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key in every job: --set train.steps=50.")] = None,
@@ -199,9 +242,11 @@ def run(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablations
     try:
         parsed = load_spec(spec)
         job_list = expand(parsed, profile, set_ or [])
-        options = launcher_options(launcher.value, parsed.launcher, launcher_opt or [], num_processes=num_processes,
+        defaults = parsed.launcher or {}  # the spec's launcher section: name, jobs, accelerate, slurm
+        kind = launcher.value if launcher else defaults.get("name", "local")
+        options = launcher_options(kind, defaults, launcher_opt or [], num_processes=num_processes,
                                    config_file=str(accelerate_config) if accelerate_config else None)
-        summary = run_jobs(job_list, store, tracking_uri, parallel=jobs, launcher=launcher.value,
+        summary = run_jobs(job_list, store, tracking_uri, parallel=jobs or defaults.get("jobs"), launcher=kind,
                            launcher_options=options, force=force, fail_fast=fail_fast, progress=progress,
                            wait_elsewhere=wait)
     except (SpecError, ConfigError, LauncherError) as e:
@@ -245,6 +290,151 @@ def ui(port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0
             server.proc.wait()
         except KeyboardInterrupt:
             pass
+
+
+class SweepSampler(str, Enum):
+    tpe = "tpe"
+    random = "random"
+    grid = "grid"
+    nsga2 = "nsga2"
+    cmaes = "cmaes"
+
+
+class SweepPruner(str, Enum):
+    median = "median"
+    hyperband = "hyperband"
+    none = "none"
+    always = "always"
+
+
+@app.command()
+def sweep(spec: Annotated[Path, typer.Argument(help="Spec with a `search` section.")] = Path("ablations/sweep.yaml"),
+          optuna_: Annotated[bool, typer.Option("--optuna", help="Search with Optuna (the engine; required).")] = False,
+          profile: Annotated[str | None, typer.Option(help="Spec profile (default: the spec's default_profile, else smoke).")] = None,
+          trials: Annotated[int | None, typer.Option(min=1, help="The study's TOTAL trials, finished + pruned + running "
+                                                     "(default: search.trials, else 20); rerun with more to add trials.")] = None,
+          timeout: Annotated[float | None, typer.Option(min=0, help="Start no new trial after this many seconds.")] = None,
+          storage: Annotated[str | None, typer.Option(help="Optuna storage: sqlite:///FILE, postgresql://user@host/db, "
+                                                      "journal:PATH (default: sqlite:///<store>/optuna.db).")] = None,
+          study: Annotated[str | None, typer.Option(help="Study name (default: <spec name>-<profile>).")] = None,
+          workers: Annotated[int, typer.Option(min=1, help="Trials trained at once on this machine; the same command "
+                                               "on other machines with the same --storage joins the study.")] = 1,
+          sampler: Annotated[SweepSampler | None, typer.Option(help="Default: search.sampler, else tpe (nsga2 for "
+                                                               "several objectives).")] = None,
+          pruner: Annotated[SweepPruner | None, typer.Option(help="Default: search.pruner, else median. 'always' is a "
+                                                             "test setting: every trial after trial 0 is pruned at its "
+                                                             "first evaluation.")] = None,
+          launcher: Annotated[LauncherName | None, typer.Option(help="How each trial's job trains: local, accelerate, "
+                                                                "slurm (default: the spec's launcher.name, else local).")] = None,
+          launcher_opt: Annotated[list[str] | None, typer.Option("--launcher-opt", help="A launcher option key=value, "
+                                                                 "as for `run`.")] = None,
+          num_processes: Annotated[int | None, typer.Option("--num-processes", min=1, help="accelerate: processes per trial.")] = None,
+          heartbeat: Annotated[int, typer.Option(min=1, help="Seconds between trial heartbeats (SQLite/PostgreSQL); a "
+                                                 "trial silent for twice as long is failed and retried.")] = 60,
+          store: StoreOption = None, tracking_uri: TrackingOption = None):
+    """Search a spec's design space with Optuna: each trial trains as a job (pruned, deduplicated, resumable)."""
+    if not optuna_:
+        _fail("choose a search engine: --optuna (the only one so far: Optuna samplers tpe|random|grid|nsga2|cmaes, "
+              "pruners median|hyperband|none), e.g. fcdm-ablate sweep --optuna --trials 20")
+    from .config import ConfigError
+    from .launchers import LauncherError, launcher_options
+    from .spec import SpecError, load_spec
+    from .sweep import SweepError, format_summary, run_sweep
+
+    try:
+        parsed = load_spec(spec)
+        defaults = parsed.launcher or {}
+        kind = launcher.value if launcher else defaults.get("name", "local")
+        options = launcher_options(kind, defaults, launcher_opt or [], num_processes=num_processes)
+        summary = run_sweep(parsed, profile=profile, trials=trials, timeout=timeout, storage=storage,
+                            study_name=study, workers=workers, sampler=sampler.value if sampler else None,
+                            pruner=pruner.value if pruner else None, launcher=kind, launcher_options=options,
+                            store=store, tracking_uri=tracking_uri, heartbeat=heartbeat, log=typer.echo)
+    except (SpecError, SweepError, ConfigError, LauncherError) as e:
+        _fail(str(e))
+    typer.echo(format_summary(summary))
+    if summary.interrupted:
+        raise typer.Exit(130)
+    if not summary.best:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(specs: Annotated[list[Path] | None, typer.Argument(help="Spec files (default: every spec that has runs in the store).")] = None,
+           profile: Annotated[str | None, typer.Option(help="Spec profile (default: the spec's default_profile; with no "
+                                                       "SPEC, every profile that has runs).")] = None,
+           out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: <store>/reports/<spec>-<profile>/; "
+                                                    "with several reports, one sub-folder each).")] = None,
+           step: Annotated[int | None, typer.Option(min=1, help="Evaluation step of the GFLOPs and ablation tables "
+                                                    "(default: each configuration's final evaluation).")] = None,
+           metric: Annotated[str, typer.Option(help="Metric key: fid, is, kid, precision, recall, class_consistency, "
+                                               "or a suffixed one (fid/ddpm-250-cfg1.5-n50000-fp32-seed0).")] = "fid",
+           formats: Annotated[str, typer.Option("--format", help="Comma-separated table formats: md, tex, csv, html "
+                                                "(report.md is always written; html adds report.html).")] = "md,tex,csv,html",
+           set_: Annotated[list[str] | None, typer.Option("--set", help="The --set overrides the spec was run with.")] = None,
+           log: Annotated[bool, typer.Option("--log/--no-log", help="Log the report as artifacts of a report run in the "
+                                             "spec's MLflow experiment.")] = True,
+           store: StoreOption = None, tracking_uri: TrackingOption = None):
+    """Tables, figures, report.md and report.html of a spec's runs, with seed statistics."""
+    import re
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from analysis.aggregate import ReportError
+    from analysis.render import to_rich
+    from analysis.report import FORMATS
+    from analysis.specs import report_spec, specs_in_store
+    from analysis.store import StoreError
+    from fcdm.config import ConfigError
+    from fcdm.spec import SpecError
+    from fcdm.tracking import resolve_store, resolve_tracking_uri
+
+    chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
+    bad = [f for f in chosen if f not in FORMATS]
+    if bad or not chosen:
+        _fail(f"--format {formats!r}: {bad[0] if bad else 'empty'} is not a report format; allowed values (comma-"
+              f"separated): {', '.join(FORMATS)}")
+    for path in specs or []:
+        if not path.is_file():
+            _fail(f"{path}: no such spec file; pass the path of a spec such as ablations/kernel_size.yaml")
+    console = Console()
+    store_dir = resolve_store(store)
+    if specs:
+        targets = [(p, profile) for p in specs]
+    else:
+        try:
+            targets, warnings = specs_in_store(resolve_tracking_uri(store_dir, tracking_uri))
+        except StoreError as e:
+            _fail(str(e))
+        for w in warnings:
+            typer.echo(f"warning: {w}", err=True)
+        targets = [(p, prof) for p, prof in targets if profile is None or (prof or profile) == profile]
+        if not targets:
+            _fail(f"no runs in {resolve_tracking_uri(store_dir, tracking_uri)} are tagged with a spec"
+                  + (f" and profile {profile!r}" if profile else "") + "; run one first (fcdm-ablate run "
+                  "ablations/kernel_size.yaml) or pass SPEC")
+    failed = 0
+    for path, prof in targets:
+        dest = out if out is None or len(targets) == 1 else out / f"{path.stem}-{prof or 'default'}"
+        try:
+            rep = report_spec(path, prof, store_dir, tracking_uri, dest, metric=metric, step=step, formats=chosen,
+                              overrides=tuple(set_ or ()), log=log)
+        except (SpecError, ConfigError, ReportError, StoreError) as e:
+            if len(targets) == 1:
+                _fail(str(e))
+            typer.echo(f"error: {e}", err=True)
+            failed += 1
+            continue
+        if rep.main is not None:
+            console.print(to_rich(rep.main))
+        for line in rep.summary:  # **bold** of the Markdown summary as terminal bold
+            console.print("- " + re.sub(r"\*\*(.+?)\*\*", r"[bold]\1[/bold]", escape(line)))
+        counts = ", ".join(f"{v} {'not run' if k == 'MISSING' else k.lower()}" for k, v in sorted(rep.counts.items()))
+        console.print(f"{rep.spec} ({rep.profile}): {counts}; wrote {len(rep.files)} files to {rep.out}"
+                      + (f"; logged to MLflow run {rep.run_id}" if rep.run_id else ""), markup=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -161,6 +161,9 @@ class Launcher:
     def processes_per_job(self) -> int:
         return 1
 
+    def check(self, jobs) -> None:
+        """Refuse options that contradict the jobs, before anything starts."""
+
     def start(self, job, config: Path, log: Path, store: Path, tracking_uri: str, env: dict[str, str],
               claim=None) -> Handle:
         proc = spawn([sys.executable, *train_argv(config, store, tracking_uri)], log, env)
@@ -174,9 +177,7 @@ class LocalLauncher(Launcher):
                                 "apply to --launcher accelerate or --launcher slurm")
 
 
-_ACCELERATE_REFUSED = {"mixed_precision": "train.mixed_precision is part of the run's identity (it changes the "
-                                          "weights): set it with --set train.mixed_precision=bf16",
-                       "cpu": "the trainer picks the CPU itself when no GPU is visible"}
+_ACCELERATE_REFUSED = {"cpu": "the trainer picks the CPU itself when no GPU is visible"}
 
 
 class AccelerateLauncher(Launcher):
@@ -198,6 +199,16 @@ class AccelerateLauncher(Launcher):
     def processes_per_job(self) -> int:
         return int(self.options.get("num_processes", 1))
 
+    def check(self, jobs) -> None:
+        # The trainer passes train.mixed_precision to Accelerator(), which wins over accelerate's flag: a
+        # different flag would be silently ignored, and precision is part of the run's identity (hashed).
+        mp = self.options.get("mixed_precision")
+        odd = [j for j in jobs if mp is not None and j.config.train.mixed_precision != mp]
+        if odd:
+            raise LauncherError(f"accelerate option mixed_precision={mp!r} but job {odd[0].name} has "
+                                f"train.mixed_precision={odd[0].config.train.mixed_precision!r}: precision is part of "
+                                f"the run's identity; set it with --set train.mixed_precision={mp}")
+
     def argv(self, job, config: Path, store: Path, tracking_uri: str, env: dict[str, str]) -> list[str]:
         """accelerate's command line; num_processes defaults to the job's GPUs (one on CPU)."""
         opts = dict(self.options)
@@ -210,7 +221,8 @@ class AccelerateLauncher(Launcher):
         if procs > 1 and "config_file" not in opts and not any(k in opts for k in ("multi_gpu", "use_cpu")):
             # DESIGN.md 5: `--cpu --num_processes 2` silently runs ONE process; --multi_gpu starts gloo on CPU.
             opts["multi_gpu"] = True
-        flags = ["--mixed_precision", job.config.train.mixed_precision]
+        opts["mixed_precision"] = job.config.train.mixed_precision  # what the trainer uses anyway
+        flags = []
         for k, v in opts.items():
             if v is True:
                 flags.append(f"--{k}")
@@ -234,15 +246,15 @@ def free_port() -> int:
 # Friendly option names -> submitit's (generic ones work on every submitit cluster, slurm_* on Slurm only).
 _SLURM_NAMES = {"time": "timeout_min", "partition": "slurm_partition", "account": "slurm_account",
                 "qos": "slurm_qos", "constraint": "slurm_constraint", "setup": "slurm_setup",
-                "exclude": "slurm_exclude", "additional": "slurm_additional_parameters"}
+                "exclude": "slurm_exclude", "additional_parameters": "slurm_additional_parameters"}
 _SLURM_GENERIC = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb", "nodes", "tasks_per_node")
 _SLURM_OWN = ("cluster", "folder")
 
 
 class SlurmLauncher(Launcher):
     """One Slurm job per ablation job, through submitit. Options: partition, time (minutes),
-    gpus_per_node, cpus_per_task, mem_gb, account, qos, constraint, setup (shell lines), additional
-    (a dict of sbatch flags), any slurm_* parameter of submitit; cluster=local runs the jobs through
+    gpus_per_node, cpus_per_task, mem_gb, account, qos, constraint, setup (shell lines),
+    additional_parameters (a dict of sbatch flags), any slurm_* parameter of submitit; cluster=local runs the jobs through
     submitit's local executor (no Slurm needed: tests, a workstation), folder: submitit's files.
 
     The cluster job adopts the runner's claim and heartbeats it itself, so the job keeps its claim if
@@ -260,6 +272,8 @@ class SlurmLauncher(Launcher):
             raise LauncherError("--launcher slurm: no Slurm on this machine (sbatch is not on PATH); run where "
                                 "sbatch works, use --launcher local, or pass --launcher-opt cluster=local to run "
                                 "the Slurm path through submitit's local executor")
+        if isinstance(opts.get("time"), str):
+            opts["time"] = slurm_minutes(opts["time"])
         params = {_SLURM_NAMES.get(k, k): v for k, v in opts.items()}
         for k in params:
             if k not in _SLURM_GENERIC and not k.startswith("slurm_"):
@@ -298,6 +312,23 @@ class SlurmLauncher(Launcher):
         sjob = ex.submit(cluster_entry, argv, str(log), job_env, str(claim.path) if claim else None,
                          claim.token if claim else None)
         return SlurmHandle(f"slurm job {sjob.job_id}", sjob)
+
+
+def slurm_minutes(text: str) -> int:
+    """Slurm's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes, rounded up."""
+    days, _, rest = text.strip().rpartition("-")
+    try:
+        parts = [int(p) for p in rest.split(":")]
+        d = int(days) if days else 0
+    except ValueError:
+        raise LauncherError(f"launcher option time={text!r}: expected minutes or Slurm's D-HH:MM:SS") from None
+    if days:  # D-H, D-H:M, D-H:M:S
+        h, m, sec = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        h, m, sec = parts
+    else:  # M or M:S
+        h, (m, sec) = 0, (parts + [0])[:2]
+    return max(1, d * 1440 + h * 60 + m + (1 if sec else 0))
 
 
 EXIT_CLAIM_LOST = 75  # the cluster job found its claim taken over before it started: it trained nothing

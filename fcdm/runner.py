@@ -22,6 +22,7 @@ is reported, never redone. Every run the runner trains or skips carries the tag
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -86,6 +87,9 @@ class Session:
         from .tracking import Tracker
 
         names = sorted({j.config.log.experiment or j.config.name for j in jobs})
+        quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
         with _store_lock(self.store) if self.uri.startswith("sqlite:") else _nothing():
             tracker = Tracker(self.store, self.uri)
             self._client = tracker.client
@@ -95,6 +99,7 @@ class Session:
                 except MlflowException:  # created meanwhile by another runner on a tracking server
                     if tracker.client.get_experiment_by_name(name) is None:
                         raise
+        quiet.setLevel(level)
 
     def close(self) -> None:
         self.heartbeat.stop()
@@ -341,27 +346,29 @@ def run_jobs(jobs: list[Job], store=None, tracking_uri=None, *, parallel: int | 
     which checkpoint; a second one kills them. `wait_elsewhere`: wait for jobs other runners hold
     (taking over any whose runner dies) so the summary covers every job."""
     unique = list({j.key: j for j in reversed(jobs)}.values())[::-1]  # first occurrence wins
-    session = Session(store, tracking_uri, launcher, launcher_options, force)
+    if parallel is not None and parallel < 1:
+        raise LauncherError(f"--jobs {parallel}: must be at least 1")
     gpus, cpus = detect_gpus(), cpu_count()
     if parallel is None:
         parallel = len(unique) if launcher == "slurm" else default_parallel(gpus, cpus, len(unique))
-    if parallel < 1:
-        raise LauncherError(f"--jobs {parallel}: must be at least 1")
-    procs = session.launcher.processes_per_job()
-    envs = [{} if launcher == "slurm" else slot_env(i, parallel, gpus, cpus, procs) for i in range(parallel)]
-    pending, running, outcomes = list(unique), [], {}
-    free = list(range(parallel))
-    stop = {"n": 0, "signals": 0}
-    handlers = _install_handlers(stop)
+    session = Session(store, tracking_uri, launcher, launcher_options, force)
+    pending, running, outcomes, free = list(unique), [], {}, list(range(parallel))
+    stop, handlers = {"n": 0, "signals": 0}, {}
     title = unique[0].spec if unique else "run"
-    view_steps = sum(j.config.train.steps for j in unique)
+    profiles = sorted({j.profile for j in unique if j.profile})
     from .live import LiveView, Row
 
     t0, last_scan, dirty = time.time(), 0.0, True
     try:
+        session.launcher.check(unique)
+        procs = session.launcher.processes_per_job()
+        envs = [{} if launcher == "slurm" else slot_env(i, parallel, gpus, cpus, procs) for i in range(parallel)]
         session.prepare(unique)
+        handlers = _install_handlers(stop)
+        view_steps = sum(j.config.train.steps for j in unique)
         with LiveView(title, len(unique), view_steps, progress) as view:
-            view.event(f"{title}: {len(unique)} jobs, {parallel} at a time ({launcher} launcher"
+            view.event(f"{title}{' (profile ' + ', '.join(profiles) + ')' if profiles else ''}: {len(unique)} jobs, "
+                       f"{parallel} at a time ({launcher} launcher"
                        f"{', GPUs ' + ','.join(gpus) if gpus and launcher != 'slurm' else ''}); logs in "
                        f"{session.store / 'jobs'}")
             stopping = 0
