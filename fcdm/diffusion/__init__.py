@@ -82,7 +82,8 @@ def sample(
     """Draw samples of ``shape`` (B, C, H, W) with ``num_steps`` model evaluations (per batch item).
 
     "ddpm" / "ddim" respace the Gaussian diffusion to ``num_steps`` (250-step DDPM is the paper's
-    evaluation); "euler" / "euler-sde" integrate the flow from noise to data.
+    evaluation); "euler" / "euler-sde" integrate the flow from noise to data. Both clip the predicted
+    clean data to [-1, 1] when the objective was built with ``clip_x0=True``.
     """
     kind = "ddpm" if isinstance(objective, GaussianDiffusion) else "flow" \
         if isinstance(objective, FlowMatching) else None
