@@ -1,0 +1,283 @@
+"""`fcdm-ablate report`: a spec's tables, figures, report.md and a self-contained report.html, from
+what its runs recorded in MLflow, logged back as artifacts of a report run.
+
+    from analysis.report import report_spec
+    rep = report_spec("ablations/kernel_size.yaml", profile="smoke")   # -> runs/reports/kernel_size-smoke/
+    rep.summary, rep.main, rep.files
+
+Everything is written to a temporary folder beside the output and moved into place at the end, so
+a failed report never leaves a half-written one. Nothing here trains or imports the trainer.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures, tables
+from .aggregate import ReportError, View, describe_protocol, protocol_keys, protocols
+from .collect import MISSING, metric_columns
+from .published import published_table
+from .render import WRITERS, to_markdown
+from .stats import welch
+
+FORMATS = ("md", "tex", "csv", "html")
+REPORT_TAG = "fcdm.report"  # "<spec>-<profile>" on the report run (never fcdm.config_hash: it is no job)
+
+
+@dataclass
+class Report:
+    spec: str
+    profile: str
+    out: Path
+    tables: list[tables.Table] = field(default_factory=list)
+    main: tables.Table | None = None  # the ablation table of the main protocol (printed by the CLI)
+    summary: list[str] = field(default_factory=list)  # one sentence per comparison with the baseline
+    counts: dict[str, int] = field(default_factory=dict)  # jobs per status
+    files: list[Path] = field(default_factory=list)
+    run_id: str | None = None  # the MLflow report run the files were logged to
+
+
+def build_report(frame: pd.DataFrame, out: Path, spec: str, profile: str, metric: str = "fid",
+                 step: int | None = None, formats=FORMATS, baseline=None,
+                 published_sources: tuple[str, ...] | None = None, title: str | None = None) -> Report:
+    """Write the report of a collected frame into `out` (replaced as a whole at the end)."""
+    formats = tuple(formats)
+    _check_request(frame, metric, step)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out}: exists and is not a folder; pass a folder path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "tables").mkdir(parents=True)
+    (tmp / "figures").mkdir()
+    rep = Report(spec, profile, out, counts=_counts(frame))
+    try:
+        sections = _sections(frame, rep, tmp, metric, step, baseline, published_sources)
+        for t in rep.tables:
+            for fmt in formats:
+                if fmt in WRITERS:
+                    (tmp / "tables" / f"{t.name}.{fmt}").write_text(WRITERS[fmt](t))
+        frame.drop(columns=["axes"]).to_csv(tmp / "data.csv", index=False)
+        md = _markdown(rep, frame, sections, metric, title)
+        (tmp / "report.md").write_text(md)
+        if "html" in formats:
+            from .html import to_html_document
+
+            (tmp / "report.html").write_text(to_html_document(rep, sections, tmp, title or _title(rep)))
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    rep.files = sorted(p for p in out.rglob("*") if p.is_file())
+    return rep
+
+
+def _check_request(frame: pd.DataFrame, metric: str, step: int | None) -> None:
+    recorded = metric_columns(frame)
+    if recorded and metric not in recorded:
+        raise ReportError(f"--metric {metric!r} was not recorded by any run of this report; recorded metrics: "
+                          f"{', '.join(recorded)}; pass one of those")
+    if step is not None and recorded and metric in frame:
+        steps = sorted(int(s) for s in frame.loc[frame[metric].notna(), "step"].unique())
+        if step not in steps:
+            raise ReportError(f"--step {step}: no run recorded {metric} at step {step}; evaluation steps: "
+                              f"{', '.join(map(str, steps))}; pass one of those or leave --step out (each "
+                              f"configuration's final evaluation)")
+
+
+def _counts(frame: pd.DataFrame) -> dict[str, int]:
+    jobs = frame.drop_duplicates(["hash", "seed"])
+    return {str(k): int(v) for k, v in jobs["status"].value_counts().items()}
+
+
+@dataclass
+class Section:
+    heading: str
+    protocol_text: str
+    tables: list[tables.Table]
+    figures: list[Path]  # PNGs relative to the report folder
+
+
+def _sections(frame, rep: Report, tmp: Path, metric: str, step, baseline, published_sources) -> list[Section]:
+    found = protocols(frame, metric) or [""]
+    sections = []
+    for i, proto in enumerate(found):
+        view = View.build(frame, metric, proto, baseline)
+        rows = frame[(protocol_keys(frame, metric) == proto) & frame[metric].notna()] if metric in frame else frame
+        text = describe_protocol(rows, metric)
+        suffix = "" if i == 0 else f"_protocol{i + 1}"
+        made = [tables.fid_vs_steps(view, text), tables.fid_vs_gflops(view, text, step),
+                tables.ablation(view, text, step)]
+        match_table, matches = tables.steps_to_match(view, text)
+        made.append(match_table)
+        for t in made:
+            t.name += suffix
+        figs = []
+        if view.measured():
+            fig_dir = tmp / "figures"
+            for draw in (figures.fid_vs_steps, figures.fid_vs_compute):
+                figs += draw(view, fig_dir, text)
+            figs += figures.fid_vs_gflops(view, fig_dir, text, step)
+            if suffix:
+                figs = [_rename(p, suffix) for p in figs]
+        if i == 0:
+            rep.main = made[2]
+            rep.summary = _verdicts(view, matches, step)
+            rep.summary.insert(0, f"{view.baseline_note[0].upper()}{view.baseline_note[1:]}.")
+            grids = _last_grids(frame)
+            if grids:
+                figs += figures.montage(grids, tmp / "figures", f"Newest logged grid of each configuration's "
+                                        f"lowest-seed run. Protocol: {text}.")
+        rep.tables += made
+        heading = "Results" if i == 0 else f"Results under another protocol ({i + 1} of {len(found)})"
+        sections.append(Section(heading, text, made, [p.relative_to(tmp) for p in figs if p.suffix == ".png"]))
+    extractor = frame.get("eval.extractor", pd.Series(dtype=object)).dropna()
+    pub = published_table(rep.spec, comparable=bool(len(extractor)) and (extractor == "inception-v3-compat").all(),
+                          sources=published_sources)
+    runs = tables.runs_table(frame)
+    extra = [pub] if pub else []
+    rep.tables += extra + [runs]
+    sections.append(Section("Published reference", "", extra, []))
+    sections.append(Section("Runs", "", [runs], []))
+    return sections
+
+
+def _rename(path: Path, suffix: str) -> Path:
+    new = path.with_name(f"{path.stem}{suffix}{path.suffix}")
+    path.rename(new)
+    return new
+
+
+def _verdicts(view: View, matches: list, step: int | None) -> list[str]:
+    """One sentence per configuration: does it reach its baseline's final value, when, at what cost, and
+    is its own value different from the baseline's beyond the seed noise."""
+    name, out = tables.metric_name(view.metric), []
+    by_config = {m.config: m for m in matches}
+    for c in view.configs:
+        m, b = by_config.get(c), view.baseline_of(c)
+        if b is None or b == c:
+            continue
+        if m is None:
+            out.append(f"**{c}**: its baseline {b} has no {name} recorded yet; nothing to compare.")
+            continue
+        target = f"{m.target.mean:.2f}" + (f" ± {m.target.std:.2f}" if m.target.n > 1 else "")
+        head = f"**{c}** vs **{b}** (final {name} {target} at step {m.baseline_step:,}, {_seeds(m.target.n)}): "
+        if m.step is None:
+            curve = view.curve(c)
+            best = min(curve.items(), key=lambda kv: kv[1].mean * (-1 if view.higher_better else 1)) if curve else None
+            text = head + "does not reach it" + (f" (best {best[1].mean:.2f} at step {best[0]:,})" if best else "")
+        else:
+            bound = "at most " if m.at_first else ""  # reached already at the first evaluation
+            text = head + f"reaches it at step {bound}{m.step:,.0f} ({_ratio(m.speedup, 'fewer', 'more', bound)} steps"
+            if m.compute_speedup:
+                text += f"; {_ratio(m.compute_speedup, 'less', 'more', bound)} training compute"
+            text += ")"
+            if m.seeds > 1:
+                text += f", reached by {m.seeds_reached} of {m.seeds} seeds"
+        s = m.baseline_step if step is None else step
+        mine = view.values(c, s) or view.values(c, view.final_step(c) or -1)
+        theirs = view.values(b, m.baseline_step if step is None else step)
+        cmp = welch(mine, theirs)
+        if not math.isnan(cmp.diff):
+            better = (cmp.diff > 0) == view.higher_better
+            text += (f"; its {name} at step {s:,} is {abs(cmp.diff):.2f} {'better' if better else 'worse'}"
+                     if view.values(c, s) else f"; its final {name} is {abs(cmp.diff):.2f} "
+                                                f"{'better' if better else 'worse'}")
+            text += (f" (Welch p = {cmp.p:.3g}: {'larger than' if cmp.significant else 'within'} the seed noise)"
+                     if cmp.tested else f" (not tested: {_seeds(cmp.n_a)} vs {_seeds(cmp.n_b)})")
+        if view.incomplete(c) or view.incomplete(b):
+            text += " [incomplete runs: see the Runs table]"
+        out.append(text + ".")
+    return out
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
+def _ratio(r: float, fewer: str, more: str, bound: str) -> str:
+    """2.0 -> '2.00x fewer'; 0.5 -> '2.00x more'; with a bound (reached at the first evaluation) the
+    factor is a lower bound on the saving ('at least')."""
+    if r >= 1:
+        return f"{'at least ' if bound else ''}{r:.2f}x {fewer}"
+    return f"{'at most ' if bound else ''}{1 / r:.2f}x {more}"
+
+
+def _last_grids(frame: pd.DataFrame) -> list[tuple[str, Path]]:
+    """(label, local PNG) of the newest `samples/step_*.png` of each configuration's lowest-seed run."""
+    out = []
+    runs = frame[frame["run_id"].notna()].drop_duplicates("run_id").sort_values("seed", kind="stable")
+    for config, g in runs.groupby("config", sort=False):
+        for r in g.itertuples():
+            path = _newest_grid(r.artifact_uri, r.run_id, frame.attrs.get("tracking_uri"))
+            if path is not None:
+                step = int(path.stem.split("_")[-1])
+                out.append((f"{config} (seed {int(r.seed)}, step {step:,})", path))
+                break
+    order = {c: i for i, c in enumerate(dict.fromkeys(frame["config"]))}
+    return sorted(out, key=lambda x: order.get(x[0].rsplit(" (seed", 1)[0], 0))
+
+
+def _newest_grid(artifact_uri: str | None, run_id: str, tracking_uri: str | None) -> Path | None:
+    if not artifact_uri:
+        return None
+    if artifact_uri.startswith("file://") or "://" not in artifact_uri:
+        from urllib.parse import urlparse
+
+        folder = Path(urlparse(artifact_uri).path if "://" in artifact_uri else artifact_uri) / "samples"
+        grids = sorted(folder.glob("step_*.png")) if folder.is_dir() else []
+        return grids[-1] if grids else None
+    try:  # a remote artifact store: list, then download the newest
+        import tempfile
+
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        names = sorted(a.path for a in client.list_artifacts(run_id, "samples") if a.path.endswith(".png"))
+        if not names:
+            return None
+        return Path(client.download_artifacts(run_id, names[-1], tempfile.mkdtemp(prefix="fcdm-grid-")))
+    except Exception:  # a grid we cannot fetch must not stop the report; the montage just lacks it
+        return None
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _title(rep: Report) -> str:
+    return f"Report: {rep.spec} ({rep.profile} profile)"
+
+
+def _markdown(rep: Report, frame: pd.DataFrame, sections: list[Section], metric: str, title: str | None) -> str:
+    jobs = sum(rep.counts.values())
+    state = ", ".join(f"{v} {'not run' if k == MISSING else k.lower()}" for k, v in sorted(rep.counts.items()))
+    lines = [f"# {title or _title(rep)}", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
+             f"`{frame.attrs.get('tracking_uri', '?')}`: {jobs} jobs ({state}), "
+             f"{frame['config'].nunique()} configurations. Metric: `{metric}`.", "", "## Summary", ""]
+    lines += [f"- {s}" for s in rep.summary] or ["- No evaluations recorded yet."]
+    lines += ["", "Statistics: every cell is mean ± std over seeds with a 95% confidence interval of the mean "
+              "(Student's t, n - 1 degrees of freedom); comparisons with the baseline use Welch's two-sided t-test "
+              "(unequal variances); 'larger than the seed noise' means p < 0.05. One seed: no interval, no test.", ""]
+    for s in sections:
+        lines += [f"## {s.heading}", ""] + ([f"Protocol: {s.protocol_text}.", ""] if s.protocol_text else [])
+        if s.heading == "Published reference" and not s.tables:
+            lines += ["No published rows are listed for this spec.", ""]
+        for t in s.tables:
+            lines += [to_markdown(t), ""]
+        for fig in s.figures:
+            lines += [f"![{fig.stem}]({fig.as_posix()})", "",
+                      f"[PDF]({fig.with_suffix('.pdf').as_posix()})", ""]
+    return "\n".join(lines)

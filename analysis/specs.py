@@ -1,0 +1,110 @@
+"""Reports of specs: expand, collect, write, and log the files to a report run in MLflow; and finding
+every spec that has runs in a store (what `fcdm-ablate report` with no SPEC reports).
+
+    rep = report_spec("ablations/kernel_size.yaml", "smoke", store="runs")
+    for path, profile in specs_in_store(uri)[0]: ...
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .report import FORMATS, Report, build_report
+from .store import read_tags, spec_names
+
+REPORT_TAG = "fcdm.report"  # "<spec>-<profile>" on the report run; it has no fcdm.config_hash: it is no job
+ROOT_ABLATIONS = Path(__file__).resolve().parents[1] / "ablations"
+
+
+def default_spec_dirs() -> list[Path]:
+    """Where spec files are looked for: ./ablations, then the package checkout's ablations/."""
+    dirs = [Path("ablations").resolve(), ROOT_ABLATIONS]
+    return [d for i, d in enumerate(dirs) if d.is_dir() and d not in dirs[:i]]
+
+
+def find_spec_file(name: str, dirs: list[Path]) -> Path | None:
+    """The spec file whose `name:` is `name`: `<dir>/<name>.yaml` first, else any spec in the folders."""
+    from fcdm.spec import SpecError, load_spec
+
+    candidates = [d / f"{name}{ext}" for d in dirs for ext in (".yaml", ".yml")]
+    candidates += [p for d in dirs for p in sorted(d.glob("*.y*ml")) if p not in candidates]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            if load_spec(path).name == name:
+                return path
+        except SpecError:
+            continue
+    return None
+
+
+def specs_in_store(tracking_uri: str, dirs: list[Path] | None = None) -> tuple[list[tuple[Path, str | None]], list[str]]:
+    """([(spec file, profile)], [warnings]) for every spec some run in the store is tagged with
+    (`fcdm.spec`, `fcdm.specs`), one entry per profile its runs were tagged with (`fcdm.profile`; None:
+    untagged, the spec's default). A spec whose file is not found is a warning, not an error."""
+    dirs = default_spec_dirs() if dirs is None else dirs
+    found: dict[str, set] = {}
+    for tags in read_tags(tracking_uri):
+        for name in spec_names(tags):
+            found.setdefault(name, set()).add(tags.get("fcdm.profile") or None)
+    out, warnings = [], []
+    for name in sorted(found):
+        path = find_spec_file(name, dirs)
+        if path is None:
+            warnings.append(f"runs are tagged with spec {name!r} but no spec file with that name is in "
+                            f"{', '.join(map(str, dirs)) or './ablations'}; pass its path: fcdm-ablate report PATH")
+            continue
+        out += [(path, p) for p in sorted(found[name], key=lambda p: p or "")]
+    return out, warnings
+
+
+def report_spec(spec, profile: str | None = None, store=None, tracking_uri: str | None = None,
+                out: Path | None = None, metric: str = "fid", step: int | None = None, formats=FORMATS,
+                overrides: tuple[str, ...] = (), log: bool = True) -> Report:
+    """Collect `spec` (path or Spec) under `profile` from the store and write its report into `out`
+    (default `<store>/reports/<spec>-<profile>/`); with `log`, log the files to the spec's experiment."""
+    from fcdm.tracking import resolve_store, resolve_tracking_uri
+
+    from .collect import collect_spec
+
+    store = resolve_store(store)
+    uri = resolve_tracking_uri(store, tracking_uri)
+    frame = collect_spec(spec, profile, uri, overrides)
+    name, profile = frame.attrs["spec"].name, frame.attrs["profile"]
+    out = Path(out) if out is not None else store / "reports" / f"{name}-{profile}"
+    rep = build_report(frame, out, name, profile, metric=metric, step=step, formats=formats,
+                       published_sources=None)
+    if log:
+        jobs = frame.attrs["jobs"]
+        experiment = (jobs[0].config.log.experiment if jobs else None) or name
+        rep.run_id = log_report(rep, uri, store, experiment)
+    return rep
+
+
+def log_report(rep: Report, tracking_uri: str, store: Path, experiment: str) -> str:
+    """Log the report folder as artifacts of the report run `<spec>-<profile>` in `experiment` (created, with
+    its artifacts in the store, as the trainer creates experiments); the same run is reused each time."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = (Path(store) / "artifacts").as_uri() if tracking_uri.startswith("sqlite:") else None
+        exp_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        exp_id = exp.experiment_id
+    key = f"{rep.spec}-{rep.profile}"
+    found = client.search_runs([exp_id], filter_string=f"tags.`{REPORT_TAG}` = '{key}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(exp_id, run_name=f"report-{key}", tags={
+            REPORT_TAG: key, "fcdm.report_spec": rep.spec, "fcdm.report_profile": rep.profile}).info.run_id
+    client.log_artifacts(run_id, str(rep.out), "report")
+    note = "\n".join(f"- {s}" for s in rep.summary)
+    client.set_tag(run_id, "mlflow.note.content", f"Report of {key} (artifacts: report/report.html)\n\n{note}")
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id

@@ -1,0 +1,112 @@
+"""analysis.collect and analysis.store against a synthetic MLflow store of known values (no training)."""
+import math
+
+import pandas as pd
+import pytest
+from conftest import SMOKE, TINY
+
+from analysis.collect import MISSING, collect, config_label
+from analysis.store import StoreError, _read_client, read_store, spec_names
+from analysis.synthetic import SUFFIX, known_store_copy
+from fcdm.jobs import Job
+
+
+def make_config(*overrides):
+    from fcdm.config import load_config
+
+    return load_config(SMOKE, [*TINY, *overrides])
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory):
+    jobs, uri = known_store_copy(tmp_path_factory.getbasetemp() / "known-template", tmp_path_factory.mktemp("known"),
+                                 make_config)
+    return jobs, uri, collect(jobs, uri)
+
+
+def rows(frame, k, seed=None):
+    r = frame[frame["config"] == f"k={k}"]
+    return r if seed is None else r[r["seed"] == seed]
+
+
+def test_one_row_per_run_and_evaluation_step_with_every_metric(known):
+    jobs, uri, frame = known
+    assert list(dict.fromkeys(frame["config"])) == ["k=7", "k=3", "k=5", "k=9", "k=1", "k=11"]  # expansion order
+    k7 = rows(frame, 7, 1)
+    assert k7["step"].tolist() == [100, 200, 300]
+    assert k7["fid"].tolist() == [32, 22, 12] and k7["is"].tolist() == [68, 78, 88]
+    assert k7["precision"].tolist() == pytest.approx([0.57] * 3) and set(k7["status"]) == {"FINISHED"}
+    # the post-hoc protocol is its own column, only where it was logged
+    assert k7[f"fid/{SUFFIX}"].tolist()[:2] == [pytest.approx(math.nan, nan_ok=True)] * 2
+    assert k7[f"fid/{SUFFIX}"].tolist()[2] == 11
+    assert frame.attrs["metrics"][:4] == ["fid", "is", "precision", "recall"]  # bare keys first
+    assert frame.attrs["metrics"][-1] == f"fid/{SUFFIX}"
+
+
+def test_cost_columns_identity_and_protocol(known):
+    jobs, uri, frame = known
+    r = rows(frame, 3, 0).iloc[-1]
+    assert (r.params, r.gflops, r.batch_size, r.train_steps) == (3000, pytest.approx(0.003), 16, 300)
+    assert r.train_compute == pytest.approx(0.003 * 3 * 16 * 300)
+    assert r.throughput == 7.0 and r.last_step == 300 and r.model == "FCDM-S"
+    assert r["axis.model.args.kernel_size"] == 3 and r.spec == "known" and r.profile == "smoke"
+    job = next(j for j in jobs if j.axes["model.args.kernel_size"] == 3 and j.seed == 0)
+    assert (r.hash, r.seed, r.job) == (job.hash, 0, "known/k=3")
+    assert r.protocol == "FID-0.5K vs digits-test, digits-classifier" and r["eval.num_samples"] == "500"
+    assert rows(frame, 1).iloc[0].protocol == "FID-1K vs digits-test, digits-classifier"
+
+
+def test_failed_running_and_missing_jobs_are_kept_and_marked(known):
+    jobs, uri, frame = known
+    failed = rows(frame, 5, 2)
+    assert failed["status"].tolist() == ["FAILED"] and failed["fid"].tolist() == [42] and failed.last_step.item() == 150
+    running = rows(frame, 9, 0)
+    assert running["status"].tolist() == ["RUNNING"] and running["step"].tolist() == [100]
+    missing = rows(frame, 11, 0)
+    assert len(missing) == 1 and missing.status.item() == MISSING and math.isnan(missing.step.item())
+    assert pd.isna(missing.run_id.item()) and math.isnan(missing.fid.item())
+    assert frame.drop_duplicates(["hash", "seed"]).shape[0] == len(jobs)  # every job, none dropped
+
+
+def test_newest_run_of_a_hash_and_seed_wins_and_deleted_runs_are_ignored(known):
+    from mlflow import MlflowClient
+
+    from analysis.synthetic import log_run
+
+    _, uri, _ = known
+    # a configuration of its own (k=13) in the same store, so the other tests' jobs are untouched
+    job = Job(spec="other", name="other/k=13", config=make_config("model.args.kernel_size=13"))
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("known").experiment_id
+    log_run(c, exp, job, {100: {"fid": 50.0}})
+    newest = log_run(c, exp, job, {100: {"fid": 40.0}})
+    deleted = log_run(c, exp, job, {100: {"fid": 30.0}})
+    c.delete_run(deleted)
+    frame = collect([job], uri)
+    assert frame["run_id"].tolist() == [newest] and frame["fid"].tolist() == [40.0]
+
+
+def test_direct_sql_read_equals_the_mlflow_client_read(known):
+    jobs, uri, _ = known
+    hashes = {j.hash for j in jobs}
+    runs, metrics = read_store(uri, hashes)
+    runs2, metrics2 = _read_client(uri, hashes, None)
+    key = lambda df: df.sort_values("run_id").reset_index(drop=True)  # noqa: E731
+    assert key(runs).drop(columns="tags").equals(key(runs2).drop(columns="tags"))
+    assert key(runs)["tags"].tolist() == key(runs2)["tags"].tolist()
+    assert metrics.equals(metrics2) and len(metrics) > 0
+
+
+def test_a_store_without_a_database_is_one_clear_error(tmp_path):
+    with pytest.raises(StoreError, match=r"no MLflow database at .*mlflow.db.*--store"):
+        read_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not (tmp_path / "mlflow.db").exists()  # reading never creates a store
+
+
+def test_spec_tags_and_labels():
+    assert spec_names({"fcdm.spec": "a", "fcdm.specs": ",a,b,"}) == {"a", "b"}
+    job = Job(spec="s", name="s/k=3,width=8", config=make_config(), axes={"model.args.kernel_size": 3})
+    assert config_label(job) == "k=3,width=8"
+    bare = Job(spec="s", name="plain", config=make_config(), axes={"model.name": "DiT-S/2", "train.lr": 0.001},
+               variant="no-grn")
+    assert config_label(bare) == "no-grn, DiT-S/2, lr=0.001"
