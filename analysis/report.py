@@ -167,6 +167,10 @@ def _verdicts(view: View, matches: list, step: int | None) -> list[str]:
         if m is None:
             out.append(f"**{c}**: its baseline {b} has no {name} recorded yet; nothing to compare.")
             continue
+        if m.seeds == 0:
+            out.append(f"**{c}**: no {name} recorded under this protocol yet ({'; '.join(view.incomplete(c)) or 'see '
+                       f'the Runs table'}); nothing to compare.")
+            continue
         target = f"{m.target.mean:.2f}" + (f" ± {m.target.std:.2f}" if m.target.n > 1 else "")
         head = f"**{c}** vs **{b}** (final {name} {target} at step {m.baseline_step:,}, {_seeds(m.target.n)}): "
         if m.step is None:

@@ -131,7 +131,7 @@ KNOWN_FID = {
     (7, 0): [30, 20, 10], (7, 1): [32, 22, 12], (7, 2): [31, 21, 11],
     (3, 0): [25, 12, 8], (3, 1): [27, 14, 9], (3, 2): [26, 13, 10],  # crosses 11 between 200 and 300
     (5, 0): [40, 35, 33], (5, 1): [41, 36, 34], (5, 2): [42],  # never reaches 11; seed 2 FAILED at 150
-    (9, 0): [9],  # RUNNING at step 120: reaches 11 at its first evaluation
+    (9, 0): [8.5],  # RUNNING at step 120: reaches 11 at its first evaluation
     (1, 0): [50, 45, 44],  # evaluated under another protocol (1000 samples)
 }
 KNOWN_STATUS = {(5, 2): ("FAILED", 150), (9, 0): ("RUNNING", 120)}

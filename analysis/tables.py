@@ -210,6 +210,10 @@ def steps_to_match(view: View, protocol_text: str) -> tuple[Table, list[Match]]:
     unit, scale = flop_unit([m.compute for m in matches if m.compute])
     rows = []
     for m in matches:
+        if m.seeds == 0:  # nothing measured under this protocol: no claim either way
+            rows.append([Cell(row_label(view, m.config)), Cell(m.baseline), Cell(m.target),
+                         Cell("no evaluations"), *[Cell(None)] * 5])
+            continue
         le = "≤ " if m.at_first else ""
         rows.append([Cell(row_label(view, m.config)), Cell(m.baseline), Cell(m.target),
                      Cell(f"{le}{m.step:,.0f}" if m.step is not None else "not reached"),
