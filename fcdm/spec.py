@@ -1,0 +1,383 @@
+"""Ablation specs: a base run config, profiles, axes, zip groups, variants and seeds, expanded into jobs.
+
+    spec = load_spec("ablations/kernel_size.yaml")             # parse and validate the file (SpecError)
+    jobs = expand(spec, "smoke", overrides=["train.steps=50"])  # list[Job]: validated, FLOPs matched
+
+Top-level keys (README, "Ablation specs"): name, description, base (a run config mapping, or a path
+relative to the spec), profiles (name -> partial overrides of base; a profile may also replace base,
+seeds, axes, zip, variants, exclude, include, match_flops, baseline), default_profile, axes (dotted key
+-> values; the grid is their product), zip (groups of equal-length lists that move together), variants
+(named override sets, crossed with the grid), seeds, exclude / include (partial assignments),
+match_flops, baseline (the row the report compares against), search (parsed by fcdm.search_space for
+`sweep`) and launcher. Override mappings take dotted keys (`train.lr: 1.0e-4`) or nested sections;
+both merge into the base. Every error is a SpecError of one line: "<file>: <key path>: <value>: <fix>".
+"""
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .jobs import Job
+from .spec_parts import (effective, label_keys, merge, nest, parse_base, parse_launcher, parse_profile,
+                         parse_scope, parse_sets, show)
+from .spec_yaml import SpecError, load_yaml_file
+
+__all__ = ["Spec", "SpecError", "expand", "load_spec", "resolve_profile"]
+
+SPEC_KEYS = ("name", "description", "base", "profiles", "default_profile", "axes", "zip", "variants", "seeds",
+             "exclude", "include", "match_flops", "baseline", "search", "launcher")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+DEFAULT_PROFILE = "smoke"
+IMPLICIT_PROFILE = "default"  # the only profile of a spec that declares none: base as written
+
+
+@dataclass(frozen=True, eq=False)
+class Spec:
+    """A parsed, validated spec (raw data; `expand` turns it into jobs). `profiles` maps each name to
+    {"config": nested overrides, and any spec-level key it replaces}; `variants` are
+    {"name", "set" (nested overrides), "description", "reference", and "match_flops" when given}."""
+    name: str
+    description: str
+    path: Path | None
+    base: dict
+    profiles: dict[str, dict]
+    default_profile: str | None
+    axes: dict[str, list]
+    zip: list[dict[str, list]]
+    variants: list[dict]
+    seeds: list[int]
+    exclude: list[dict]
+    include: list[dict]
+    match_flops: dict | None
+    search: dict | None
+    launcher: dict | None
+    baseline: dict | None = None
+    source: str = field(default="<spec>", repr=False)
+
+    def variant(self, name: str, profile: str | None = None) -> dict | None:
+        """A variant by name under a profile (profiles may replace the list)."""
+        eff = effective(self, resolve_profile(self, profile))
+        return next((v for v in eff["variants"] if v["name"] == name), None)
+
+    def is_baseline(self, job: Job) -> bool:
+        """Whether a job is (one seed of) the spec's baseline row under its profile."""
+        eff = effective(self, job.profile or resolve_profile(self, None))
+        return eff["baseline"] is not None and _matches(eff["baseline"], job.variant, job.axes)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file; raises SpecError (one line) for anything wrong with it."""
+    path = Path(path)
+    raw = load_yaml_file(path, "spec")
+    src = str(path)
+    _check_top(raw, src)
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SpecError(f"{src}: name: {show(name)}: required; letters, digits, '_' and '-' only, e.g. "
+                        f"name: {path.stem if _NAME.match(path.stem) else 'kernel_size'}")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise SpecError(f"{src}: description: {show(description)}: must be text")
+    base = parse_base(raw.get("base", {}), path, "base")
+    scope = parse_scope(raw, path, "")
+    profiles_raw = raw.get("profiles") or {}
+    if not isinstance(profiles_raw, dict):
+        raise SpecError(f"{src}: profiles: {show(profiles_raw)}: must be a mapping of profile names to overrides, "
+                        "e.g. profiles: {smoke: {train.steps: 100}, paper: {base: configs/paper.yaml}}")
+    profiles = {p: parse_profile(p, v, path) for p, v in profiles_raw.items()}
+    default = raw.get("default_profile")
+    if default is not None and default not in profiles:
+        raise SpecError(f"{src}: default_profile: {show(default)}: not a profile of this spec; allowed values: "
+                        f"{', '.join(profiles) or '(none: add a profiles section)'}")
+    search = raw.get("search")
+    if search is not None:
+        _check_search(search, src)
+    spec = Spec(name=name, description=description, path=path, base=base, profiles=profiles,
+                default_profile=default, axes=scope["axes"], zip=scope["zip"], variants=scope["variants"],
+                seeds=scope["seeds"], exclude=scope["exclude"], include=scope["include"],
+                match_flops=scope["match_flops"], search=search, launcher=parse_launcher(raw.get("launcher"), src),
+                baseline=scope["baseline"], source=src)
+    for p in profiles or [IMPLICIT_PROFILE]:
+        effective(spec, p)  # cross-checks every profile now, not only the one a command picks
+    return spec
+
+
+def _check_top(raw: dict, src: str) -> None:
+    for key in raw:
+        if key not in SPEC_KEYS:
+            guess = difflib.get_close_matches(key, SPEC_KEYS, n=1)
+            hint = f"did you mean '{guess[0]}'? " if guess else ""
+            where = "a run config section belongs under base or a profile; " if key in (
+                "model", "objective", "data", "train", "eval", "log") else ""
+            raise SpecError(f"{src}: {key}: unknown spec key; {where}{hint}allowed keys: {', '.join(SPEC_KEYS)}")
+
+
+def _check_search(search: Any, src: str) -> None:
+    try:
+        from .search_space import parse_search
+    except ImportError:  # sweep not installed in this checkout: check the shape only
+        if not isinstance(search, dict):
+            raise SpecError(f"{src}: search: {show(search)}: must be a mapping (see `fcdm-ablate sweep --help`)")
+        return
+    parse_search(search, src)
+
+
+def resolve_profile(spec: Spec, profile: str | None) -> str:
+    """The profile a command uses: the one asked for, else default_profile, else 'smoke'."""
+    names = list(spec.profiles) or [IMPLICIT_PROFILE]
+    if profile is None:
+        profile = spec.default_profile or (DEFAULT_PROFILE if DEFAULT_PROFILE in names else None)
+        if profile is None:
+            if len(names) == 1:
+                return names[0]
+            raise SpecError(f"{spec.source}: profiles: no --profile given and the spec has no default_profile and "
+                            f"no '{DEFAULT_PROFILE}' profile; pass --profile with one of: {', '.join(names)}")
+    if profile not in names:
+        guess = difflib.get_close_matches(profile, names, n=1)
+        hint = f"did you mean '{guess[0]}'? " if guess else ""
+        raise SpecError(f"{spec.source}: profiles: {profile!r}: no such profile; {hint}allowed values: "
+                        f"{', '.join(names)}")
+    return profile
+
+
+# -- expansion ---------------------------------------------------------------------------------------
+
+@dataclass
+class _Point:
+    variant: dict | None
+    assign: dict[str, Any]  # dotted key -> value: what picked this job
+    where: dict[str, str]  # dotted key -> the spec key path that set it (for error messages)
+
+
+def _grid(eff: dict) -> list[_Point]:
+    axes, groups = eff["axes"], eff["zip"]
+    dims: list[list[tuple[dict, dict]]] = []
+    for key, values in axes.items():
+        dims.append([({key: v}, {key: f"axes.{key}"}) for v in values])
+    for i, group in enumerate(groups):
+        n = len(next(iter(group.values())))
+        dims.append([({k: vs[j] for k, vs in group.items()}, {k: f"zip[{i}].{k}" for k in group}) for j in range(n)])
+    points = []
+    for variant in eff["variants"] or [None]:
+        for combo in itertools.product(*dims):
+            assign, where = {}, {}
+            for a, w in combo:
+                assign.update(a)
+                where.update(w)
+            points.append(_Point(variant, assign, where))
+    used = [0] * len(eff["exclude"])
+    kept = []
+    for p in points:
+        hits = [i for i, ex in enumerate(eff["exclude"]) if _matches(ex, p.variant and p.variant["name"], p.assign)]
+        for i in hits:
+            used[i] += 1
+        if not hits:
+            kept.append(p)
+    for i, n in enumerate(used):
+        if n == 0:
+            raise SpecError(f"{eff['source']}: {eff['pre']['exclude']}exclude[{i}]: {show(eff['exclude'][i])}: matches no job of "
+                            "the grid; check its keys and values against axes, zip and variants, or remove it")
+    for i, inc in enumerate(eff["include"]):
+        variant = next(v for v in eff["variants"] if v["name"] == inc["variant"]) if "variant" in inc else None
+        assign = {k: v for k, v in inc.items() if k != "variant"}
+        kept.append(_Point(variant, assign, {k: f"include[{i}].{k}" for k in assign}))
+    return kept
+
+
+def _matches(pattern: dict, variant: str | None, assign: dict) -> bool:
+    for k, v in pattern.items():
+        have = variant if k == "variant" else assign.get(k, _MISSING)
+        if have is _MISSING or _canon(have) != _canon(v):
+            return False
+    return True
+
+
+_MISSING = object()
+
+
+def _canon(v: Any) -> str:
+    from .config import canonical
+
+    return json.dumps(canonical(v), sort_keys=True)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "-".join(_fmt(x) for x in v)
+    if isinstance(v, dict):
+        return json.dumps(v, separators=(",", ":"), sort_keys=True)
+    return str(v)
+
+
+def _job_name(spec: str, p: _Point, labels: dict[str, str]) -> str:
+    parts = [p.variant["name"]] if p.variant else []
+    parts += [f"{labels[k]}={_fmt(v)}" for k, v in p.assign.items()]
+    return f"{spec}/{','.join(parts) or 'base'}"
+
+
+def expand(spec: Spec | str | Path, profile: str | None = None, overrides: Sequence[str] = ()) -> list[Job]:
+    """One Job per (variant, grid point, seed), in that order; every config validated and FLOPs matched.
+
+    `overrides` are `--set key=value` strings applied to every job last (they win over the spec).
+    Raises SpecError for the first problem, before anything is run or written.
+    """
+    from .config import ConfigError, validate_config
+
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    profile = resolve_profile(spec, profile)
+    eff = effective(spec, profile)
+    src = spec.source
+    sets, set_where = parse_sets(overrides, src)
+    labels = label_keys([k for p in eff["points_keys"] for k in p])
+    points = _grid(eff)
+    matcher = _Matcher(spec, eff, sets, set_where)
+    jobs: list[Job] = []
+    seen: dict[tuple[str, int], str] = {}
+    names: set[str] = set()
+    for p in points:
+        name = _job_name(spec.name, p, labels)
+        if name in names:
+            raise SpecError(f"{src}: {next(iter(p.where.values()), 'variants')}: {name!r}: two jobs get this name; "
+                            "list each value once (include entries must differ from the grid)")
+        names.add(name)
+        data = merge(eff["config"], p.variant["set"] if p.variant else {})
+        data = merge(merge(data, nest(p.assign, "", check=False)), sets)
+        tags = {"fcdm.spec": spec.name, "fcdm.profile": profile, "fcdm.variant": p.variant["name"] if p.variant else "",
+                "fcdm.job": name, "fcdm.axes": json.dumps(p.assign, separators=(",", ":"), default=str)}
+        data = merge(data, {"name": name, "seed": eff["seeds"][0],
+                            "log": {"experiment": spec.name, "tags": tags}})
+        try:
+            cfg = validate_config(data, f"{src}: job '{name}'")
+        except ConfigError as e:
+            raise SpecError(str(e)) from None
+        cfg = matcher.match(cfg, data, p, name)
+        for seed in eff["seeds"]:
+            job_cfg = cfg.model_copy(update={"seed": seed})
+            key = (_identity(job_cfg), seed)
+            if key in seen:
+                raise SpecError(f"{src}: jobs '{seen[key]}' and '{name}' (seed {seed}): the same run: they differ "
+                                "only in settings that do not change the trained weights (eval, log) or not at all; "
+                                "remove one (e.g. with exclude)")
+            seen[key] = name
+            jobs.append(Job(spec=spec.name, name=name, config=job_cfg, variant=p.variant["name"] if p.variant else None,
+                            axes=dict(p.assign), profile=profile))
+    if eff["baseline"] is not None and not any(_matches(eff["baseline"], j.variant, j.axes) for j in jobs):
+        raise SpecError(f"{src}: {eff['pre']['baseline']}baseline: {show(eff['baseline'])}: matches no job; name a variant "
+                        "and/or axis values of one job, e.g. baseline: {model.args.kernel_size: 7}")
+    return jobs
+
+
+def _identity(cfg) -> str:
+    """The run's hash, or (latent data not on this machine) a digest of everything but the data's files."""
+    h = cfg.try_hash()
+    if h is not None:
+        return h
+    d = cfg.to_dict()
+    return json.dumps({k: d[k] for k in ("model", "objective", "data", "train")}, sort_keys=True)
+
+
+class _Matcher:
+    """Costs every job (validating its model arguments) and applies match_flops, computing each target once."""
+
+    def __init__(self, spec: Spec, eff: dict, sets: dict, set_where: dict[str, str]):
+        self.spec, self.eff, self.sets, self.set_where = spec, eff, sets, set_where
+        self.targets: dict[str, float] = {}
+
+    def origin(self, key: str, p: _Point) -> str:
+        """The spec key path that set dotted config key `key` for this job (the last layer that did)."""
+        if key in self.set_where:
+            return self.set_where[key]
+        if key in p.where:
+            return p.where[key]
+        if p.variant and _has(p.variant["set"], key):
+            return f"{self.eff['pre']['variants']}variants[{p.variant['name']}].set.{key}"
+        if _has(self.eff["profile_config"], key):
+            return f"profiles.{self.eff['profile_name']}.{key}"
+        return f"base.{key}"
+
+    def cost(self, cfg, data: dict, p: _Point, name: str, where: str | None = None):
+        from .flops_match import cost
+
+        try:
+            return cost(cfg)
+        except ValueError as e:
+            arg = re.match(r"^(\w+)=", str(e))
+            key = f"model.args.{arg.group(1)}" if arg else "model"
+            value = _lookup(data, key) if arg else cfg.model.name
+            raise SpecError(f"{self.spec.source}: {where or self.origin(key, p)}: {show(value)} (job '{name}'): {e}") from None
+
+    def target(self, mf: dict, p: _Point, name: str, where: str) -> float:
+        from .config import ConfigError, validate_config
+
+        t = mf["target"]
+        if not isinstance(t, str):
+            return float(t)
+        variant = next((v for v in self.eff["variants"] if v["name"] == t), None)
+        key = json.dumps([t, p.assign if variant else {}], sort_keys=True, default=str)
+        if key not in self.targets:
+            data = merge(self.eff["config"], variant["set"] if variant else {})
+            if variant:  # the named variant at this job's grid point
+                data = merge(data, nest(p.assign, "", check=False))
+            data = merge(data, self.sets)
+            try:
+                cfg = validate_config(data, f"{self.spec.source}: {where}.target: {t}")
+            except ConfigError as e:
+                raise SpecError(str(e)) from None
+            self.targets[key] = self.cost(cfg, data, p, name, f"{where}.target").gflops
+        return self.targets[key]
+
+    def match(self, cfg, data: dict, p: _Point, name: str):
+        """cfg costed, with match_flops applied (the solved key re-set and the config re-validated)."""
+        from .config import ConfigError, validate_config
+        from .flops_match import NoFit, solve
+
+        self.cost(cfg, data, p, name)
+        v = p.variant
+        own = bool(v) and "match_flops" in v
+        mf = v["match_flops"] if own else self.eff["match_flops"]
+        if not mf:
+            return cfg
+        pre = self.eff["pre"]["variants" if own else "match_flops"]
+        where = f"{pre}variants[{v['name']}].match_flops" if own else f"{pre}match_flops"
+        target = self.target(mf, p, name, where)
+        try:
+            sol = solve(cfg, mf["solve"], target, mf["tolerance"])
+        except NoFit as e:
+            arg = mf["solve"].removeprefix("model.args.")
+            raise SpecError(f"{self.spec.source}: {where}: job '{name}': no {arg} within {mf['tolerance']:.1%} of the "
+                            f"target {target:.4g} GFLOPs; the closest is {arg}={e.value} at {e.gflops:.4g} GFLOPs "
+                            f"({e.gflops / target - 1:+.1%}): loosen {where}.tolerance or change the target") from None
+        except ValueError as e:
+            raise SpecError(f"{self.spec.source}: {where}.solve: {mf['solve']}: {e}") from None
+        # The target travels with the run (an MLflow tag), so plan and report can show what was matched.
+        data = merge(data, {"log": {"tags": {"fcdm.flops_target": f"{target:.6g}"}}})
+        if not sol.kept:
+            data = merge(data, nest({mf["solve"]: sol.value}, "", check=False))
+        try:
+            cfg = validate_config(data, f"{self.spec.source}: job '{name}' (after FLOPs matching)")
+        except ConfigError as e:
+            raise SpecError(str(e)) from None
+        self.cost(cfg, data, p, name, where)
+        return cfg
+
+
+def _has(tree: dict, key: str) -> bool:
+    return _lookup(tree, key) is not _MISSING
+
+
+def _lookup(tree: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
