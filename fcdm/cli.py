@@ -437,48 +437,6 @@ def report(specs: Annotated[list[Path] | None, typer.Argument(help="Spec files (
         raise typer.Exit(1)
 
 
-@app.command()
-def plan(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablations/kernel_size.yaml.")],
-         profile: Annotated[str | None, typer.Option(help="Spec profile (default: the spec's default_profile, else smoke).")] = None,
-         measure: Annotated[bool, typer.Option("--measure", help="Time a few training steps of each distinct "
-                                               "architecture here and estimate wall time per job and in total.")] = False,
-         fmt: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table,
-         set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key in every job: --set data.path=DIR.")] = None,
-         store: StoreOption = None):
-    """Show a spec's jobs, their GFLOPs, training compute and status, without running or writing anything."""
-    from .spec import SpecError, expand, load_spec, resolve_profile
-
-    try:
-        parsed = load_spec(spec)
-        chosen = resolve_profile(parsed, profile)
-        job_list = expand(parsed, chosen, set_ or [])
-        from . import plan as planning
-
-        rows = planning.plan_rows(job_list, store)
-    except SpecError as e:
-        _fail(str(e))
-    how = "as asked" if profile else ("the spec's default_profile" if parsed.default_profile else "the default")
-    others = [p for p in parsed.profiles if p != chosen]
-    typer.echo(f"{parsed.name}: profile '{chosen}' ({how}" + (f"; others: {', '.join(others)})" if others else ")"),
-               err=fmt is not TableFormat.table)
-    if measure:
-        for row, seconds in zip(rows, planning.measure_steps(job_list)):
-            row["est_seconds"] = seconds * row["steps"]
-    meta = {"spec": parsed.name, "profile": chosen}
-    if fmt is TableFormat.csv:
-        typer.echo(planning.to_csv(rows), nl=False)
-    elif fmt is TableFormat.json:
-        typer.echo(planning.to_json(rows, meta))
-    else:
-        from rich.console import Console
-
-        title = f"{parsed.name} ({chosen}): GFLOPs per forward (batch 1); training compute = GFLOPs x 3 x batch x steps"
-        Console(width=max(Console().width, 140)).print(planning.table(rows, title))
-        if any(r["hash"] is None for r in rows):
-            typer.echo(f"'{planning.NO_DATA}': the hash covers the latent data's fingerprint; set --set data.path=... "
-                       "to a prepared dataset to see hashes and status")
-
-
 def main() -> None:
     app()
 
