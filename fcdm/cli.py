@@ -261,9 +261,22 @@ def run(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablations
 @app.command()
 def ui(port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
        spec: Annotated[str | None, typer.Option(help="Open this spec's experiment (a name or a spec file).")] = None,
-       store: StoreOption = None):
+       store: StoreOption = None,
+       optuna_: Annotated[bool, typer.Option("--optuna", help="Open optuna-dashboard on the sweep studies instead "
+                                             "(pip install 'fcdm-ablate[dashboard]').")] = False,
+       storage: Annotated[str | None, typer.Option(help="With --optuna: the study storage (default: the store's "
+                                                   "optuna.db).")] = None):
     """Start the MLflow UI on the store (127.0.0.1) and print the URL of each spec's training-runs table."""
-    # `--optuna` (optuna-dashboard on the sweep storage) joins here as a branch before the MLflow UI.
+    if optuna_:
+        from .sweep import SweepError, open_dashboard
+
+        try:
+            open_dashboard(storage, port, store, log=typer.echo)
+        except SweepError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            pass
+        return
     from .ui import UIError, start_ui
 
     name = spec
@@ -275,13 +288,10 @@ def ui(port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0
         except SpecError as e:
             _fail(str(e))
     try:
-        server = start_ui(store, port)
+        server = start_ui(store, port, name)
     except UIError as e:
         _fail(str(e))
     with server:
-        if name is not None and name not in server.experiments:
-            _fail(f"--spec {spec}: the store {server.store} has no experiment {name!r}; run it with `fcdm-ablate run "
-                  f"ablations/{name}.yaml`, or pick one of: {', '.join(server.experiments) or '(none)'}")
         shown = {name: server.experiments[name]} if name else server.experiments
         typer.echo(f"MLflow UI on {server.url} (store {server.store}; log {server.log}); Ctrl-C stops it")
         for exp, exp_id in shown.items():

@@ -96,9 +96,11 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def start_ui(store: str | Path | None = None, port: int = 5000, timeout: float = 90.0) -> UIServer:
+def start_ui(store: str | Path | None = None, port: int = 5000, spec: str | None = None,
+             timeout: float = 90.0) -> UIServer:
     """Start `mlflow server` on the store's SQLite database and artifacts (127.0.0.1:`port`, one
-    worker) and return once it answers (4-8 s here). Its output goes to `<store>/ui.log`."""
+    worker) and return once it answers (4-8 s here). Its output goes to `<store>/ui.log`. With
+    `spec`, the store must hold that spec's experiment (checked before the server starts)."""
     from .launchers import spawn
 
     store = resolve_store(store)
@@ -109,6 +111,9 @@ def start_ui(store: str | Path | None = None, port: int = 5000, timeout: float =
     if not _port_free(port):
         raise UIError(f"port {port} on 127.0.0.1 is in use (another UI?); pass --port with a free port")
     found = experiments(store)
+    if spec is not None and spec not in found:
+        raise UIError(f"--spec {spec}: the store {store} has no experiment {spec!r}; run it with `fcdm-ablate run "
+                      f"ablations/{spec}.yaml`, or pick one of: {', '.join(found) or '(none)'}")
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
             "--default-artifact-root", (store / "artifacts").as_uri(), "--host", "127.0.0.1",
             "--port", str(port), "--workers", "1"]
