@@ -18,7 +18,8 @@ from conftest import SMOKE, all_runs, client
 from fcdm import claims
 from fcdm.cli import app
 from fcdm.jobs import Job, job_dir, job_status
-from fcdm.launchers import LauncherError, default_parallel, launcher_options, make_launcher, slot_env, slurm_minutes
+from fcdm.launchers import LauncherError, default_parallel, launcher_options, make_launcher, slot_env
+from fcdm.slurm import slurm_minutes
 from fcdm.runner import TAG_SPECS, run_jobs
 
 TINY_PROFILE = {"model.args.hidden_size": 8, "model.args.depth": [1, 0, 1, 0, 1], "train.batch_size": 16,
