@@ -6,240 +6,34 @@
     from fcdm.sweep import run_sweep
     summary = run_sweep("ablations/sweep.yaml", profile="smoke", trials=8, workers=2)
 
-- Storage: `sqlite:///<store>/optuna.db` by default; any Optuna RDB URL (`postgresql://...` uses psycopg 3),
-  or `journal:PATH` (a journal file on a shared filesystem). The study is `<spec>-<profile>` unless
-  `--study` names it; the same command on other machines with the same storage joins it.
+- The study is `<spec>-<profile>` unless `--study` names it, in the store's SQLite file unless
+  `--storage` names another (fcdm/sweep_study.py); the same command on other machines with the same
+  storage (and one tracking server) joins it.
 - Workers: `--workers N` threads in this process, each running one trial at a time; every trial trains
-  in its own process, so N trials train at once.
-- `--trials N` is the study's total: COMPLETE + PRUNED + RUNNING + WAITING trials count, FAIL ones do
-  not (they are replaced). Local workers count under one lock, so a rerun with a larger N adds exactly
-  the difference; workers on other machines count the storage too, which can overshoot by one trial
-  per machine when they start trials at the same instant.
-- Dead workers (RDB storages): trials heartbeat; a trial whose worker died (SIGKILL, lost machine) is
-  failed after the grace period by whichever worker looks next and re-queued with the same parameters
-  (RetryFailedTrialCallback), so its job resumes from its checkpoint. A worker that reached the target
-  waits for trials still RUNNING elsewhere, so the command ends with the study complete. The journal
-  storage has no heartbeat: there, a dead worker's trial stays RUNNING.
+  in its own process (fcdm/sweep_trial.py), so N trials train at once, each with its share of the CPU
+  threads or its own GPU(s), as `run --jobs N` gives them.
+- `--trials N` is the study's total (finished + pruned + running): a rerun with a larger N adds the
+  difference. A worker that reached the target waits for trials still RUNNING elsewhere (RDB storages),
+  so a dead worker's trial is retried and the command ends with the study complete.
+- At the end: the best trial (or the Pareto front) is printed and logged as the study's MLflow run
+  (fcdm/sweep_results.py). Ctrl-C stops the running trials at a checkpoint and queues them again.
 """
 from __future__ import annotations
 
 import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from .search_space import SAMPLERS, SearchSpace, parse_search
 from .sweep_results import SweepSummary, format_summary, log_study_run, summarize  # noqa: F401 (re-exported)
-from .sweep_trial import SweepInterrupted, TrialContext, TrialFailed, build_job, run_trial
+from .sweep_study import (MAX_CONSECUTIVE_FAILURES, MAX_CONSECUTIVE_INFEASIBLE, PRUNER_CHOICES, Budget,  # noqa: F401
+                          SweepError, make_pruner, make_sampler, make_storage, open_study, redact, storage_url)
+from .sweep_trial import InfeasibleTrial, SweepInterrupted, TrialContext, TrialFailed, build_job, run_trial
 
 DEFAULT_SPEC = "ablations/sweep.yaml"
 DEFAULT_TRIALS = 20
-PRUNER_CHOICES = ("median", "hyperband", "none", "always")
-MAX_CONSECUTIVE_FAILURES = 3  # a broken setup fails every trial: stop instead of sampling forever
-
-
-class SweepError(ValueError):
-    """A sweep cannot start (bad option, storage or study); the message names the fix."""
-
-
-# -- storage -----------------------------------------------------------------------------------------
-
-def storage_url(storage: str | None, store: Path) -> str:
-    """The Optuna storage URL: the argument, else the store's SQLite file."""
-    if not storage:
-        return f"sqlite:///{Path(store) / 'optuna.db'}"
-    if storage.startswith(("postgresql://", "postgres://")):
-        # SQLAlchemy's default PostgreSQL driver is psycopg2; the `postgres` extra installs psycopg 3.
-        try:
-            import psycopg2  # noqa: F401
-        except ImportError:
-            storage = "postgresql+psycopg://" + storage.split("://", 1)[1]
-    return storage
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for printing."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
-def make_storage(url: str, heartbeat: int | None = 60):
-    """An Optuna storage for `url`; RDB storages get trial heartbeats and retry of dead workers' trials."""
-    import warnings
-
-    import optuna
-
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(url.removeprefix("journal:")).expanduser()
-        if not path.parent.is_dir():
-            raise SweepError(f"--storage {url}: the folder {path.parent} does not exist; create it or pass another path")
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = {"connect_args": {"timeout": 60}}  # workers and machines wait for SQLite's lock, not fail
-    else:
-        engine = {"pool_pre_ping": True}
-    kwargs = {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental" since 2.9
-            if heartbeat:
-                kwargs = dict(heartbeat_interval=heartbeat, grace_period=max(2 * heartbeat, heartbeat + 5),
-                              heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
-    except ImportError as e:
-        raise SweepError(f"--storage {redact(url)}: its database driver is missing ({e}); for PostgreSQL install "
-                         "pip install 'fcdm-ablate[postgres]'") from None
-    except Exception as e:  # sqlalchemy's ArgumentError, OperationalError, ...
-        raise SweepError(f"--storage {redact(url)}: cannot open it ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]}); pass an Optuna storage URL such as "
-                         "sqlite:///runs/optuna.db, postgresql://user@host/db or journal:PATH") from None
-
-
-# -- sampler and pruner ------------------------------------------------------------------------------
-
-class AfterFirstTrialPruner:
-    """Test setting `--pruner always`: prunes every trial except trial 0 at its first evaluation.
-
-    Trial 0 runs to completion so the study has a finished value; with this pruner the outcome of a
-    study does not depend on timing, which makes the pruning path testable."""
-
-    def prune(self, study, trial) -> bool:
-        return trial.number > 0 and bool(trial.intermediate_values)
-
-
-def make_sampler(name: str, space: SearchSpace, trials: int):
-    import optuna
-
-    if name == "tpe":
-        return optuna.samplers.TPESampler(constant_liar=True)  # parallel workers avoid suggesting the same point
-    if name == "random":
-        return optuna.samplers.RandomSampler()
-    if name == "grid":
-        return optuna.samplers.GridSampler(space.grid())
-    if name == "nsga2":
-        # A population of a quarter of the study (4..50) gives a few generations even in short studies.
-        return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, trials // 4)))
-    if name == "cmaes":
-        try:
-            import cmaes  # noqa: F401
-        except ImportError:
-            raise SweepError("--sampler cmaes needs the `cmaes` package: pip install cmaes (or use tpe)") from None
-        return optuna.samplers.CmaEsSampler()
-    raise SweepError(f"--sampler {name!r} is invalid; allowed values: {', '.join(SAMPLERS)}")
-
-
-def make_pruner(name: str, first_eval: int, steps: int):
-    import optuna
-
-    if name == "median":
-        return optuna.pruners.MedianPruner()
-    if name == "hyperband":  # resource = training steps, from the first evaluation to the end
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, first_eval), max_resource=steps)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    if name == "always":
-        return _wrap_pruner(AfterFirstTrialPruner())
-    raise SweepError(f"--pruner {name!r} is invalid; allowed values: {', '.join(PRUNER_CHOICES)}")
-
-
-def _wrap_pruner(p):
-    import optuna
-
-    class _Pruner(optuna.pruners.BasePruner):
-        def prune(self, study, trial) -> bool:
-            return p.prune(study, trial)
-    return _Pruner()
-
-
-# -- the study ---------------------------------------------------------------------------------------
-
-def open_study(storage, name: str, space: SearchSpace, sampler, pruner, spec_name: str, profile: str):
-    """Create or load the study; refuse one that was created for another spec, profile or search space."""
-    import optuna
-
-    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
-                                directions=space.directions, load_if_exists=True)
-    expected = {"fcdm.spec": spec_name, "fcdm.profile": profile, "fcdm.search": space.fingerprint()}
-    found = study.user_attrs
-    if not found and not study.get_trials(deepcopy=False):
-        for k, v in expected.items():
-            study.set_user_attr(k, v)
-        found = expected
-    diff = [k for k in expected if found.get(k) != expected[k]]
-    if diff or [d.name.lower() for d in study.directions] != space.directions:
-        what = diff[0].removeprefix("fcdm.") if diff else "objective directions"
-        raise SweepError(f"study {name!r} already exists in this storage with another {what} ({found.get(diff[0]) if diff else [d.name.lower() for d in study.directions]!r}, "
-                         f"now {expected[diff[0]] if diff else space.directions!r}); pass --study NEW_NAME for a new "
-                         "study, or restore the spec's search section")
-    return study
-
-
-class _Budget:
-    """Decides, under one lock for this process's workers, whether another trial may start.
-
-    claim() returns True holding the lock; the trial releases it once it exists in the storage
-    (so the next count includes it). Waiting (retried) trials always run: they replace failed ones."""
-
-    def __init__(self, study, target: int, timeout: float | None, stop: threading.Event, heartbeat: bool,
-                 log: Callable[[str], None], poll: float = 2.0):
-        self.study, self.target, self.stop, self.heartbeat, self.log, self.poll = study, target, stop, heartbeat, log, poll
-        self.deadline = time.monotonic() + timeout if timeout else None
-        self.lock = threading.Lock()
-        self.local = threading.local()
-        self.failures = 0
-        self.notes: list[str] = []
-        self._waiting_said = False
-
-    def claim(self) -> bool:
-        from optuna.trial import TrialState
-
-        while True:
-            if self.stop.is_set() or self.failures >= MAX_CONSECUTIVE_FAILURES:
-                return False
-            if self.deadline and time.monotonic() > self.deadline:
-                self._note("--timeout reached: no new trials started")
-                return False
-            self.lock.acquire()
-            self.local.held = True
-            try:
-                if self.heartbeat:
-                    import warnings
-
-                    import optuna
-
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # fail_stale_trials is marked experimental
-                        optuna.storages.fail_stale_trials(self.study)
-                states = [t.state for t in self.study.get_trials(deepcopy=False)]
-            except BaseException:
-                self.release()
-                raise
-            done = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
-            running, waiting = states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
-            if waiting or done + running < self.target:
-                return True
-            self.release()
-            if done >= self.target or not running or not self.heartbeat:
-                return False
-            if not self._waiting_said:
-                self._waiting_said = True
-                self.log(f"{done} of {self.target} trials done; waiting for {running} trial(s) still running "
-                         "(in other workers or machines; a dead worker's trial is retried after its heartbeat lapses)")
-            if self.stop.wait(self.poll):
-                return False
-
-    def release(self) -> None:
-        if getattr(self.local, "held", False):
-            self.local.held = False
-            self.lock.release()
-
-    def _note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
 
 
 @dataclass
@@ -291,6 +85,9 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
         trials = min(trials, _grid_size(space))
     evals = base_cfg.eval_steps()
     pruner_obj = make_pruner(pruner, evals[0] if evals else 1, base_cfg.train.steps)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own line for each trial event
     url = storage_url(storage, store_path)
     ctx.study_name = study_name or f"{spec.name}-{profile}"
     study = open_study(make_storage(url, heartbeat), ctx.study_name, space, make_sampler(sampler, space, trials),
@@ -315,7 +112,11 @@ def _validate_probes(ctx: TrialContext, space: SearchSpace) -> None:
         try:
             build_job(ctx, probe)
         except SpecError as e:
-            raise _spec_error(f"{space.source}: search.params with {_short(probe)}: {_strip_source(str(e))}") from None
+            msg = _strip_source(str(e))
+            key = re.match(r"axes\.(\S+): ", msg)  # the values are tried as a one-point grid (build_job)
+            if key and key.group(1) in probe:
+                raise _spec_error(f"{space.source}: search.params.{msg.removeprefix('axes.')}") from None
+            raise _spec_error(f"{space.source}: search.params with {_short(probe)}: {msg}") from None
 
 
 def _short(probe: dict) -> str:
@@ -366,23 +167,24 @@ def execute(sweep: Sweep, workers: int = 1, timeout: float | None = None, log_st
     envs = [{} if ctx.launcher == "slurm" else slot_env(i, workers, gpus, cpus, procs) for i in range(workers)]
     ctx.log(f"study {study.study_name!r} in {sweep.storage_label}: target {sweep.target} trials, sampler "
             f"{sweep.sampler}, pruner {sweep.pruner}, {workers} worker(s), profile {ctx.profile}")
-    budget = _Budget(study, sweep.target, timeout, ctx.stop, is_heartbeat_enabled(study._storage), ctx.log)
+    budget = Budget(study, sweep.target, timeout, ctx.stop, is_heartbeat_enabled(study._storage), ctx.log)
     errors: list[BaseException] = []
 
     def objective(trial):
         try:
             result = run_trial(ctx, trial, on_start=budget.release)
+        except InfeasibleTrial as e:
+            budget.infeasible += 1
+            ctx.log(f"trial {trial.number} failed (it does not count; another is sampled): {e}")
+            raise
         except TrialFailed as e:
             budget.failures += 1
             ctx.log(f"trial {trial.number} failed: {e}")
             raise
-        budget.failures = 0
+        budget.failures = budget.infeasible = 0
         return result
 
     def worker(index: int) -> None:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
         slot.env = envs[index]
         try:
             while budget.claim():
@@ -417,6 +219,9 @@ def execute(sweep: Sweep, workers: int = 1, timeout: float | None = None, log_st
         raise errors[0]
     if budget.failures >= MAX_CONSECUTIVE_FAILURES:
         budget.notes.append(f"stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row; see the errors above")
+    if budget.infeasible >= MAX_CONSECUTIVE_INFEASIBLE:
+        budget.notes.append(f"stopped after {MAX_CONSECUTIVE_INFEASIBLE} invalid combinations in a row: narrow the "
+                            "search space or loosen match_flops.tolerance")
     summary = summarize(study, ctx.space, sweep.storage_label)
     summary.notes += budget.notes
     if log_study and summary.best:

@@ -31,6 +31,10 @@ class TrialFailed(RuntimeError):
     """The trial's job could not produce its objective values (bad combination, crash, NaN, no metric)."""
 
 
+class InfeasibleTrial(TrialFailed):
+    """The suggested combination is not a valid configuration (e.g. match_flops cannot fit it)."""
+
+
 class SweepInterrupted(RuntimeError):
     """Ctrl-C or SIGTERM reached the sweep; the trial's job was checkpointed and will be retried."""
 
@@ -91,7 +95,7 @@ def run_trial(ctx: TrialContext, trial, on_start: Callable[[], None] = lambda: N
         job = build_job(ctx, chosen, trial.number)
     except SpecError as e:
         trial.set_user_attr("error", str(e))
-        raise TrialFailed(f"{_fmt(chosen)} is not a valid configuration: {e}") from None
+        raise InfeasibleTrial(f"{_fmt(chosen)} is not a valid configuration: {e}") from None
     for k, v in (("config_hash", job.hash), ("seed", job.seed), ("run_name", run_name(job.config)), ("job", job.name)):
         trial.set_user_attr(k, v)
     state = _wait_while_running(ctx, job, trial.number)
@@ -135,6 +139,7 @@ def run_trial(ctx: TrialContext, trial, on_start: Callable[[], None] = lambda: N
     run_ = _find_run(ctx, job)
     values = objective_values(ctx, run_, job)
     trial.set_user_attr("run_id", run_.info.run_id)
+    trial.set_user_attr("job_seconds", round(outcome.seconds, 3))  # the job's own time; the rest is the sweep's
     ctx.log(f"trial {trial.number}: finished, {_fmt_values(ctx.space, values)} (run {run_.info.run_name})")
     return values if ctx.space.multi else values[0]
 
@@ -261,7 +266,8 @@ class _Watcher:
         except CheckpointError:
             progress = {}
         signature = (tuple(progress.get("evals_done") or ()), progress.get("status"))
-        if not final and progress and signature == self._signature:
+        # The trainer updates its sidecar after each evaluation: MLflow is only asked when that changed.
+        if not final and (not signature[0] or signature == self._signature):
             return self.reported < len(self.seen)
         self.run_id = self.run_id or progress.get("run_id")
         if self.run_id is None:

@@ -176,4 +176,147 @@ def test_open_dashboard_without_the_package_says_how_to_install(monkeypatch, tmp
 def test_cli_sweep_without_an_engine_flag_names_the_flags():
     result = runner.invoke(app, ["sweep"])
     assert result.exit_code == 2
-    assert "--optuna" in result.output
+    assert "choose a search engine: --optuna" in result.output
+
+
+def test_cli_ui_optuna_without_the_dashboard_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)
+    result = runner.invoke(app, ["ui", "--optuna", "--store", str(tmp_path)])
+    assert result.exit_code == 2 and "pip install 'fcdm-ablate[dashboard]'" in result.output
+
+
+@pytest.mark.parametrize("search_section,args,message", [
+    ({"metric": "fid", "params": {"model.args.kernal_size": [3, 5]}}, [],
+     r"search\.params with model\.args\.kernal_size=3: .*unknown key 'model\.args\.kernal_size'.*did you mean 'model\.args\.kernel_size'"),
+    ({"metric": "fid", "params": {"train.lr": {"low": 1.0e-3, "high": 1.0e-4}}}, [],
+     r"search\.params\.train\.lr: .*low 0\.001 is greater than high 0\.0001; swap them"),
+    (None, [], r"search: \(missing\): `sweep` needs a search section"),
+    ({"metric": "fid", "params": {"train.lr": {"low": 1.0e-3, "high": 1.0e-2}}}, ["--sampler", "grid"],
+     r"search\.params\.train\.lr: .*no finite grid"),
+    ({"metric": "fid", "params": {"model.args.kernel_size": [3]}}, ["--storage", "journal:/nonexistent/j.log"],
+     r"--storage journal:/nonexistent/j\.log: the folder /nonexistent does not exist"),
+])
+def test_cli_sweep_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, search_section, args, message):
+    spec = write_spec(tmp_path, "tbad", search_section)
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["sweep", str(spec), "--optuna", "--store", str(store), *args])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert "\n" not in line and line.startswith("error: "), line
+    assert re.search(message, line), line
+    assert not store.exists()  # nothing written: no store, no study, no MLflow database
+
+
+# -- end to end: tiny trials trained by the job runner, SQLite storage, one store shared by these tests --
+
+TINY_PROFILE = {"model.args.hidden_size": 8, "model.args.depth": [1, 0, 1, 0, 1], "train.steps": 30,
+                "train.batch_size": 16, "log.every": 5, "log.checkpoint_every": 10, "eval.at": [0.5, 1.0],
+                "eval.num_samples": 30, "eval.sampling_steps": 2, "eval.grid_per_class": 1, "eval.metrics": ["fid"]}
+LR = {"train.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True}}
+
+
+def write_spec(folder: Path, name: str, search_section: dict) -> Path:
+    """A tests-only spec: the smoke config shrunk to a 30-step width-8 model with a 30-sample FID."""
+    spec = {"name": name, "base": str(ROOT / "ablations" / "configs" / "smoke.yaml"),
+            "profiles": {"smoke": TINY_PROFILE}}
+    if search_section is not None:
+        spec["search"] = search_section
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tmp_path_factory.mktemp("sweep-store")
+
+
+def sweep(spec: Path, store: Path, *args: str):
+    result = runner.invoke(app, ["sweep", str(spec), "--optuna", "--store", str(store), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def load(store: Path, name: str):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{store / 'optuna.db'}")
+
+
+def mlflow_runs(store: Path, flt: str = ""):
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    return c, c.search_runs([e.experiment_id for e in c.search_experiments()], filter_string=flt)
+
+
+def test_sweep_two_workers_then_rerun_adds_the_difference(store):
+    spec = write_spec(store, "tsweep", {"metric": "fid", "params": {**LR, "model.args.kernel_size": [3, 5]}})
+    out = sweep(spec, store, "--trials", "4", "--workers", "2")
+    assert "best trial (fid, minimize):" in out and "study run" in out
+    study = load(store, "tsweep-smoke")
+    assert len(study.trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    sweep(spec, store, "--trials", "6", "--workers", "2")
+    study = load(store, "tsweep-smoke")
+    assert len(study.trials) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    # Every trial has exactly one MLflow run, tagged with the study and its trial number.
+    _, runs = mlflow_runs(store, "tags.`fcdm.study` = 'tsweep-smoke'")
+    runs = [r for r in runs if r.data.tags.get("fcdm.kind") != "study"]
+    by_id = {r.info.run_id: r for r in runs}
+    assert len(by_id) == 6 and {t.user_attrs["run_id"] for t in study.trials} == set(by_id)
+    for t in study.trials:
+        assert by_id[t.user_attrs["run_id"]].data.tags["fcdm.trial"] == str(t.number)
+        assert sorted(t.intermediate_values) == [15, 30] or t.state == TrialState.PRUNED
+    # The study-level run: best params as tags, plots as artifacts.
+    client, (study_run,) = mlflow_runs(store, "tags.`fcdm.kind` = 'study' and tags.`fcdm.study` = 'tsweep-smoke'")
+    names = {a.path for a in client.list_artifacts(study_run.info.run_id)}
+    assert {"trials.csv", "best.json", "best_config.yaml", "optimization_history.png"} <= names
+    assert study_run.data.tags["best.trial"] == str(study.best_trial.number)
+
+
+def test_always_pruner_prunes_every_trial_but_the_first(store):
+    spec = write_spec(store, "tprune", {"metric": "fid", "params": LR})
+    sweep(spec, store, "--trials", "3", "--pruner", "always")
+    study = load(store, "tprune-smoke")
+    states = [t.state for t in sorted(study.trials, key=lambda t: t.number)]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    client, _ = mlflow_runs(store)
+    for t in study.trials[1:]:
+        assert list(t.intermediate_values) == [15]  # pruned at the first evaluation, its value recorded
+        run = client.get_run(t.user_attrs["run_id"])
+        assert run.data.tags["fcdm.pruned"] == "true" and run.info.status in ("KILLED", "FINISHED")
+        ckpt = Path(run.data.tags["fcdm.checkpoint_dir"])
+        assert any(ckpt.glob("step_*.pt"))  # the checkpoint is kept: a later trial resumes it
+
+
+def test_a_trial_of_an_already_trained_config_trains_nothing(store):
+    from fcdm.jobs import LOG, job_dir
+    from fcdm.spec import expand
+
+    spec = write_spec(store, "tdedup", {"metric": "fid", "params": {"model.args.kernel_size": [7]}})  # the base's k
+    result = runner.invoke(app, ["run", str(spec), "--store", str(store), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    (job,) = expand(spec, "smoke")
+    journal = store / "tdedup.journal"  # the journal-file storage (a shared filesystem's), here
+    out = sweep(spec, store, "--trials", "2", "--storage", f"journal:{journal}")
+    assert out.count("was already trained") == 2 and "training nothing" in out
+    study = optuna.load_study(study_name="tdedup-smoke", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    _, (run,) = mlflow_runs(store, f"tags.`fcdm.config_hash` = '{job.hash}'")
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE and t.user_attrs["reused"] is True
+        assert t.user_attrs["run_id"] == run.info.run_id and t.user_attrs["config_hash"] == job.hash
+        assert t.values[0] == pytest.approx(run.data.metrics["fid"])
+    assert (job_dir(store, job) / LOG).read_text().count("=== ") == 1  # trained once, by `run`
+
+
+def test_multi_objective_gives_a_pareto_front_and_its_plot(store):
+    spec = write_spec(store, "tpareto", {"objectives": ["fid", "gflops"],
+                                         "params": {"model.args.kernel_size": [3, 5, 7]}})
+    out = sweep(spec, store, "--trials", "3", "--sampler", "random")
+    assert "Pareto front (fid (min) vs gflops (min)):" in out
+    study = load(store, "tpareto-smoke")
+    assert study.best_trials and all(len(t.values) == 2 for t in study.best_trials)
+    client, (study_run,) = mlflow_runs(store, "tags.`fcdm.kind` = 'study' and tags.`fcdm.study` = 'tpareto-smoke'")
+    names = {a.path for a in client.list_artifacts(study_run.info.run_id)}
+    assert {"pareto_front.png", "pareto.json"} <= names
+    front = json.loads(Path(client.download_artifacts(study_run.info.run_id, "pareto.json")).read_text())
+    assert len(front) == len(study.best_trials) >= 1

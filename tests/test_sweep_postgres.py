@@ -1,0 +1,90 @@
+"""Distributed sweeps on a real PostgreSQL server: two `fcdm-ablate sweep` workers share one study.
+
+One worker is SIGKILLed while its trial trains; the other fails that trial once its heartbeat lapses,
+runs its retry (the job resumes from its checkpoint) and completes the study. Every trial is
+recorded once in Optuna and its job once in MLflow.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from _pg import postgres_server
+from test_sweep import LR, mlflow_runs, write_spec
+
+TRIALS = 6
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    with postgres_server() as url:
+        yield url
+
+
+def start_worker(spec: Path, store: Path, url: str, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "fcdm.cli", "sweep", str(spec), "--optuna", "--storage", url, "--trials", str(TRIALS),
+           "--heartbeat", "2", "--store", str(store)]
+    with open(log, "w") as f:  # its own session: killing it kills only the worker (the trainer dies with it)
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def held_by(store: Path, pid: int) -> list[str]:
+    """Job keys whose claim the process `pid` holds and whose trainer has written a checkpoint."""
+    from fcdm import claims
+
+    keys = []
+    for d in (store / "claims").glob("*") if (store / "claims").is_dir() else []:
+        h = claims.holder(store, d.name)
+        if h and h.pid == pid and h.state == "held" and any((store / "checkpoints" / d.name).glob("step_*.pt")):
+            keys.append(d.name)
+    return keys
+
+
+def test_two_workers_on_postgres_one_killed_mid_trial(tmp_path, pg_url):
+    spec = write_spec(tmp_path, "tpg", {"metric": "fid", "params": LR})
+    store = tmp_path / "store"
+    # Create the study and the MLflow database from one process before the workers start.
+    result = subprocess.run([sys.executable, "-m", "fcdm.cli", "sweep", str(spec), "--optuna", "--storage", pg_url,
+                             "--trials", "1", "--store", str(store), "--timeout", "0"], capture_output=True, text=True)
+    assert result.returncode in (0, 1), result.stderr  # 1: no trial finished yet (timeout 0 starts none)
+    a = start_worker(spec, store, pg_url, tmp_path / "a.log")
+    b = start_worker(spec, store, pg_url, tmp_path / "b.log")
+    try:
+        deadline = time.time() + 300
+        while not (victims := held_by(store, a.pid)):  # wait until a's trial has a checkpoint
+            assert a.poll() is None and time.time() < deadline, (tmp_path / "a.log").read_text()
+            time.sleep(0.1)
+        os.killpg(a.pid, signal.SIGKILL)
+        a.wait()
+        assert b.wait(timeout=600) == 0, (tmp_path / "b.log").read_text()
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    out = (tmp_path / "b.log").read_text()
+    study = optuna.load_study(study_name="tpg-smoke", storage=pg_url)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(done) == TRIALS and len(failed) == 1, [(t.number, t.state) for t in trials]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # The killed trial was retried with the same parameters, and its job resumed from the checkpoint.
+    (retry,) = [t for t in done if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is not None]
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == failed[0].number
+    assert retry.params == failed[0].params and retry.user_attrs["config_hash"] == failed[0].user_attrs["config_hash"]
+    assert f"{retry.user_attrs['config_hash']}-s0" in victims
+    assert f"trial {retry.number}: training" in out and "resuming at step" in out
+    # Every finished trial once in MLflow: one run per job, tagged with its trial.
+    _, runs = mlflow_runs(store, "tags.`fcdm.study` = 'tpg-smoke'")
+    runs = {r.info.run_id: r for r in runs if r.data.tags.get("fcdm.kind") != "study"}
+    assert len(runs) == TRIALS and {t.user_attrs["run_id"] for t in done} == set(runs)
+    assert sorted(int(r.data.tags["fcdm.trial"]) for r in runs.values()) == sorted(t.number for t in done)
