@@ -5,8 +5,12 @@
 
 Resume is automatic and exact: rerunning the same config finds its newest checkpoint and restores
 step, model, EMA, optimiser, grad scaler and every rank's RNG state; data order is a pure function
-of (seed, step), so the data position needs no state. SIGINT/SIGTERM checkpoint and stop (KILLED);
-a non-finite loss stops the run (FAILED) without checkpointing the broken weights.
+of (seed, step) and each item's random flip of (seed, step, index), so the data position needs no
+state. A checkpoint records the run's identity (resolved config and data fingerprint): resuming it
+under anything else stops. Evaluations due and logged are recorded too, so one a kill interrupted
+is performed by the rerun. SIGINT/SIGTERM checkpoint and stop (KILLED); a non-finite loss stops the
+run (FAILED) without checkpointing the broken weights. `progress.json` beside the checkpoints says
+where the run stands (fcdm.checkpoint.read_progress).
 """
 from __future__ import annotations
 
@@ -22,11 +26,12 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from .build import build_dataset, build_model, build_objective, data_info, model_kwargs
-from .checkpoint import list_checkpoints, load_latest, save_checkpoint
-from .config import RunConfig
+from .checkpoint import (CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
+                         read_progress, save_checkpoint, write_progress)
+from .config import RunConfig, identity_differences
 from .tracking import TAG_CKPT, Tracker, checkpoint_dir, resolve_store
-from .train_state import (StepBatchSampler, ema_decay, rng_as_arrays, rng_from_arrays, rng_state, seed_everything,
-                          set_rng_state, update_ema)
+from .train_state import (SeededItems, StepBatchSampler, ema_decay, rng_as_arrays, rng_from_arrays, rng_state,
+                          seed_everything, set_rng_state, update_ema)
 
 
 class TrainingDiverged(RuntimeError):
@@ -55,7 +60,11 @@ class TrainResult:
 
 def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | None = None,
           progress: bool = True, max_steps: int | None = None) -> TrainResult:
-    """Train `cfg` to cfg.train.steps (or stop after `max_steps` more steps, for tests and debugging)."""
+    """Train `cfg` to cfg.train.steps (or stop after `max_steps` more steps, for tests and debugging).
+
+    A rerun first performs any evaluation that is due but not logged (a kill during an evaluation),
+    from the checkpoint of that step, then continues; the run is FINISHED once its last one is logged.
+    """
     from datetime import timedelta
 
     from accelerate import Accelerator
@@ -68,25 +77,33 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision,
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=2))])
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    main = accelerator.is_main_process
     store = resolve_store(store)
     ckpt_dir = checkpoint_dir(store, cfg)
 
     # Everything that can fail on user input is checked before the store is touched.
-    dataset = build_dataset(cfg)
-    shape = cfg.data_shape  # build_dataset checked that the data has the declared shape
+    dataset = build_dataset(cfg)  # checked against the declared data.image_size and data.num_classes
+    identity = cfg.identity()
+    shape, num_classes = cfg.data_shape, cfg.num_classes
     seed_everything(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg, dataset)
+    model = build_model(cfg)
     objective = build_objective(cfg)
     state = load_latest(ckpt_dir)
+    if state:
+        check_identity(state, identity, cfg, list_checkpoints(ckpt_dir)[-1][1])
     start = int(state["step"]) if state else 0
-    if start >= cfg.train.steps:
-        _finish_if_needed(accelerator, cfg, store, tracking_uri)
-        return TrainResult(None, start, "SKIPPED", ckpt_dir, main_process=accelerator.is_main_process)
-    from .evaluate import Protocol, check_ready, evaluate_in_training, log_sample_grid
+    ledger = EvalLedger(cfg, ckpt_dir, state)
+    pending = ledger.pending(start)
+    if start >= cfg.train.steps and not pending:
+        _finish_if_needed(accelerator, cfg, store, tracking_uri, ckpt_dir, ledger)
+        return TrainResult(None, start, "SKIPPED", ckpt_dir, state.get("loss"), main_process=main)
+    from . import evaluate as ev
 
-    protocol = Protocol.from_config(cfg)
-    check_ready(cfg, protocol, store / "cache")
-    sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, rank, world, cfg.seed, start, cfg.train.steps)
+    protocol = ev.Protocol.from_config(cfg)
+    if ledger.due:
+        ev.check_ready(cfg, protocol, store / "cache")
+    sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, rank, world, cfg.seed, start, cfg.train.steps,
+                               with_step=True)
     params, gflops = config_gflops(cfg.model.name, shape, **model_kwargs(cfg))
 
     ema = copy.deepcopy(model).float().requires_grad_(False).eval()
@@ -100,45 +117,59 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     if state and state.get("scaler") and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
     ema.to(device)
-    rng = state.get("rng") if state else None
-    if rng is not None and len(rng) == world:
-        set_rng_state(rng[rank])
-    else:  # a fresh run, or resumed on another process count: per-rank seeds from (seed, step, rank)
-        seed_everything(cfg.seed * 1_000_003 + start * 1009 + rank)
-    # A private generator: creating the loader's iterator must not draw from the training RNG,
-    # or a resumed run would diverge from an uninterrupted one.
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.seed + start), pin_memory=device.type == "cuda")
 
     tracker, run_id = None, None
-    if accelerator.is_main_process:
+    if main:
         tracker = Tracker(store, tracking_uri)
         run_id, _ = tracker.open(cfg, tags={"fcdm.params": params, "fcdm.gflops": f"{gflops:.6g}",
-                                                  "fcdm.model": cfg.model.name, TAG_CKPT: str(ckpt_dir),
-                                                  "fcdm.processes": world})
+                                            "fcdm.model": cfg.model.name, TAG_CKPT: str(ckpt_dir),
+                                            "fcdm.processes": world})
+        ledger.write(status="running", step=start, run_id=run_id, reason=None)
         if state:
             accelerator.print(f"Resumed {run_id} from {list_checkpoints(ckpt_dir)[-1][1]} at step {start}")
 
     stop = {"signum": 0}
     handlers = _install_signal_handlers(stop)
-    eval_steps = set(cfg.eval_steps())
     unwrapped = accelerator.unwrap_model(model)
-    step, window, t0, last_loss = start, [], time.perf_counter(), None
+    step, window, t0, last_loss = start, [], time.perf_counter(), state.get("loss") if state else None
+
+    def evaluate(weights: nn.Module, at: int) -> None:
+        ev.evaluate_in_training(accelerator, tracker, cfg, protocol, weights, objective, shape, num_classes,
+                                step=at, store=store)
+        ledger.done.add(at)
+        if main:
+            ledger.write(step=step)
 
     def checkpoint_now() -> None:
         rngs = [rng_from_arrays(r) for r in gather_object([rng_as_arrays(rng_state())])] if world > 1 else [rng_state()]
-        if accelerator.is_main_process:
+        if main:
             save_checkpoint({"step": step, "model": unwrapped.state_dict(), "ema": ema.state_dict(),
                              "optimizer": opt.state_dict(), "rng": rngs, "config_hash": cfg.hash,
-                             "data": data_info(cfg, dataset), "config": cfg.to_yaml(),
+                             "identity": identity, "data": data_info(cfg, dataset), "config": cfg.to_yaml(),
+                             "loss": last_loss, "evals_due": ledger.due, "evals_done": sorted(ledger.done),
                              "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None},
-                            ckpt_dir, step, keep=cfg.log.keep_checkpoints)
+                            ckpt_dir, step, keep=cfg.log.keep_checkpoints, protect=ledger.protected())
+            ledger.write(step=step)
         accelerator.wait_for_everyone()
 
-    bar = _progress(accelerator.is_main_process and progress, start, cfg.train.steps)
+    bar = _progress(main and progress, start, cfg.train.steps)
     try:
+        # Evaluations a kill interrupted, each with the EMA of its own step, before the training RNG is
+        # restored (so they cannot disturb it) and before training moves on.
+        for at in pending:
+            accelerator.print(f"Evaluating step {at} first: its evaluation was interrupted")
+            evaluate(_ema_at(ema, ckpt_dir, at, state, identity, cfg), at)
+        rng = state.get("rng") if state else None
+        if rng is not None and len(rng) == world:
+            set_rng_state(rng[rank])
+        else:  # a fresh run, or resumed on another process count: per-rank seeds from (seed, step, rank)
+            seed_everything(cfg.seed * 1_000_003 + start * 1009 + rank)
+        # Items are seeded from (seed, step, index) (SeededItems), so the loader's own generator only
+        # seeds its workers; a private one keeps creating the iterator off the training RNG.
+        loader = DataLoader(SeededItems(dataset, cfg.seed), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                            generator=torch.Generator().manual_seed(cfg.seed + start), pin_memory=device.type == "cuda")
         model.train()
-        for x, y in loader:
+        for x, y in (loader if start < cfg.train.steps else ()):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             t = objective.sample_t(len(x), device=device)
             losses = objective.training_losses(lambda xt, tt: model(xt, tt, y), x, t)
@@ -167,13 +198,12 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
                                      "train_gflops": training_gflops(gflops, cfg.train.batch_size, step)}, step)
                 window, t0 = [], time.perf_counter()
             done = step == cfg.train.steps or (max_steps is not None and step - start >= max_steps)
-            if signum or done or step % cfg.log.checkpoint_every == 0 or step in eval_steps:
-                checkpoint_now()
+            if signum or done or step % cfg.log.checkpoint_every == 0 or step in ledger.due:
+                checkpoint_now()  # before the evaluation: a kill during it loses nothing (see EvalLedger)
                 if tracker and not signum:  # a grid per checkpoint; a stopping run exits at once
-                    log_sample_grid(tracker, cfg, ema, objective, shape, dataset.num_classes, step, device)
-                if step in eval_steps and cfg.eval.metrics:
-                    evaluate_in_training(accelerator, tracker, cfg, protocol, ema, objective, shape,
-                                         dataset.num_classes, step, store)
+                    ev.log_sample_grid(tracker, cfg, ema, objective, shape, num_classes, step, device)
+                if step in ledger.due:
+                    evaluate(ema, step)
             if signum:
                 raise TrainingInterrupted(f"stopped by signal {signal.Signals(signum).name} at step {step}; "
                                           f"checkpoint written to {ckpt_dir}; rerun the same command to resume",
@@ -183,30 +213,111 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     except BaseException as e:
         bar.close()
         if tracker:
-            tracker.end("KILLED" if isinstance(e, (TrainingInterrupted, KeyboardInterrupt)) else "FAILED")
+            killed = isinstance(e, (TrainingInterrupted, KeyboardInterrupt))
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+            ledger.write(status="killed" if killed else "failed", step=step, reason=reason)
+            if not killed:
+                tracker.set_tags({"fcdm.failure": reason})
+            tracker.end("KILLED" if killed else "FAILED")
         raise
     finally:
         _restore_signal_handlers(handlers)
     bar.close()
-    if tracker and step == cfg.train.steps:
+    finished = step == cfg.train.steps and not ledger.pending(step)
+    if tracker and finished:
+        ledger.write(status="finished", step=step, reason=None)
         tracker.end("FINISHED")
-    elif tracker:
-        tracker.end("KILLED")  # stopped early by max_steps: resumable, not finished
+    elif tracker:  # stopped early by max_steps: resumable, not finished
+        ledger.write(status="killed", step=step, reason=f"stopped after max_steps={max_steps}")
+        tracker.end("KILLED")
     accelerator.wait_for_everyone()
     if world > 1 and torch.distributed.is_initialized():
         # gloo can abort at interpreter exit with a live process group; tear it down explicitly.
         torch.distributed.destroy_process_group()
-    return TrainResult(run_id, step, "FINISHED" if step == cfg.train.steps else "STOPPED", ckpt_dir, last_loss,
-                       accelerator.is_main_process)
+    return TrainResult(run_id, step, "FINISHED" if finished else "STOPPED", ckpt_dir, last_loss, main)
 
 
-def _finish_if_needed(accelerator, cfg: RunConfig, store: Path, tracking_uri: str | None) -> None:
+# -- run identity and evaluation bookkeeping ------------------------------------------------------------
+
+def check_identity(state: dict, identity: dict, cfg: RunConfig, path: Path) -> None:
+    """Stop when a checkpoint was trained on another configuration or other data than `cfg` says."""
+    stored = state.get("identity")
+    if stored is None:
+        raise CheckpointError(f"{path}: checkpoint records no run identity (written by an older fcdm-ablate, "
+                              f"before schema {identity['schema']}); resuming could mix two runs: delete "
+                              f"{path.parent} to train {cfg.name} from scratch")
+    diffs = identity_differences(stored, identity)
+    if diffs:
+        shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        raise CheckpointError(f"{path}: checkpoint was trained with a different configuration or data than "
+                              f"{cfg.name} (hash {cfg.hash}) describes ({shown}); training on would mix two runs: "
+                              f"restore the original data/config, or delete {path.parent} to train from scratch")
+
+
+class EvalLedger:
+    """Which evaluation steps are due and which are logged, kept in every checkpoint and in progress.json.
+
+    An evaluation runs after the checkpoint of its step, so a kill during it leaves that checkpoint
+    without it: a rerun finds it pending and performs it first. Its checkpoint is protected from pruning
+    until then. `done` joins the checkpoint's record with the sidecar's (written once the metrics are
+    logged, possibly after the newest checkpoint).
+    """
+
+    def __init__(self, cfg: RunConfig, ckpt_dir: Path, state: dict | None):
+        self.cfg, self.ckpt_dir = cfg, ckpt_dir
+        self.due = cfg.eval_steps() if cfg.eval.metrics else []
+        start = int(state["step"]) if state else 0
+        done = set(state.get("evals_done", ())) if state else set()
+        try:
+            side = read_progress(ckpt_dir)
+        except CheckpointError:
+            side = None
+        if side and side.get("config_hash") == cfg.hash and side.get("seed") == cfg.seed:
+            done |= set(side.get("evals_done", ()))
+        self.done = {s for s in done if s <= start}  # later ones belong to deleted checkpoints: redo them
+        have = {s for s, _ in list_checkpoints(ckpt_dir)}
+        lost = [s for s in self.pending(start) if s not in have]
+        if lost:  # e.g. eval.at or eval.metrics changed after those checkpoints were pruned
+            print(f"warning: evaluation at step(s) {lost} of {cfg.name} cannot run: no checkpoint is left at that "
+                  f"step; measure a later one with `fcdm-ablate evaluate RUN --step N`")
+            self.due = [s for s in self.due if s not in lost]
+
+    def pending(self, upto: int) -> list[int]:
+        return [s for s in self.due if s <= upto and s not in self.done]
+
+    def protected(self) -> set[int]:
+        return set(self.due) - self.done
+
+    def write(self, **fields) -> None:
+        write_progress(self.ckpt_dir, config_hash=self.cfg.hash, seed=self.cfg.seed, steps=self.cfg.train.steps,
+                       evals_due=self.due, evals_done=sorted(self.done), **fields)
+
+
+def _ema_at(ema: nn.Module, ckpt_dir: Path, at: int, state: dict, identity: dict, cfg: RunConfig) -> nn.Module:
+    """The EMA weights of step `at` (from its checkpoint) in a copy of `ema`'s architecture."""
+    if int(state["step"]) == at:
+        snapshot = state
+    else:
+        path = checkpoint_path(ckpt_dir, at)
+        snapshot = load_checkpoint(path)
+        check_identity(snapshot, identity, cfg, path)
+    weights = copy.deepcopy(ema)
+    weights.load_state_dict(snapshot["ema"])
+    return weights
+
+
+def _finish_if_needed(accelerator, cfg: RunConfig, store: Path, tracking_uri: str | None, ckpt_dir: Path,
+                      ledger: EvalLedger) -> None:
     if accelerator.is_main_process:
         tracker = Tracker(store, tracking_uri)
         run = tracker.find(cfg.hash, cfg.seed)
         if run is not None and run.info.status != "FINISHED":
             tracker.run_id = run.info.run_id
             tracker.end("FINISHED")
+        progress = read_progress(ckpt_dir) or {}
+        if progress.get("status") != "finished":
+            ledger.write(status="finished", step=cfg.train.steps, reason=None,
+                         run_id=run.info.run_id if run is not None else progress.get("run_id"))
         accelerator.print(f"{cfg.name} (hash {cfg.hash}, seed {cfg.seed}) already finished; nothing to do")
 
 

@@ -2,11 +2,13 @@
 the EMA of the weights, and the RNG states saved in every checkpoint."""
 from __future__ import annotations
 
+import hashlib
 import random
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset
 
 from .config import ConfigError, RunConfig
 
@@ -16,9 +18,12 @@ class StepBatchSampler:
 
     Each epoch is a fresh permutation from a generator seeded by (seed, epoch); the global batch is
     cut from it in order and rank r takes slice r, so the order is the same for any world size.
+
+    with_step: yield [(step, index), ...] instead of [index, ...], for `SeededItems`.
     """
 
-    def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int, start_step: int, steps: int):
+    def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int, start_step: int, steps: int,
+                 with_step: bool = False):
         if global_batch % world:
             raise ConfigError(f"train.batch_size={global_batch} is not divisible by the {world} processes; "
                               "choose a multiple of the process count")
@@ -27,6 +32,7 @@ class StepBatchSampler:
         self.n, self.batch, self.rank, self.world, self.seed = n, global_batch, rank, world, seed
         self.start, self.steps = start_step, steps
         self.per_epoch = n // global_batch
+        self.with_step = with_step
 
     def __len__(self) -> int:
         return self.steps - self.start
@@ -39,7 +45,39 @@ class StepBatchSampler:
             if e != epoch:
                 epoch, perm = e, torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
             lo = i * self.batch + self.rank * local
-            yield perm[lo:lo + local].tolist()
+            batch = perm[lo:lo + local].tolist()
+            yield [(step, j) for j in batch] if self.with_step else batch
+
+
+def item_seed(seed: int, step: int, index: int) -> int:
+    """A 63-bit seed for the random transforms of example `index` in batch `step` of a run seeded `seed`."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class SeededItems(Dataset):
+    """Item (step, i) is example i with its random transforms seeded from (seed, step, i).
+
+    Random augmentations (the digits' flips) then depend only on which example is drawn at which step:
+    identical for any number of DataLoader workers, any process count, and after a resume, which
+    re-creates the workers (their own seeds would otherwise restart). Datasets with an
+    `item(i, seed)` method take the seed directly (cheap); any other runs under torch's RNG seeded with it
+    and then restored, so loading in the main process (num_workers=0) never touches the training RNG.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        step, i = key
+        if hasattr(self.dataset, "item"):
+            return self.dataset.item(i, item_seed(self.seed, step, i))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed(self.seed, step, i))
+            return self.dataset[i]
 
 
 @torch.no_grad()

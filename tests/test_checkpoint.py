@@ -36,3 +36,47 @@ def test_corrupt_checkpoint_names_the_file_and_the_fix(tmp_path):
 
 def test_no_directory_means_no_checkpoint(tmp_path):
     assert load_latest(tmp_path / "missing") is None
+
+
+def test_protected_steps_survive_pruning(tmp_path):
+    for step in (10, 20, 30, 40):
+        save_checkpoint({"step": step, "model": {}}, tmp_path, step, keep=1, protect={20})
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [20, 40]
+
+
+def test_progress_sidecar_is_merged_atomically_and_read_back(tmp_path):
+    from fcdm.checkpoint import read_progress, write_progress
+
+    assert read_progress(tmp_path / "none") is None
+    write_progress(tmp_path, config_hash="abc", seed=0, step=10, steps=30, evals_due=[30], evals_done=[],
+                   status="running", run_id="r1", reason=None)
+    write_progress(tmp_path, step=20)
+    p = read_progress(tmp_path)
+    assert (p["step"], p["status"], p["run_id"], p["evals_due"]) == (20, "running", "r1", [30])
+    assert isinstance(p["updated"], float) and not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(ValueError, match="progress status 'done'"):
+        write_progress(tmp_path, status="done")
+
+
+def test_a_damaged_sidecar_names_the_file_and_is_rewritten_whole(tmp_path):
+    from fcdm.checkpoint import read_progress, write_progress
+
+    (tmp_path / "progress.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"progress.json is not readable JSON .*delete it"):
+        read_progress(tmp_path)
+    write_progress(tmp_path, status="running", step=1)
+    assert read_progress(tmp_path)["step"] == 1
+
+
+def test_reading_progress_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    from fcdm.checkpoint import write_progress
+
+    write_progress(tmp_path, status="finished", step=5)
+    code = ("import sys; from fcdm.checkpoint import read_progress; "
+            f"p = read_progress({str(tmp_path)!r}); assert 'torch' not in sys.modules, 'torch imported'; "
+            "print(p['status'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "finished", out.stderr

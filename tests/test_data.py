@@ -111,6 +111,7 @@ def test_latent_array_round_trip(tmp_path):
     # pickling (spawned DataLoader workers) must not drag the memory map's data along
     clone = pickle.loads(pickle.dumps(ds))
     assert clone._latents is None and torch.equal(clone[3][0], x)
+    assert torch.equal(ds.item(3, seed=1)[0], x)  # latents have no random transform
 
 
 def test_latent_array_errors_name_the_path(tmp_path):
@@ -282,3 +283,21 @@ def test_center_crop_matches_adm():
     box = im.resize((260, 150), Image.BOX).resize((130, 75), Image.BOX)
     ref = np.asarray(box.resize((111, 64), Image.BICUBIC))[:, 23:87]
     assert np.array_equal(np.asarray(out), ref)
+
+
+def test_item_takes_its_flip_from_the_given_seed_not_the_global_rng():
+    ds, plain = DigitsDataset("train", hflip=True), DigitsDataset("train")
+    before = torch.get_rng_state()
+    assert torch.equal(ds.item(3, seed=2)[0], plain.images[3])  # even seed: as is
+    assert torch.equal(ds.item(3, seed=7)[0], plain.images[3].flip(-1))  # odd seed: mirrored
+    assert torch.equal(plain.item(3, seed=7)[0], plain.images[3])  # hflip off: never
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_importing_fcdm_data_for_its_error_type_is_cheap():
+    import subprocess
+    import sys
+
+    code = "import sys; from fcdm.data import DataError; assert 'torch' not in sys.modules, 'torch imported'"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

@@ -1,5 +1,6 @@
 """The trainer and the train/sample commands, as a user runs them on the CPU."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -206,7 +207,131 @@ def test_nan_loss_stops_with_failed_status_and_no_broken_checkpoint(tmp_path, ti
     with pytest.raises(TrainingDiverged, match="loss became"):
         train(cfg, store=tmp_path, progress=False)
     (run,) = all_runs(tmp_path)
-    assert run.info.status == "FAILED"
+    assert run.info.status == "FAILED" and "loss became" in run.data.tags["fcdm.failure"]
+    from fcdm.checkpoint import read_progress
+
+    progress = read_progress(checkpoint_dir(tmp_path, cfg))
+    assert progress["status"] == "failed" and "TrainingDiverged: loss became" in progress["reason"]
     for _, path in list_checkpoints(checkpoint_dir(tmp_path, cfg)):
         state = torch.load(path, weights_only=True)
         assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+# -- evaluations survive a kill (issue 7, item 4) --------------------------------------------------------------
+
+def _kill_evaluation_at(monkeypatch, kill_step):
+    """Make the trainer's evaluation at `kill_step` die as a Ctrl-C or a kill would; the others run for real."""
+    import fcdm.evaluate as ev
+
+    real, seen = ev.evaluate_in_training, []
+
+    def evaluate(*args, step, **kwargs):
+        seen.append(step)
+        if step == kill_step:
+            raise KeyboardInterrupt
+        return real(*args, step=step, **kwargs)
+    monkeypatch.setattr(ev, "evaluate_in_training", evaluate)
+    return seen
+
+
+def test_a_kill_during_an_evaluation_is_redone_first_and_the_run_finishes_only_with_its_last_one(
+        tmp_path, tiny_config, monkeypatch):
+    from fcdm.checkpoint import read_progress
+
+    cfg = tiny_config("train.steps=20", "eval.at=[0.5, 1.0]", "eval.metrics=[fid]", "eval.num_samples=40",
+                      "log.checkpoint_every=100", "log.keep_checkpoints=1")
+    train(cfg, store=tmp_path / "ref", progress=False)
+    shutil.copytree(tmp_path / "ref" / "cache", tmp_path / "b" / "cache", dirs_exist_ok=True)  # the digits classifier
+    ckpts = checkpoint_dir(tmp_path / "b", cfg)
+
+    seen = _kill_evaluation_at(monkeypatch, 10)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, store=tmp_path / "b", progress=False)
+    progress = read_progress(ckpts)
+    assert (progress["status"], progress["step"], progress["evals_due"], progress["evals_done"]) == \
+        ("killed", 10, [10, 20], [])
+
+    monkeypatch.undo()
+    seen = _kill_evaluation_at(monkeypatch, 20)  # the rerun evaluates step 10 first, then dies in the final one
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, store=tmp_path / "b", progress=False)
+    assert seen == [10, 20]
+    progress = read_progress(ckpts)
+    assert (progress["status"], progress["step"], progress["evals_done"]) == ("killed", 20, [10])
+    (run,) = all_runs(tmp_path / "b")
+    assert run.info.status == "KILLED"
+    # keep_checkpoints=1, yet step 10's checkpoint stayed until its evaluation was logged
+    assert [s for s, _ in list_checkpoints(ckpts)] == [20]
+
+    monkeypatch.undo()
+    result = train(cfg, store=tmp_path / "b", progress=False)
+    assert result.status == "FINISHED" and result.step == 20 and result.final_loss is not None
+    (run,) = all_runs(tmp_path / "b")
+    assert run.info.status == "FINISHED"
+    progress = read_progress(ckpts)
+    assert (progress["status"], progress["evals_done"], progress["run_id"]) == ("finished", [10, 20], run.info.run_id)
+    (ref_run,) = all_runs(tmp_path / "ref")
+    fid = {k: [(m.step, m.value) for m in client(k).get_metric_history(r.info.run_id, "fid")]
+           for k, r in ((tmp_path / "ref", ref_run), (tmp_path / "b", run))}
+    assert fid[tmp_path / "b"] == fid[tmp_path / "ref"] and [s for s, _ in fid[tmp_path / "ref"]] == [10, 20]
+    assert train(cfg, store=tmp_path / "b", progress=False).status == "SKIPPED"
+    a, b = (load_latest(checkpoint_dir(tmp_path / s, cfg)) for s in ("ref", "b"))
+    for part in ("ema", "model"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), (part, name)
+
+
+# -- random flips after a resume (issue 7, item 9) ---------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_with_random_flips_and_loader_workers_is_bitwise_exact(tmp_path, tiny_config, workers):
+    cfg = tiny_config("data.hflip=true", f"data.num_workers={workers}", "train.steps=20")
+    train(cfg, store=tmp_path / "ref", progress=False)
+    assert train(cfg, store=tmp_path / "b", progress=False, max_steps=7).step == 7
+    train(cfg, store=tmp_path / "b", progress=False)
+    a, b = (load_latest(checkpoint_dir(tmp_path / s, cfg)) for s in ("ref", "b"))
+    for part in ("ema", "model"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), (part, name)
+
+
+def test_flips_depend_on_seed_step_and_index_only():
+    from fcdm.data import DigitsDataset
+    from fcdm.train_state import SeededItems
+
+    ds = SeededItems(DigitsDataset("train", hflip=True), seed=0)
+    plain = DigitsDataset("train")
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    flips = [not torch.equal(ds[(s, i)][0], plain.images[i]) for s in range(4) for i in range(40)]
+    assert torch.equal(torch.get_rng_state(), before)  # the training RNG is untouched
+    assert 0.35 < np.mean(flips) < 0.65
+    again = [not torch.equal(ds[(s, i)][0], plain.images[i]) for s in range(4) for i in range(40)]
+    assert flips == again
+    other = SeededItems(DigitsDataset("train", hflip=True), seed=1)
+    assert flips != [not torch.equal(other[(s, i)][0], plain.images[i]) for s in range(4) for i in range(40)]
+
+
+# -- the progress sidecar and the run's MLflow placement (issue 8 contract) -----------------------------------------
+
+def test_progress_sidecar_follows_the_run_and_experiment_and_tags_apply(tmp_path, tiny_config):
+    from fcdm.checkpoint import read_progress
+
+    cfg = tiny_config("log.experiment=kernel-ablation", "log.tags={spec: kernel, job: k7}")
+    ckpts = checkpoint_dir(tmp_path, cfg)
+    assert read_progress(ckpts) is None
+    train(cfg, store=tmp_path, progress=False, max_steps=10)
+    p = read_progress(ckpts)
+    assert (p["status"], p["step"], p["steps"], p["config_hash"], p["seed"]) == ("killed", 10, 30, cfg.hash, 0)
+    assert "max_steps" in p["reason"] and p["evals_due"] == [] and abs(p["updated"] - time.time()) < 120
+    (run,) = all_runs(tmp_path)
+    c = client(tmp_path)
+    assert c.get_experiment(run.info.experiment_id).name == "kernel-ablation"
+    assert run.data.tags["spec"] == "kernel" and run.data.tags["job"] == "k7" and p["run_id"] == run.info.run_id
+    # tags are set again whenever the run is opened, so a runner can retag a resumed run
+    train(tiny_config("log.experiment=kernel-ablation", "log.tags={spec: kernel, job: k7, attempt: '2'}"),
+          store=tmp_path, progress=False)
+    (run,) = all_runs(tmp_path)
+    assert run.data.tags["attempt"] == "2" and run.info.status == "FINISHED"
+    p = read_progress(ckpts)
+    assert (p["status"], p["step"], p["reason"]) == ("finished", 30, None)

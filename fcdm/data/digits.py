@@ -115,6 +115,12 @@ class DigitsDataset(Dataset):
             x = x.flip(-1)
         return x, self.labels[i]
 
+    def item(self, i: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Example i with its random flip decided by `seed` (its lowest bit) instead of torch's global RNG:
+        the trainer derives the seed from (run seed, step, i), so flips survive a resume and any worker count."""
+        x = self.images[i]
+        return (x.flip(-1) if self.hflip and seed & 1 else x), self.labels[i]
+
     def __repr__(self) -> str:
         return (f"DigitsDataset(split={self.split!r}, n={len(self)}, image_size={self.image_size}, "
                 f"hflip={self.hflip})")

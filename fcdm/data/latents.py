@@ -127,6 +127,10 @@ class LatentFolderDataset(Dataset):
         label = int(y[copy if y.size > 1 else 0])
         return torch.from_numpy(np.array(x[copy], dtype=np.float32)), torch.tensor(label, dtype=torch.int64)
 
+    def item(self, i: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Example i; `seed` is unused: latents have no random transform (flips are stored copies)."""
+        return self[i]
+
     def __repr__(self) -> str:
         return f"LatentFolderDataset({str(self.root)!r}, n={len(self)}, latent_shape={self.latent_shape})"
 
@@ -207,6 +211,10 @@ class LatentArrayDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = np.array(self._array()[i], dtype=np.float32)  # copies out of the map; float16 -> float32
         return torch.from_numpy(x), torch.tensor(int(self.labels[i]), dtype=torch.int64)
+
+    def item(self, i: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Example i; `seed` is unused: latents have no random transform (flips are stored copies)."""
+        return self[i]
 
     def __repr__(self) -> str:
         return (f"LatentArrayDataset({str(self.path)!r}, n={len(self)}, latent_shape={self.latent_shape}, "
