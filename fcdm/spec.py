@@ -341,10 +341,15 @@ class _Matcher:
         from .config import ConfigError, validate_config
         from .flops_match import NoFit, solve
 
-        self.cost(cfg, data, p, name)
         v = p.variant
         own = bool(v) and "match_flops" in v
         mf = v["match_flops"] if own else self.eff["match_flops"]
+        try:
+            self.cost(cfg, data, p, name)
+        except SpecError as e:  # an invalid value of the key being solved is fine: it is about to be replaced
+            solved = mf and f"{mf['solve'].removeprefix('model.args.')}="
+            if not solved or f"): {solved}" not in str(e):
+                raise
         if not mf:
             return cfg
         pre = self.eff["pre"]["variants" if own else "match_flops"]

@@ -47,12 +47,13 @@ def check_key(key: Any, src: str, where: str, also: Sequence[str] = ()) -> None:
 
     from .config import RunConfig
 
+    label = f"{src}: {where}: {show(key)}" if where else src  # where '': src already names the key
     if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
-        raise SpecError(f"{src}: {where}: {show(key)}: not a dotted config key; write e.g. train.lr or "
+        raise SpecError(f"{label}: not a dotted config key; write e.g. train.lr or "
                         "model.args.kernel_size")
     parts = key.split(".")
     if parts[0] in ("name", "seed"):
-        raise SpecError(f"{src}: {where}: {key}: set by the spec itself (jobs are named after their axis values and "
+        raise SpecError(f"{label}: set by the spec itself (jobs are named after their axis values and "
                         "seeded from 'seeds'); remove it, or list seeds under seeds")
     model: type[BaseModel] = RunConfig
     for i, part in enumerate(parts):
@@ -63,7 +64,7 @@ def check_key(key: Any, src: str, where: str, also: Sequence[str] = ()) -> None:
             guess = difflib.get_close_matches(part, options, n=1)
             hint = f"did you mean '{'.'.join(parts[:i] + guess)}'? " if guess else ""
             return_msg = f"allowed keys{' in ' + prefix if prefix else ''}: {', '.join(options)}"
-            raise SpecError(f"{src}: {where}: {key}: unknown config key; {hint}{return_msg}")
+            raise SpecError(f"{label}: unknown config key; {hint}{return_msg}")
         annotation = model.model_fields[part].annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation
@@ -72,7 +73,7 @@ def check_key(key: Any, src: str, where: str, also: Sequence[str] = ()) -> None:
         free_form = (model.__name__, part) in (("ModelConfig", "args"), ("LogConfig", "tags"))
         if rest and not (free_form and len(rest) == 1):
             head, fix = ".".join(parts[: i + 1]), ".".join(parts[: i + 1 + free_form])
-            raise SpecError(f"{src}: {where}: {key}: '{head}' holds a value, not a section; use {fix}")
+            raise SpecError(f"{label}: '{head}' holds a value, not a section; use {fix}")
         return
 
 
@@ -138,7 +139,7 @@ def parse_sets(overrides: Sequence[str], src: str) -> tuple[dict, dict[str, str]
         if "=" not in item:
             raise SpecError(f"--set {item!r}: expected key.path=value, e.g. --set train.steps=100")
         key, text = (s.strip() for s in item.split("=", 1))
-        check_key(key, "--set", key)
+        check_key(key, f"--set {item}", "")
         flat[key] = parse_yaml(text, f"--set {key}") if text else None
         where[key] = f"--set {key}"
     return nest(flat, "--set ", src, check=False), where

@@ -40,8 +40,12 @@ class _SpecLoader(yaml.SafeLoader):
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
                 if not isinstance(key, str):
-                    raise SpecError(f"{self.source}: line {line}: key {key!r} is a {type(key).__name__}, not a "
-                                    f"string: quote it ('{key}':)")
+                    kind = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", list: "a list",
+                            dict: "a mapping"}.get(type(key), type(key).__name__)
+                    if isinstance(key_node, yaml.ScalarNode):
+                        raise SpecError(f"{self.source}: line {line}: key {key_node.value} is {kind}, not a string: "
+                                        f"quote it ('{key_node.value}':)")
+                    raise SpecError(f"{self.source}: line {line}: a key is {kind}; keys are strings")
                 if key in seen:
                     raise SpecError(f"{self.source}: line {line}: key '{key}' appears twice in one mapping (first "
                                     f"on line {seen[key]}): keep one")

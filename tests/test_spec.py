@@ -1,0 +1,231 @@
+"""Spec format and expansion (fcdm.spec), FLOPs matching (fcdm.flops_match) and the shipped specs."""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SMOKE
+from fcdm.spec import SpecError, expand, load_spec, resolve_profile
+
+SPECS = ("kernel_size", "block_depth", "conditioning", "flops_budget", "dit_comparison", "design")
+SHIPPED = sorted((ROOT / "ablations").glob("*.yaml"))  # these six, and any other spec shipped beside them
+
+
+def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# -- the shipped specs -----------------------------------------------------------------------------
+
+def test_six_specs_ship_with_smoke_and_paper_profiles():
+    assert set(SPECS) <= {p.stem for p in SHIPPED}
+    for path in SHIPPED:
+        spec = load_spec(path)
+        assert spec.name == path.stem and {"smoke", "paper"} <= set(spec.profiles), path
+        assert resolve_profile(spec, None) == "smoke"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_spec_expands_and_matched_jobs_land_within_tolerance(path):
+    from fcdm.flops_match import cost
+
+    spec = load_spec(path)
+    for profile in ("smoke", "paper"):
+        jobs = expand(spec, profile)
+        assert jobs and len({(j.name, j.seed) for j in jobs}) == len(jobs)
+        for job in jobs:
+            cfg = job.config
+            assert cfg.name == job.name and cfg.log.experiment == spec.name
+            assert cfg.log.tags["fcdm.profile"] == profile and cfg.log.tags["fcdm.job"] == job.name
+            target = cfg.log.tags.get("fcdm.flops_target")
+            if target:
+                mf = spec.profiles[profile].get("match_flops", spec.match_flops)
+                own = spec.variant(job.variant, profile) if job.variant else None
+                tolerance = (own.get("match_flops") or mf if own and "match_flops" in own else mf)["tolerance"]
+                assert abs(cost(cfg).gflops / float(target) - 1) <= tolerance, job.name
+                if profile == "paper":
+                    assert tolerance <= 0.02
+            if profile == "paper" and spec.name in SPECS:  # the paper's protocol (Table 6; DiT's recipe)
+                assert cfg.train.steps >= 200_000 and cfg.train.batch_size == 256 and cfg.train.mixed_precision == "bf16"
+                assert cfg.eval.sampling_steps == 250 and cfg.eval.num_samples == 50_000 and cfg.eval.sampler == "ddpm"
+            elif profile == "smoke":
+                assert cfg.data.name == "digits"
+
+
+def test_kernel_size_smoke_is_five_kernels_and_shares_runs_with_design():
+    jobs = expand(ROOT / "ablations" / "kernel_size.yaml")
+    assert [j.axes["model.args.kernel_size"] for j in jobs] == [3, 5, 7, 9, 11]
+    assert [j.name for j in jobs][:2] == ["kernel_size/kernel_size=3", "kernel_size/kernel_size=5"]
+    design = {j.variant: j for j in expand(ROOT / "ablations" / "design.yaml")}
+    # The same configuration in two specs is one run: same hash, same seed, same key.
+    assert design["k3"].key == jobs[0].key and design["default"].key == jobs[2].key
+    assert design["no-inverted-bottleneck"].key != jobs[2].key
+
+
+def test_dit_comparison_smoke_has_two_seeds_and_matched_rows():
+    jobs = expand(ROOT / "ablations" / "dit_comparison.yaml")
+    assert sorted({j.seed for j in jobs}) == [0, 1]
+    by_variant = {j.variant: j.config for j in jobs if j.seed == 0}
+    assert by_variant["dit"].model.name.startswith("DiT") and by_variant["fcdm"].model.name.startswith("FCDM")
+    # FCDM narrowed to DiT's FLOPs, DiT widened to FCDM's: widths moved away from the defaults.
+    assert by_variant["fcdm@dit"].model.args["hidden_size"] < by_variant["fcdm"].model.args["hidden_size"]
+    assert by_variant["dit@fcdm"].model.args["hidden_size"] > 32
+
+
+# -- the format ----------------------------------------------------------------------------------
+
+GRID = f"""
+name: grid
+base: {SMOKE}
+variants:
+  - {{name: plain}}
+  - {{name: wide, set: {{model.args.hidden_size: 48}}}}
+axes:
+  model.args.kernel_size: [3, 5]
+zip:
+  - {{train.lr: [1.0e-3, 3e-4], train.batch_size: [64, 32]}}
+seeds: [0, 1]
+exclude:
+  - {{variant: wide, model.args.kernel_size: 5}}
+include:
+  - {{variant: plain, model.args.kernel_size: 9, model.args.grn: false}}
+"""
+
+
+def test_grid_order_names_seeds_exclude_include_and_tags(tmp_path):
+    jobs = expand(write(tmp_path, GRID), overrides=["train.steps=7"])
+    names = [j.name for j in jobs if j.seed == 0]
+    assert names == ["grid/plain,kernel_size=3,lr=0.001,batch_size=64", "grid/plain,kernel_size=3,lr=0.0003,batch_size=32",
+                     "grid/plain,kernel_size=5,lr=0.001,batch_size=64", "grid/plain,kernel_size=5,lr=0.0003,batch_size=32",
+                     "grid/wide,kernel_size=3,lr=0.001,batch_size=64", "grid/wide,kernel_size=3,lr=0.0003,batch_size=32",
+                     "grid/plain,kernel_size=9,grn=false"]
+    assert [j.seed for j in jobs[:4]] == [0, 1, 0, 1]  # seeds innermost: a configuration's seeds are adjacent
+    assert len(jobs) == 14 and all(j.config.train.steps == 7 for j in jobs)  # --set reaches every job
+    wide = next(j for j in jobs if j.variant == "wide")
+    assert wide.config.model.args["hidden_size"] == 48 and wide.config.train.lr == 1e-3  # 1e-3 and 3e-4 are floats
+    last = jobs[-1]
+    assert last.axes == {"model.args.kernel_size": 9, "model.args.grn": False} and last.config.model.args["grn"] is False
+    tags = jobs[1].config.log.tags
+    assert tags == {"fcdm.spec": "grid", "fcdm.profile": "default", "fcdm.variant": "plain", "fcdm.job": jobs[1].name,
+                    "fcdm.axes": json.dumps(jobs[1].axes, separators=(",", ":"))}
+    assert jobs[1].seed == 1 and jobs[1].config.seed == 1 and jobs[1].key == f"{jobs[1].hash}-s1"
+
+
+def test_dotted_and_nested_overrides_are_the_same(tmp_path):
+    dotted = write(tmp_path, f"name: a\nbase: {SMOKE}\nprofiles:\n  smoke: {{train.steps: 9, model.args.kernel_size: 5}}\n", "a.yaml")
+    nested = write(tmp_path, f"name: b\nbase: {SMOKE}\nprofiles:\n  smoke:\n    train: {{steps: 9}}\n"
+                             "    model: {args: {kernel_size: 5}}\n", "b.yaml")
+    (a,), (b,) = expand(dotted), expand(nested)
+    assert a.key == b.key and a.config.train.steps == 9 and a.config.model.args["depth"] == [1, 1, 2, 1, 1]
+    assert a.name == "a/base"
+
+
+def test_profiles_replace_base_and_grid_and_default_profile(tmp_path):
+    spec = load_spec(write(tmp_path, f"""
+name: p
+base: {{model: {{name: FCDM-S, args: {{hidden_size: 16, depth: [1, 0, 1, 0, 1]}}}}, train: {{steps: 5}}}}
+default_profile: quick
+axes: {{model.args.kernel_size: [3, 5]}}
+profiles:
+  quick: {{seeds: [3]}}
+  other:
+    base: {SMOKE}
+    axes: {{model.args.kernel_size: [7]}}
+"""))
+    assert resolve_profile(spec, None) == "quick"
+    quick = expand(spec)
+    assert [(j.seed, j.config.model.args["kernel_size"], j.config.train.steps) for j in quick] == [(3, 3, 5), (3, 5, 5)]
+    (other,) = expand(spec, "other")
+    assert other.config.train.steps == 400 and other.profile == "other"  # the smoke config's own steps
+    with pytest.raises(SpecError, match="no such profile"):
+        expand(spec, "paper")
+
+
+def test_yaml_1_2_scalars_and_implicit_profile(tmp_path):
+    spec = load_spec(write(tmp_path, f"name: y\nbase: {SMOKE}\ndescription: no\naxes: {{train.lr: [1e-4, 2.5e-4]}}\n"))
+    assert spec.description == "no" and spec.axes["train.lr"] == [1e-4, 2.5e-4]  # YAML 1.1 would say False, '1e-4'
+    assert resolve_profile(spec, None) == "default" and len(expand(spec)) == 2
+
+
+def test_baseline_and_reference_rows():
+    spec = load_spec(ROOT / "ablations" / "conditioning.yaml")
+    jobs = expand(spec)
+    assert [j.variant for j in jobs if spec.is_baseline(j)] == ["adaln-zero"]
+    unconditional = spec.variant("unconditional")
+    assert unconditional["reference"] is True
+    assert next(j for j in jobs if j.variant == "unconditional").config.eval.cfg_scale == 1.0
+
+
+def test_search_section_is_validated_by_the_sweep_parser(tmp_path):
+    head = f"name: s\nbase: {SMOKE}\n"
+    ok = write(tmp_path, head + "search: {metric: fid, params: {train.lr: {low: 1.0e-4, high: 1.0e-3, log: true}}}\n", "ok.yaml")
+    assert load_spec(ok).search["metric"] == "fid"
+    bad = write(tmp_path, head + "search: {params: {train.lr: {low: 2, high: 1}}}\n", "bad.yaml")
+    with pytest.raises(SpecError, match="greater than high"):
+        load_spec(bad)
+
+
+# -- FLOPs: the closed forms are the counter's numbers, and matching obeys the family's constraints --
+
+ARCHS = [
+    ("FCDM-S", {}, (4, 32, 32)), ("FCDM-L", {"kernel_size": 11}, (4, 32, 32)), ("FCDM-XL", {}, (4, 64, 64)),
+    ("FCDM-S", {"hidden_size": 36, "depth": [2, 1, 0, 1, 2], "mlp_ratio": 1.5, "grn": False}, (1, 8, 8)),
+    ("FCDM-S", {"hidden_size": 32, "conditioning": "additive", "shared_embedders": True}, (1, 16, 16)),
+    ("FCDM-S", {"hidden_size": 32, "conditioning": "adaln", "learn_sigma": False}, (1, 8, 8)),
+    ("FCDM-S", {"hidden_size": 32, "conditioning": "unconditional", "depth": [1, 0, 1, 0, 1]}, (1, 8, 8)),
+    ("DiT-XL/2", {}, (4, 32, 32)), ("DiT-S/8", {}, (4, 64, 64)),
+    ("DiT-B/4", {"hidden_size": 96, "depth": 3, "num_heads": 4, "mlp_ratio": 3.0}, (1, 8, 8)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,shape", ARCHS, ids=[f"{a[0]}-{i}" for i, a in enumerate(ARCHS)])
+def test_closed_form_gflops_equal_the_counter(name, kwargs, shape):
+    import inspect
+
+    from fcdm.flops import config_gflops
+    from fcdm.flops_match import _cost, _formula, _key
+    from fcdm.models import FAMILIES, family_of, preset_kwargs
+
+    family = family_of(name)
+    full = {k: p.default for k, p in inspect.signature(FAMILIES[family].__init__).parameters.items()
+            if k != "self" and p.default is not inspect.Parameter.empty}
+    full.update(preset_kwargs(name, **kwargs), in_channels=shape[0])
+    if family == "dit":
+        full["input_size"] = shape[-1]
+    params, counted = config_gflops(name, shape, **full)
+    assert _formula(family, full, shape) == pytest.approx(counted, rel=1e-12)
+    assert _cost(name, _key(full), shape).params == params
+
+
+def test_matching_resolves_width_on_the_family_grid(tmp_path):
+    from fcdm.flops_match import cost
+
+    spec = write(tmp_path, f"""
+name: m
+base: {SMOKE}
+match_flops: {{target: 0.004, tolerance: 0.05}}
+variants:
+  - {{name: fcdm}}
+  - {{name: dit, set: {{model.name: DiT-S/2, model.args: {{depth: 2, num_heads: 6}}}}}}
+""")
+    fcdm, dit = expand(spec)
+    for job in (fcdm, dit):
+        assert abs(cost(job.config).gflops / 0.004 - 1) <= 0.05 and job.config.log.tags["fcdm.flops_target"] == "0.004"
+    assert fcdm.config.model.args["hidden_size"] % 4 == 0 and fcdm.config.model.args["hidden_size"] != 32
+    assert dit.config.model.args["hidden_size"] % 12 == 0  # whole heads, and the sin-cos embedding splits it in four
+
+
+def test_within_tolerance_keeps_the_value_and_variant_targets(tmp_path):
+    jobs = expand(write(tmp_path, f"""
+name: v
+base: {SMOKE}
+variants:
+  - {{name: ref, set: {{model.args.hidden_size: 48}}}}
+  - {{name: k9, set: {{model.args.kernel_size: 9}}, match_flops: {{target: ref, tolerance: 0.03}}}}
+  - {{name: near, match_flops: {{target: base, tolerance: 0.5}}, set: {{model.args.kernel_size: 5}}}}
+"""))
+    ref, k9, near = (j.config for j in jobs)
+    assert "fcdm.flops_target" not in ref.log.tags  # no match_flops for this variant
+    assert k9.model.args["hidden_size"] == 48 and near.model.args["hidden_size"] == 32  # re-solved; kept
