@@ -155,13 +155,14 @@ class _Point:
 
 
 def _grid(eff: dict) -> list[_Point]:
-    axes, groups = eff["axes"], eff["zip"]
+    axes, groups, pre = eff["axes"], eff["zip"], eff["pre"]
     dims: list[list[tuple[dict, dict]]] = []
     for key, values in axes.items():
-        dims.append([({key: v}, {key: f"axes.{key}"}) for v in values])
+        dims.append([({key: v}, {key: f"{pre['axes']}axes.{key}"}) for v in values])
     for i, group in enumerate(groups):
         n = len(next(iter(group.values())))
-        dims.append([({k: vs[j] for k, vs in group.items()}, {k: f"zip[{i}].{k}" for k in group}) for j in range(n)])
+        dims.append([({k: vs[j] for k, vs in group.items()}, {k: f"{pre['zip']}zip[{i}].{k}" for k in group})
+                     for j in range(n)])
     points = []
     for variant in eff["variants"] or [None]:
         for combo in itertools.product(*dims):
@@ -185,7 +186,7 @@ def _grid(eff: dict) -> list[_Point]:
     for i, inc in enumerate(eff["include"]):
         variant = next(v for v in eff["variants"] if v["name"] == inc["variant"]) if "variant" in inc else None
         assign = {k: v for k, v in inc.items() if k != "variant"}
-        kept.append(_Point(variant, assign, {k: f"include[{i}].{k}" for k in assign}))
+        kept.append(_Point(variant, assign, {k: f"{pre['include']}include[{i}].{k}" for k in assign}))
     return kept
 
 
@@ -278,12 +279,16 @@ def expand(spec: Spec | str | Path, profile: str | None = None, overrides: Seque
 
 
 def _identity(cfg) -> str:
-    """The run's hash, or (latent data not on this machine) a digest of everything but the data's files."""
+    """The run's hash, or (latent data not on this machine) what it would cover, with the data's path in
+    place of its fingerprint: within one spec, one path is one dataset."""
     h = cfg.try_hash()
     if h is not None:
         return h
+    from .build import resolved_model_kwargs
+
     d = cfg.to_dict()
-    return json.dumps({k: d[k] for k in ("model", "objective", "data", "train")}, sort_keys=True)
+    return json.dumps({"model": [cfg.model.name, resolved_model_kwargs(cfg)], "objective": cfg.objective_settings(),
+                       "data": d["data"], "train": d["train"]}, sort_keys=True, default=str)
 
 
 class _Matcher:
