@@ -27,7 +27,6 @@ NO_DATA = "needs data"  # latent jobs whose files are not on this machine have n
 def plan_rows(jobs: Sequence[Job], store: str | Path | None = None) -> list[dict[str, Any]]:
     """One dict per job (keys: COLUMNS). `store`: None means the default store; a store that does not exist
     means every job is new. Reads nothing but the store's files; writes nothing."""
-    from .flops import training_gflops
     from .flops_match import cost
     from .tracking import resolve_store
 
@@ -40,7 +39,8 @@ def plan_rows(jobs: Sequence[Job], store: str | Path | None = None) -> list[dict
         target = cfg.log.tags.get("fcdm.flops_target")
         rows.append({"name": job.name, "seed": job.seed, "hash": h, "variant": job.variant or "", "axes": job.axes,
                      "params": c.params, "gflops": c.gflops,
-                     "train_gflops": training_gflops(c.gflops, cfg.train.batch_size, cfg.train.steps),
+                     # fcdm.flops.training_gflops (forward + ~2x backward per image); not imported: see flops_match
+                     "train_gflops": c.gflops * 3 * cfg.train.batch_size * cfg.train.steps,
                      "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
                      "flops_target": float(target) if target else None,
                      "status": _status(store_path, job, h)})
