@@ -19,6 +19,14 @@ Steps:
 
 The target (issue) is < 60 s for the end-to-end evaluation. Before timing the script waits while the
 1-minute load average is above `--max-load` (checks every 30 s, up to `--max-wait` s) and records it.
+
+    python bench/eval.py --generator-overhead     # per-sample noise generators vs one per batch
+
+`--generator-overhead` times `generate` (one generator per sample, seeded by (seed, global index), so
+samples do not depend on batch size or process count) against the same loop with one generator per
+batch, on the smoke architecture (freshly initialised: the cost does not depend on the weights),
+`--num-samples` samples x `--sampling-steps` steps, batch 256, guidance 2.0, for `euler` (noise drawn once) and `euler-sde` (noise at every step,
+the worst case). Interleaved repetitions, the fastest of each kept. Target (issue 7): under 2%.
 """
 import argparse
 import datetime
@@ -94,17 +102,96 @@ def bench(store: Path, num_samples: int, steps: int, log) -> tuple[list[tuple[st
     return rows, values
 
 
+def generator_overhead(num_samples: int, steps: int, repeats: int, log) -> list[tuple[str, float, str]]:
+    """Rows (what, seconds, note): per-sample vs per-batch generators, and the overhead in percent."""
+    import torch
+
+    from fcdm.build import build_model, build_objective
+    from fcdm.diffusion import guided_model_fn, sample
+    from fcdm.diffusion.gaussian import randn
+    from fcdm.sampling import generate, sample_generators, spread_labels
+
+    cfg = load_config(SMOKE)
+    model, objective = build_model(cfg).eval(), build_objective(cfg)
+    labels, batch, shape = spread_labels(num_samples, cfg.num_classes), cfg.eval.batch_size, cfg.data_shape
+    guidance = dict(cfg_scale=cfg.eval.cfg_scale, guided_channels=cfg.eval.guided_channels)
+
+    @torch.no_grad()
+    def one_per_batch(sampler):
+        for i in range(0, len(labels), batch):
+            y = labels[i:i + batch]
+            fn = guided_model_fn(model, y, null_class=cfg.num_classes, **guidance)
+            sample(objective, fn, (len(y), *shape), sampler, steps, generator=torch.Generator().manual_seed(i))
+
+    def one_per_sample(sampler):
+        generate(model, objective, shape, labels, sampler=sampler, num_steps=steps, batch_size=batch, **guidance)
+
+    def draws(generators, n):  # the noise a stochastic sampler draws: one (batch, C, H, W) tensor per step
+        for _ in range(n):
+            randn((batch, *shape), generators, torch.device("cpu"))
+
+    rows = []
+    for sampler in ("euler", "euler-sde"):
+        best = {one_per_batch: float("inf"), one_per_sample: float("inf")}
+        for _ in range(repeats):
+            for fn in best:
+                t, _ = timed(fn, sampler)
+                best[fn] = min(best[fn], t)
+        base, per = best[one_per_batch], best[one_per_sample]
+        note = f"{num_samples} samples x {steps} steps, batch {batch}, guidance {cfg.eval.cfg_scale:g}"
+        rows += [(f"{sampler}: one generator per batch", base, note),
+                 (f"{sampler}: one generator per sample", per, note),
+                 (f"{sampler}: difference", per - base, f"{100 * (per - base) / base:+.2f}% (end to end; noisy "
+                                                        "under load)")]
+        for row in rows[-3:]:
+            log(row)
+    # The extra work alone, timed without the model around it: euler-sde draws noise at every step.
+    n_draws = -(-num_samples // batch) * (steps + 1)
+    single = torch.Generator().manual_seed(0)
+    t_single = min(timed(draws, single, n_draws)[0] for _ in range(repeats))
+    t_rows = min(timed(draws, sample_generators(0, range(batch)), n_draws)[0] for _ in range(repeats))
+    t_make = min(timed(sample_generators, 0, range(num_samples))[0] for _ in range(repeats))
+    extra = t_rows - t_single + t_make
+    rows += [(f"{n_draws} noise draws of ({batch}, {', '.join(map(str, shape))}), one generator", t_single, ""),
+             (f"{n_draws} noise draws, one generator per row", t_rows, ""),
+             (f"creating {num_samples} seeded generators", t_make, ""),
+             ("euler-sde: extra work of per-sample generators", extra,
+              f"{100 * extra / best[one_per_batch]:.2f}% of its sampling time (one generator per batch)")]
+    for row in rows[-4:]:
+        log(row)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--num-samples", type=int, default=1000, help="samples to evaluate (default 1000)")
     p.add_argument("--sampling-steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--store", type=Path, help="store to train into / reuse (default: a fresh temporary one)")
+    p.add_argument("--generator-overhead", action="store_true",
+                   help="only time per-sample against per-batch noise generators")
+    p.add_argument("--repeats", type=int, default=3, help="--generator-overhead: interleaved repetitions (default 3)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice); on a shared machine 1 is "
+                   "steadier")
     add_common_args(p)
     args = p.parse_args()
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     load_before, waited = wait_for_load(args.max_load, args.max_wait)
     started = datetime.datetime.now().astimezone()
     log = lambda row: print(f"  {row[0]}: {row[1]:.2f} s ({row[2]})", file=sys.stderr)
+    if args.generator_overhead:
+        rows = generator_overhead(args.num_samples, args.sampling_steps, args.repeats, log)
+        body = "| what | seconds | note |\n|---|---|---|\n" + "\n".join(f"| {w} | {s:.2f} | {n} |" for w, s, n in rows)
+        print(body)
+        if args.record:
+            command = "python bench/eval.py " + " ".join(sys.argv[1:])
+            record(f"\n## {started:%Y-%m-%d %H:%M %Z} - per-sample noise generators vs one per batch\n\n"
+                   f"- Command: `{command.strip()}`\n- Machine: {machine()}\n"
+                   f"- 1-minute load average: {load_before:.2f} before, {load1():.2f} after\n\n" + body + "\n")
+        return
     if args.store:
         rows, values = bench(args.store.resolve(), args.num_samples, args.sampling_steps, log)
     else:

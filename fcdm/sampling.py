@@ -1,7 +1,12 @@
-"""Class-conditional sampling from a trained denoiser: batches, guidance, images, grids."""
+"""Class-conditional sampling from a trained denoiser: batches, guidance, images, grids.
+
+Every sample's noise comes from its own generator, seeded by (seed, global sample index): sample i is
+the same image whatever the batch size, the process count or the process that draws it.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,16 +22,44 @@ def spread_labels(n: int, num_classes: int) -> torch.Tensor:
     return (torch.arange(n) * num_classes) // n
 
 
+def is_unconditional(cfg) -> bool:
+    """True for a run trained without class input (`model.args.conditioning: unconditional`)."""
+    return cfg.model.args.get("conditioning") == "unconditional"
+
+
+def sample_labels(n: int, num_classes: int, conditional: bool = True) -> torch.Tensor:
+    """Labels (n,) long for n samples: classes spread evenly, or, for an unconditional model, the null
+    class (index num_classes) everywhere: it carries no meaning and the model never reads it."""
+    return spread_labels(n, num_classes) if conditional else torch.full((n,), num_classes, dtype=torch.long)
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The 63-bit seed of sample `index` of a run of samples drawn under `seed` (a hash, so nearby seeds
+    and indices give unrelated streams and (seed, index) pairs never collide in practice)."""
+    digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded by (seed, global sample index)."""
+    return [torch.Generator(device="cpu").manual_seed(sample_seed(seed, int(i))) for i in indices]
+
+
 @torch.no_grad()
 def generate(model: nn.Module, objective, shape: tuple[int, int, int], labels: torch.Tensor, *, sampler: str,
              num_steps: int, cfg_scale: float = 1.0, guided_channels: int | None = None, batch_size: int = 256,
-             seed: int = 0, device: torch.device | str = "cpu", progress: bool = False) -> torch.Tensor:
+             seed: int = 0, device: torch.device | str = "cpu", progress: bool = False,
+             indices: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
     """Samples (N, C, H, W) for labels (N,), in batches of at most `batch_size`.
 
-    Each batch draws from its own generator seeded by (seed, index of its first sample), so the result
-    is deterministic for a given (seed, batch_size) and the training RNG is never touched. A batch that
-    does not fit in GPU memory is retried at half the size (and says so).
+    indices (N,): the global index of each sample (default 0..N-1); a process drawing every world-th
+    sample passes its share. Sample i draws all its noise from a generator seeded by (seed, indices[i]),
+    so the result does not depend on the batch size, the process count or the global RNG (which is never
+    touched). A batch that does not fit in GPU memory is retried at half the size (and says so).
     """
+    indices = torch.arange(len(labels)) if indices is None else torch.as_tensor(indices)
+    if len(indices) != len(labels):
+        raise ValueError(f"{len(indices)} sample indices for {len(labels)} labels; pass one index per label.")
     was_training = model.training
     model.eval()
     null_class = getattr(model, "num_classes", 0)
@@ -35,9 +68,10 @@ def generate(model: nn.Module, objective, shape: tuple[int, int, int], labels: t
         while i < len(labels):
             y = labels[i:i + batch_size].to(device)
             fn = guided_model_fn(model, y, cfg_scale, null_class, guided_channels)
-            generator = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + i)
+            # Fresh generators on every attempt, so a batch retried after an OOM draws the same noise.
+            generators = sample_generators(seed, indices[i:i + batch_size].tolist())
             try:
-                x = sample(objective, fn, (len(y), *shape), sampler, num_steps, generator=generator, device=device)
+                x = sample(objective, fn, (len(y), *shape), sampler, num_steps, generator=generators, device=device)
             except torch.cuda.OutOfMemoryError:
                 if batch_size == 1:
                     raise
@@ -144,10 +178,8 @@ def save_grid(images: np.ndarray, path: Path, nrow: int, scale: int = 1) -> Path
 
 def write_samples(trained, num: int, out: Path, seed: int = 0, progress: bool = True) -> Path:
     """Sample `num` images from a TrainedRun with its config's protocol; write samples.npz and grid.png."""
-    import torch
-
     cfg = trained.config
-    labels = spread_labels(num, trained.num_classes)
+    labels = sample_labels(num, trained.num_classes, not is_unconditional(cfg))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x = generate(trained.ema.to(device), trained.objective, trained.shape, labels, sampler=cfg.sampler,
                  num_steps=cfg.eval.sampling_steps, cfg_scale=cfg.eval.cfg_scale,

@@ -7,12 +7,24 @@ import numpy as np
 import pytest
 import torch
 
+import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+import torch_fidelity.metric_fid as tf_fid
 from fcdm.data.digits import digits_arrays
 from fcdm.metrics import MetricsError, compute_metrics, inception_weights_path, load_digits_classifier, protocol
 from fcdm.metrics import digits_classifier as dc
 from fcdm.metrics import fidelity
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A 60k-parameter CNN gains nothing from threads; two OpenMP threads on a busy two-core machine were
+    measured many times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -198,5 +210,113 @@ def test_inception_path_with_a_weights_file(tmp_path, monkeypatch):
 def test_protocol_tags_are_strings():
     tags = protocol("digits-classifier", "digits-test", 1000)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
-    assert tags["eval.protocol"].startswith("FID-1K") and tags["eval.kid_subset_size"] == "1000"
+    assert tags["eval.description"].startswith("FID-1K") and tags["eval.kid_subset_size"] == "1000"
+    assert tags["eval.fid_reference"] == "images"
     assert protocol("inception-v3-compat", "ref.npz", 50_000, 10_000)["eval.kid_subset_size"] == "1000"
+
+
+# ----------------------------------------------------------------------------------------------------
+# ADM reference batches: FID against the stored statistics, the images for everything else
+# ----------------------------------------------------------------------------------------------------
+
+
+def _features(images, weights):
+    """Digits-classifier features (N, 64) of uint8 (N, H, W, C) images, straight from the extractor."""
+    fe = dc.DigitsFeatureExtractor("digits-classifier", ["feat"], feature_extractor_weights_path=str(weights))
+    with torch.no_grad():
+        return fe(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())[0]
+
+
+def test_fid_against_an_adm_npz_uses_its_stored_statistics(cache_dir, classifier, tmp_path):
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    reference, _ = digits_arrays("test", 8)
+    samples = digits_arrays("train", 8)[0][:200]
+    own = fid_features_to_statistics(_features(reference, classifier.weights_path))
+    # Statistics of "the whole training set" that differ from the 360 images' own: mean shifted, spread scaled.
+    mu, sigma = own["mu"].astype(np.float64) + 0.5, own["sigma"] * 1.5
+    npz = tmp_path / "VIRTUAL_digits_labeled.npz"
+    np.savez(npz, arr_0=reference, mu=mu, sigma=sigma)
+    assert fidelity.fid_reference_kind(str(npz)) == "stored-statistics"
+
+    stored = compute_metrics(samples, reference=str(npz), cache_dir=cache_dir, metrics=("fid", "prc", "kid"))
+    by_images = compute_metrics(samples, reference_images=reference, cache_dir=cache_dir,
+                                metrics=("fid", "prc", "kid"))
+    stats = fid_features_to_statistics(_features(samples, classifier.weights_path))
+    expected = fid_statistics_to_metric({k: v.astype(np.float64) for k, v in stats.items()},
+                                        {"mu": mu, "sigma": sigma}, verbose=False)[tf_fid.KEY_METRIC_FID]
+    assert stored["fid"] == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    assert abs(stored["fid"] - by_images["fid"]) > 0.1, (stored, by_images)
+    for key in ("precision", "recall", "kid"):  # the images, not the statistics, serve these
+        assert stored[key] == by_images[key], key
+
+    # FID alone needs no images at all: a file with only the statistics is a complete FID reference.
+    stats_only = tmp_path / "stats_only.npz"
+    np.savez(stats_only, mu=mu, sigma=sigma)
+    assert compute_metrics(samples, reference=str(stats_only), cache_dir=cache_dir, metrics=("fid",))["fid"] \
+        == pytest.approx(stored["fid"], rel=1e-12)
+    # Without stored statistics the same file measures FID on its images.
+    images_only = tmp_path / "images_only.npz"
+    np.savez(images_only, arr_0=reference)
+    assert fidelity.fid_reference_kind(str(images_only)) == "images"
+    assert compute_metrics(samples, reference=str(images_only), cache_dir=cache_dir, metrics=("fid",))["fid"] \
+        == pytest.approx(by_images["fid"], rel=1e-6)
+
+
+def test_stored_statistics_of_another_extractor_are_refused(cache_dir, classifier, tmp_path):
+    samples, _ = digits_arrays("test", 8)
+    npz = tmp_path / "inception_stats.npz"
+    np.savez(npz, arr_0=samples, mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(MetricsError, match=r"dimension 2048.*64-d features.*inception-v3-compat"):
+        compute_metrics(samples, reference=str(npz), cache_dir=cache_dir, metrics=("fid",))
+    bad = tmp_path / "bad_stats.npz"
+    np.savez(bad, arr_0=samples, mu=np.zeros(64), sigma=np.zeros((64, 3)))
+    with pytest.raises(MetricsError, match=r"bad_stats.npz: 'mu' \(64,\) and 'sigma' \(64, 3\) are not FID statistics"):
+        compute_metrics(samples, reference=str(bad), cache_dir=cache_dir, metrics=("fid",))
+
+
+def test_metrics_equal_torch_fidelitys_own_calculate_metrics(cache_dir, classifier):
+    """compute_metrics takes calculate_metrics apart (to swap in stored statistics); the parts must add
+    up to the library's own numbers."""
+    images, labels = digits_arrays("all", 8)
+    samples = images[np.random.default_rng(0).choice(len(images), 120, replace=False)]
+    reference, _ = digits_arrays("test", 8)
+    ours = compute_metrics(samples, reference_images=reference, cache_dir=cache_dir)
+    theirs = torch_fidelity.calculate_metrics(
+        input1=fidelity.ImageArrayDataset(samples), input2=fidelity.ImageArrayDataset(reference),
+        feature_extractor="digits-classifier", feature_extractor_weights_path=str(classifier.weights_path),
+        isc=True, fid=True, kid=True, prc=True, isc_splits=10, prc_neighborhood=3, kid_subset_size=120,
+        cuda=False, save_cpu_ram=True, verbose=False)
+    for ours_key, their_key in (("fid", tf_fid.KEY_METRIC_FID), ("is", "inception_score_mean"),
+                                ("kid", "kernel_inception_distance_mean"), ("precision", "precision"),
+                                ("recall", "recall")):
+        assert ours[ours_key] == pytest.approx(theirs[their_key], rel=1e-9, abs=1e-12), ours_key
+
+
+def test_digits_weights_file_is_checked_and_digested_by_its_tensors(cache_dir, classifier, tmp_path):
+    images, labels = digits_arrays("test", 8)
+    with pytest.raises(MetricsError, match=r"--fid-weights .*missing.pt: no such file"):
+        compute_metrics(images, labels, cache_dir=cache_dir, fid_weights=tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(MetricsError, match="not a digits-classifier weights file"):
+        compute_metrics(images, labels, cache_dir=cache_dir, fid_weights=junk)
+
+    ckpt = torch.load(classifier.weights_path, weights_only=True)
+    same = tmp_path / "same.pt"
+    torch.save({"state_dict": ckpt["state_dict"], "meta": {**ckpt["meta"], "train_seconds": 123.0}}, same)
+    changed = tmp_path / "changed.pt"
+    state = {k: v.clone() for k, v in ckpt["state_dict"].items()}
+    state["body.9.weight"] += 0.05 * torch.randn(state["body.9.weight"].shape, generator=torch.Generator().manual_seed(0))
+    torch.save({"state_dict": state, "meta": ckpt["meta"]}, changed)
+    digest = fidelity.extractor_weights_digest
+    assert digest("digits-classifier", same) == digest("digits-classifier", classifier.weights_path)
+    assert digest("digits-classifier", changed) != digest("digits-classifier", classifier.weights_path)
+    # The weights given are the ones used, for the features (and the reference features cached under
+    # them) and for class consistency alike.
+    samples, sample_labels = digits_arrays("train", 8)
+    default = compute_metrics(samples[:100], sample_labels[:100], cache_dir=cache_dir, metrics=("fid",))
+    a = compute_metrics(samples[:100], sample_labels[:100], cache_dir=cache_dir, metrics=("fid",), fid_weights=same)
+    b = compute_metrics(samples[:100], sample_labels[:100], cache_dir=cache_dir, metrics=("fid",), fid_weights=changed)
+    assert a == default
+    assert abs(b["fid"] - a["fid"]) > 1e-3 * a["fid"], (a, b)

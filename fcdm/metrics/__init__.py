@@ -16,7 +16,11 @@ from fcdm.metrics.digits_classifier import (  # noqa: E402
 from fcdm.metrics.fidelity import (  # noqa: E402
     ImageArrayDataset,
     compute_metrics,
+    extractor_weights_digest,
+    extractor_weights_path,
+    fid_reference_kind,
     inception_weights_path,
+    load_stored_statistics,
     protocol,
 )
 
@@ -29,6 +33,10 @@ __all__ = [
     "load_digits_classifier",
     "ImageArrayDataset",
     "compute_metrics",
+    "extractor_weights_digest",
+    "extractor_weights_path",
+    "fid_reference_kind",
     "inception_weights_path",
+    "load_stored_statistics",
     "protocol",
 ]

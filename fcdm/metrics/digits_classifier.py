@@ -190,10 +190,31 @@ def load_digits_classifier(cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR) -> 
     `.weights_path`.
     """
     path = ensure_digits_classifier(cache_dir)
-    return _load(path)
+    return load_weights(path)
 
 
-def _load(path: str | os.PathLike) -> DigitsCNN:
+def check_weights_file(path: str | os.PathLike) -> Path:
+    """`path` if it holds digits-classifier weights (as `ensure_digits_classifier` writes them), else MetricsError."""
+    from fcdm.metrics import MetricsError
+
+    path = Path(path).expanduser()
+    problem = None
+    if not path.is_file():
+        problem = "no such file"
+    else:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            DigitsCNN().load_state_dict(ckpt["state_dict"])
+        except Exception as e:  # any unreadable or mismatched file gets the same one-sentence answer
+            problem = f"not a digits-classifier weights file ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    if problem:
+        raise MetricsError(f"--fid-weights {path}: {problem}. For extractor {EXTRACTOR_NAME!r} it should be a file "
+                           f"written by ensure_digits_classifier (<store>/cache/{WEIGHTS_FILE}); omit it to use that one.")
+    return path
+
+
+def load_weights(path: str | os.PathLike) -> DigitsCNN:
+    """The classifier stored at `path`, in eval mode, with `.meta` and `.weights_path`."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = DigitsCNN()
     model.load_state_dict(ckpt["state_dict"])
@@ -207,6 +228,18 @@ def _load(path: str | os.PathLike) -> DigitsCNN:
 def weights_fingerprint(path: str | os.PathLike) -> str:
     """Short content hash of a weights file; keys cached reference features to the exact weights."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:10]
+
+
+def state_digest(path: str | os.PathLike) -> str:
+    """"sha256:<12 hex>" of the classifier's tensors (names, shapes, values), not of the file: two caches
+    holding the same weights agree even though their files record different training times."""
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return f"sha256:{h.hexdigest()[:12]}"
 
 
 @torch.no_grad()
@@ -243,7 +276,7 @@ class DigitsFeatureExtractor(FeatureExtractorBase):
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
         path = feature_extractor_weights_path or ensure_digits_classifier(DEFAULT_CACHE_DIR)
-        self.net = _load(path)
+        self.net = load_weights(path)
         self.requires_grad_(False)
         self.eval()
 

@@ -13,6 +13,11 @@ Two protocols share one code path:
     # {'fid': ..., 'is': ..., 'is_std': ..., 'kid': ..., 'kid_std': ..., 'precision': ..., 'recall': ...,
     #  'class_consistency': ...}
 
+An ADM reference batch (`VIRTUAL_imagenet256_labeled.npz`) stores `mu`/`sigma`, the Inception pool3
+statistics of the whole training set, beside 10K images in `arr_0`. As in ADM's evaluator (which every
+DiT/SiT/FCDM number uses), FID is then taken against the stored statistics and the images serve
+precision/recall, KID and IS only (`fid_reference_kind` says which FID reference a reference gives).
+
 Reference features and FID statistics are cached by torch-fidelity under `<cache_dir>/fidelity`, keyed
 by reference, image size and extractor weights; sample features are never cached.
 """
@@ -30,6 +35,13 @@ import torch.hub
 import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.metric_fid import (fid_featuresdict_to_statistics, fid_featuresdict_to_statistics_cached,
+                                       fid_input_id_to_statistics_cached, fid_statistics_to_metric)
+from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+from torch_fidelity.metric_prc import prc_featuresdict_to_metric
+from torch_fidelity.utils import (create_feature_extractor, extract_featuresdict_from_input_id_cached,
+                                  get_cacheable_input_name, resolve_feature_layer_for_metric)
 
 from fcdm.data.digits import IMAGE_SIZES, digits_arrays
 from fcdm.metrics import MetricsError
@@ -97,12 +109,16 @@ def _as_nhwc_uint8(images, what: str) -> np.ndarray:
     return images
 
 
-def _fingerprint_file(path: Path) -> str:
+def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-    return h.hexdigest()[:10]
+    return h.hexdigest()
+
+
+def _fingerprint_file(path: Path) -> str:
+    return _sha256_file(path)[:10]
 
 
 def _load_image_dir(path: Path, channels: int) -> np.ndarray:
@@ -124,6 +140,11 @@ def _load_image_dir(path: Path, channels: int) -> np.ndarray:
     return out[..., None] if out.ndim == 3 else out
 
 
+def _npz_reference(reference: str) -> Path | None:
+    path = Path(reference).expanduser()
+    return path if path.is_file() and path.suffix == ".npz" else None
+
+
 def _load_reference(reference: str, image_size: int, channels: int) -> tuple[np.ndarray, str]:
     """Reference name or path -> (uint8 (M, H, W, C), cache key naming its content)."""
     if reference in DIGITS_REFERENCES:
@@ -135,13 +156,14 @@ def _load_reference(reference: str, image_size: int, channels: int) -> tuple[np.
         images, _ = digits_arrays(DIGITS_REFERENCES[reference], image_size)
         # Content hash: if the data module's split ever changes, cached statistics are not reused.
         return images, f"{reference}-{image_size}px-{hashlib.sha256(images.tobytes()).hexdigest()[:8]}"
-    path = Path(reference).expanduser()
-    if path.is_file() and path.suffix == ".npz":
+    path = _npz_reference(reference)
+    if path is not None:
         with np.load(path) as npz:
             if "arr_0" not in npz.files:
                 raise MetricsError(f"reference {path} has no 'arr_0' array (ADM-style batches store images there).")
             images = npz["arr_0"]
         return _as_nhwc_uint8(images, f"reference {path} arr_0"), f"{path.stem}-{_fingerprint_file(path)}"
+    path = Path(reference).expanduser()
     if path.is_dir():
         images = _as_nhwc_uint8(_load_image_dir(path, channels), f"reference folder {path}")
         listing = "\n".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(path.iterdir()))
@@ -150,6 +172,28 @@ def _load_reference(reference: str, image_size: int, channels: int) -> tuple[np.
         f"reference {reference!r} is neither a digits split ({', '.join(DIGITS_REFERENCES)}) nor an existing "
         f".npz file (ADM-style, images in 'arr_0') nor a folder of images."
     )
+
+
+def fid_reference_kind(reference: str) -> str:
+    """What FID is measured against: "stored-statistics" for an .npz carrying `mu` and `sigma` (ADM's
+    reference batches), else "images" (the reference images' own features)."""
+    path = _npz_reference(reference)
+    if path is None:
+        return "images"
+    with np.load(path) as npz:  # reads the zip directory only, not the arrays
+        return "stored-statistics" if {"mu", "sigma"} <= set(npz.files) else "images"
+
+
+def load_stored_statistics(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The FID statistics an ADM reference .npz stores: {"mu": (D,), "sigma": (D, D)}, float64."""
+    with np.load(path) as npz:
+        mu, sigma = np.asarray(npz["mu"]), np.asarray(npz["sigma"])
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise MetricsError(
+            f"reference {path}: 'mu' {mu.shape} and 'sigma' {sigma.shape} are not FID statistics (finite mu (D,) "
+            f"and sigma (D, D)); regenerate the file, or drop 'mu' and 'sigma' from it to measure FID on its images."
+        )
+    return {"mu": mu.astype(np.float64), "sigma": sigma.astype(np.float64)}
 
 
 def inception_weights_path(fid_weights: str | os.PathLike | None = None) -> Path:
@@ -178,6 +222,31 @@ def inception_weights_path(fid_weights: str | os.PathLike | None = None) -> Path
     )
 
 
+def extractor_weights_path(extractor: str, cache_dir: str | os.PathLike,
+                           fid_weights: str | os.PathLike | None = None) -> Path:
+    """The weights file the extractor runs with: `fid_weights` when given, else its default (Inception:
+    torch-fidelity's cache, never downloaded; the digits classifier: trained into `cache_dir` on first use)."""
+    if extractor == "inception-v3-compat":
+        return inception_weights_path(fid_weights)
+    if fid_weights is not None:
+        return dc.check_weights_file(fid_weights)
+    return dc.ensure_digits_classifier(cache_dir)
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def extractor_weights_digest(extractor: str, path: str | os.PathLike) -> str:
+    """"sha256:<12 hex>" naming the extractor's weights: of the file for Inception, of the tensors for the
+    digits classifier (its file also records how long training took). Memoised per file version."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (extractor, str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = dc.state_digest(path) if extractor == "digits-classifier" else f"sha256:{_sha256_file(path)[:12]}"
+    return _DIGESTS[key]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Metrics
 # ----------------------------------------------------------------------------------------------------
@@ -197,10 +266,12 @@ def compute_metrics(
 ) -> dict[str, float]:
     """Quality metrics of generated samples against a reference set.
 
-    samples: uint8 (N, H, W, C), C in {1, 3}; labels: optional int (N,) conditioning classes.
+    samples: uint8 (N, H, W, C), C in {1, 3}; labels: optional int (N,) conditioning classes (None for
+        unconditional samples).
     reference: "digits-test" | "digits-train" | "digits-all" (rendered at the samples' size), a path to an
-        ADM-style .npz (uint8 (M, H, W, C) in `arr_0`) or a folder of images; `reference_images`
-        (uint8 (M, H, W, C)) overrides it and is not cached.
+        ADM-style .npz (uint8 (M, H, W, C) in `arr_0`; FID against its `mu`/`sigma` when it stores them)
+        or a folder of images; `reference_images` (uint8 (M, H, W, C)) overrides it and is not cached.
+    fid_weights: the extractor's weights file (Inception-v3 or the digits classifier); default its cache.
     metrics: any of "fid", "is", "kid", "prc" (precision and recall, k = 3 as in Kynkaanniemi et al.).
     Returns floats: fid, is, is_std, kid, kid_std, precision, recall as requested, and class_consistency
     (fraction of samples the digits classifier puts in their conditioning class) when labels are given
@@ -214,46 +285,27 @@ def compute_metrics(
         raise MetricsError(f"extractor {extractor!r} is unknown; choose from {list(EXTRACTORS)}.")
     if labels is not None and len(labels) != len(samples):
         raise MetricsError(f"labels has {len(labels)} entries for {len(samples)} samples.")
+    if "prc" in metrics and len(samples) <= PRC_NEIGHBORHOOD:
+        raise MetricsError(
+            f"precision/recall uses the {PRC_NEIGHBORHOOD}-th nearest neighbour and needs more than "
+            f"{PRC_NEIGHBORHOOD} samples; got {len(samples)}. Drop 'prc' from metrics or add samples."
+        )
     cache_dir = Path(cache_dir)
-
     # Weights first: a missing Inception file must fail here, in milliseconds, not inside torch-fidelity.
-    if extractor == "inception-v3-compat":
-        weights = inception_weights_path(fid_weights)
-        weights_tag = weights.stem  # torch-fidelity's file name carries its own content hash
-    else:
-        weights = dc.ensure_digits_classifier(cache_dir)
-        weights_tag = dc.weights_fingerprint(weights)
+    weights = extractor_weights_path(extractor, cache_dir, fid_weights)
+    # Keys cached reference features to the exact weights (a retrained classifier never reads stale ones).
+    weights_tag = extractor_weights_digest(extractor, weights).removeprefix("sha256:")
     rgb = extractor == "inception-v3-compat"
 
     out: dict[str, float] = {}
     if metrics:
-        binary = bool({"fid", "kid", "prc"} & set(metrics))
-        kwargs = {}
-        if "prc" in metrics and len(samples) <= PRC_NEIGHBORHOOD:
-            raise MetricsError(
-                f"precision/recall uses the {PRC_NEIGHBORHOOD}-th nearest neighbour and needs more than "
-                f"{PRC_NEIGHBORHOOD} samples; got {len(samples)}. Drop 'prc' from metrics or add samples."
-            )
-        if binary:
-            if reference_images is not None:
-                ref, ref_key = _as_nhwc_uint8(reference_images, "reference_images"), None
-            else:
-                ref, ref_key = _load_reference(reference, samples.shape[1], samples.shape[-1])
-            kwargs = dict(
-                input2=ImageArrayDataset(ref, rgb=rgb),
-                # torch-fidelity appends "-<extractor>-features-<layer>"; the weights tag keeps a
-                # retrained classifier from reading stale statistics.
-                input2_cache_name=None if ref_key is None else f"{ref_key}-{weights_tag}",
-                kid_subset_size=min(KID_SUBSET_SIZE, len(samples), len(ref)),
-            )
-        result = torch_fidelity.calculate_metrics(
+        stored = None
+        if "fid" in metrics and reference_images is None and fid_reference_kind(reference) == "stored-statistics":
+            stored = load_stored_statistics(_npz_reference(reference))
+        kwargs = dict(
             input1=ImageArrayDataset(samples, rgb=rgb),
             feature_extractor=extractor,
             feature_extractor_weights_path=str(weights),
-            isc="is" in metrics,
-            fid="fid" in metrics,
-            kid="kid" in metrics,
-            prc="prc" in metrics,
             isc_splits=min(ISC_SPLITS, len(samples)),
             prc_neighborhood=PRC_NEIGHBORHOOD,
             batch_size=batch_size,
@@ -263,30 +315,79 @@ def compute_metrics(
             # precision/recall distances instead of one N x M matrix.
             save_cpu_ram=True,
             verbose=False,
-            **kwargs,
         )
+        if {"kid", "prc"} & set(metrics) or ("fid" in metrics and stored is None):
+            if reference_images is not None:
+                ref, ref_key = _as_nhwc_uint8(reference_images, "reference_images"), None
+            else:
+                ref, ref_key = _load_reference(reference, samples.shape[1], samples.shape[-1])
+            kwargs.update(
+                input2=ImageArrayDataset(ref, rgb=rgb),
+                # torch-fidelity appends "-<extractor>-features-<layer>".
+                input2_cache_name=None if ref_key is None else f"{ref_key}-{weights_tag}",
+                kid_subset_size=min(KID_SUBSET_SIZE, len(samples), len(ref)),
+            )
+        result = _fidelity_metrics(set(metrics), stored, reference, **kwargs)
         out.update({ours: float(result[theirs]) for theirs, ours in _KEYS.items() if theirs in result})
 
     if labels is not None and extractor == "digits-classifier":
-        predicted = dc.classify(samples, dc.load_digits_classifier(cache_dir))
+        predicted = dc.classify(samples, dc.load_weights(weights))
         out["class_consistency"] = float((predicted == np.asarray(labels)).mean())
     return out
 
 
+def _fidelity_metrics(metrics: set[str], stored: dict | None, reference: str, **kwargs) -> dict[str, float]:
+    """torch-fidelity's `calculate_metrics` taken step by step with its own functions (features of each
+    input extracted once), so that FID can be measured against `stored` statistics instead of input2."""
+    names = {"is": "isc", "fid": "fid", "kid": "kid", "prc": "prc"}
+    layers = {m: resolve_feature_layer_for_metric(names[m], **kwargs) for m in metrics}
+    extractor = create_feature_extractor(kwargs["feature_extractor"], sorted(set(layers.values())), **kwargs)
+    feats1 = extract_featuresdict_from_input_id_cached(1, extractor, **kwargs)
+    feats2 = extract_featuresdict_from_input_id_cached(2, extractor, **kwargs) if {"kid", "prc"} & metrics else None
+    out = {}
+    if "is" in metrics:
+        out.update(isc_featuresdict_to_metric(feats1, layers["is"], **kwargs))
+    if "fid" in metrics:
+        stats1 = fid_featuresdict_to_statistics(feats1, layers["fid"])
+        if stored is not None:
+            if stored["mu"].shape != stats1["mu"].shape:
+                raise MetricsError(
+                    f"reference {reference} stores FID statistics of dimension {len(stored['mu'])}, but extractor "
+                    f"{kwargs['feature_extractor']!r} gives {len(stats1['mu'])}-d features; measure with the extractor "
+                    f"the statistics came from (inception-v3-compat for ADM's files) or use a reference without them."
+                )
+            # The stored statistics are float64; the samples' mean is float32: compare both in float64.
+            stats1 = {k: v.astype(np.float64) for k, v in stats1.items()}
+            stats2 = stored
+        elif feats2 is not None:
+            stats2 = fid_featuresdict_to_statistics_cached(feats2, get_cacheable_input_name(2, **kwargs), extractor,
+                                                           layers["fid"], **kwargs)
+        else:  # FID alone: cached reference statistics are enough, no reference features needed
+            stats2 = fid_input_id_to_statistics_cached(2, extractor, layers["fid"], **kwargs)
+        out.update(fid_statistics_to_metric(stats1, stats2, False))
+    if "kid" in metrics:
+        out.update(kid_featuresdict_to_metric(feats1, feats2, layers["kid"], **kwargs))
+    if "prc" in metrics:
+        out.update(prc_featuresdict_to_metric(feats1, feats2, layers["prc"], **kwargs))
+    return out
+
+
 def protocol(
-    extractor: str, reference: str, num_samples: int, num_reference: int | None = None
+    extractor: str, reference: str, num_samples: int, num_reference: int | None = None,
+    fid_reference: str = "images",
 ) -> dict[str, str]:
-    """String tags that pin down how the numbers were made, e.g. {"eval.protocol": "FID-50K ..."}.
+    """String tags that say how the numbers were measured, e.g. {"eval.description": "FID-50K vs ..."}.
 
     Logged beside the metrics so that two FIDs are only compared when their tags agree.
     """
     layer = "feat (64-d penultimate)" if extractor == "digits-classifier" else "2048 (pool3)"
     kid_size = min(KID_SUBSET_SIZE, num_samples, num_reference or num_samples)
     return {
-        "eval.protocol": f"FID-{num_samples / 1000:g}K vs {reference}, {extractor}",
+        "eval.description": f"FID-{num_samples / 1000:g}K vs {reference} ({fid_reference}), {extractor}",
         "eval.extractor": extractor,
         "eval.feature_layer": layer,
         "eval.reference": str(reference),
+        "eval.fid_reference": fid_reference,
         "eval.num_samples": str(num_samples),
         "eval.kid_subset_size": str(kid_size),
         "eval.isc_splits": str(min(ISC_SPLITS, num_samples)),
