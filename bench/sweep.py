@@ -40,6 +40,7 @@ def draw(trials: int, seed: int) -> list[dict]:
     from fcdm.search_space import parse_search
     from fcdm.spec import load_spec
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_spec(SPEC)
     space = parse_search(spec.search, str(SPEC), "smoke", list(spec.profiles))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))

@@ -59,6 +59,9 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
     from .spec import Spec, SpecError, expand, load_spec, resolve_profile
     from .tracking import resolve_store, resolve_tracking_uri
 
+    if study_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study_name):
+        raise SweepError(f"--study {study_name!r}: use letters, digits, '_', '-' and '.' (it names MLflow tags "
+                         "and files), e.g. --study kernel-lr-2")
     spec = spec_path if isinstance(spec_path, Spec) else load_spec(spec_path)
     if not spec.search:
         raise SpecError(f"{spec.source}: search: (missing): `sweep` needs a search section, e.g. search: {{metric: fid, "
@@ -67,7 +70,12 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
     space = parse_search(spec.search, spec.source, profile, list(spec.profiles))
     make_launcher(launcher, launcher_options)  # a bad launcher option fails now, not in every trial
     base_jobs = expand(spec, profile)
-    seed = base_jobs[0].seed
+    points = sorted({j.name for j in base_jobs})
+    if len(points) > 1:
+        raise SpecError(f"{spec.source}: axes: {len(points)} grid points ({', '.join(points[:3])}"
+                        f"{', ...' if len(points) > 3 else ''}): a sweep searches around ONE configuration; move the "
+                        "axes, zip and variants of this spec under search.params (or use `fcdm-ablate run` for a grid)")
+    seed = base_jobs[0].seed  # every trial trains the spec's first seed
     base_cfg = base_jobs[0].config
     trials = trials or space.trials or DEFAULT_TRIALS
     sampler = sampler or space.sampler or ("nsga2" if space.multi else "tpe")

@@ -31,6 +31,7 @@ class TrialRow:
     run_name: str | None
     config_hash: str | None
     reused: bool = False
+    config_path: str | None = None  # the job's full run config, as the trainer read it
 
 
 @dataclass
@@ -50,7 +51,7 @@ class SweepSummary:
 def _row(t) -> TrialRow:
     a = t.user_attrs
     return TrialRow(t.number, list(t.values), dict(a.get("config", t.params)), a.get("run_id"), a.get("run_name"),
-                    a.get("config_hash"), bool(a.get("reused")))
+                    a.get("config_hash"), bool(a.get("reused")), a.get("config_path"))
 
 
 def summarize(study, space: SearchSpace, storage_label: str) -> SweepSummary:
@@ -79,8 +80,9 @@ def format_summary(s: SweepSummary) -> str:
         for r in s.best:
             values = ", ".join(f"{m}={v:.6g}" for m, v in zip(s.objectives, r.values))
             params = " ".join(f"{k}={v}" for k, v in r.params.items())
-            reused = " (reused)" if r.reused else ""
-            lines.append(f"  trial {r.number}: {values}  {params}  run {r.run_name or '?'} ({r.run_id or '?'}){reused}")
+            reused = ", reused" if r.reused else ""
+            lines.append(f"  trial {r.number}: {values}  {params}")
+            lines.append(f"    run {r.run_name or '?'} ({r.run_id or '?'}{reused}); config {r.config_hash}: {r.config_path}")
     if s.study_run_id:
         lines.append(f"study run {s.study_run_id}: {', '.join(s.artifacts)}")
     lines += [f"note: {n}" for n in s.notes]

@@ -96,7 +96,10 @@ def run_trial(ctx: TrialContext, trial, on_start: Callable[[], None] = lambda: N
     except SpecError as e:
         trial.set_user_attr("error", str(e))
         raise InfeasibleTrial(f"{_fmt(chosen)} is not a valid configuration: {e}") from None
-    for k, v in (("config_hash", job.hash), ("seed", job.seed), ("run_name", run_name(job.config)), ("job", job.name)):
+    from .jobs import CONFIG, job_dir
+
+    for k, v in (("config_hash", job.hash), ("seed", job.seed), ("run_name", run_name(job.config)), ("job", job.name),
+                 ("config_path", str(job_dir(ctx.store, job) / CONFIG))):
         trial.set_user_attr(k, v)
     state = _wait_while_running(ctx, job, trial.number)
     if state == "finished":
@@ -110,6 +113,8 @@ def run_trial(ctx: TrialContext, trial, on_start: Callable[[], None] = lambda: N
             if ctx.stop.wait(ctx.poll):
                 run.abandon()
                 _interrupted(ctx, trial)
+            if run.running is None:  # not started yet: another runner holds the job; its values are not ours
+                continue
             if watcher.check() and watcher.pruned is None and _should_prune(trial, watcher):
                 run.interrupt()  # SIGINT: the trainer checkpoints and ends its run KILLED
     except BaseException:
@@ -171,6 +176,7 @@ def _reuse(ctx: TrialContext, trial, job):
                 trial.report(value, step)
     values = objective_values(ctx, run, job)
     trial.set_user_attr("run_id", run.info.run_id)
+    trial.set_user_attr("run_name", run.info.run_name)  # named by whichever spec trained it
     trial.set_user_attr("reused", True)
     ctx.log(f"trial {trial.number}: config {job.hash} seed {job.seed} was already trained (run "
             f"{run.info.run_name}, {run.info.run_id}); reusing {_fmt_values(ctx.space, values)}, training nothing")
@@ -310,7 +316,8 @@ def _interrupted(ctx: TrialContext, trial):
 
 
 def _fmt(chosen: dict[str, Any]) -> str:
-    return " ".join(f"{k.removeprefix('model.args.')}={v}" for k, v in chosen.items())
+    return " ".join(f"{k.removeprefix('model.args.')}={f'{v:.6g}' if isinstance(v, float) else v}"
+                    for k, v in chosen.items())
 
 
 def _fmt_values(space: SearchSpace, values: list[float]) -> str:

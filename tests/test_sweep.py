@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-import textwrap
+import time
 from pathlib import Path
 
 import optuna
@@ -165,6 +165,32 @@ def test_always_pruner_spares_trial_zero():
     assert pruned == [False, True, True]
 
 
+def test_a_study_refuses_another_search_space_and_counts_its_budget(tmp_path):
+    from fcdm.sweep import SweepError, make_storage, open_study
+    from fcdm.sweep_study import Budget
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat=None)
+    space = parse_search(search(), "s.yaml")
+    study = open_study(storage, "s", space, None, None, "spec", "smoke")
+    assert study.user_attrs["fcdm.search"] == space.fingerprint()
+    other = parse_search(search(params={"model.args.kernel_size": [3, 7]}), "s.yaml")
+    with pytest.raises(SweepError, match=r"^study 's' already exists in this storage with another search .*pass --study NEW_NAME"):
+        open_study(storage, "s", other, None, None, "spec", "smoke")
+    import threading
+
+    stop = threading.Event()
+    budget = Budget(study, 2, None, stop, heartbeat=False, log=print)
+    for _ in range(2):  # two trials may start; each one counts as soon as it exists
+        assert budget.claim()
+        study.tell(study.ask(), 1.0)
+        budget.release()
+    assert not budget.claim()
+    study.enqueue_trial({"model.args.kernel_size": 3})  # a retried trial always runs
+    assert budget.claim()
+    budget.release()
+    assert not Budget(study, 5, 0.0, stop, heartbeat=False, log=print).claim()  # --timeout 0: none starts
+
+
 def test_open_dashboard_without_the_package_says_how_to_install(monkeypatch, tmp_path):
     from fcdm.sweep import SweepError, open_dashboard
 
@@ -195,9 +221,14 @@ def test_cli_ui_optuna_without_the_dashboard_says_how_to_install(monkeypatch, tm
      r"search\.params\.train\.lr: .*no finite grid"),
     ({"metric": "fid", "params": {"model.args.kernel_size": [3]}}, ["--storage", "journal:/nonexistent/j.log"],
      r"--storage journal:/nonexistent/j\.log: the folder /nonexistent does not exist"),
+    ({"metric": "fid", "params": {"train.lr": [1.0e-3]}}, ["--study", "a b"], r"--study 'a b': use letters, digits"),
+    ({"metric": "fid", "params": {"train.lr": [1.0e-3]}, "axes": {"model.args.kernel_size": [3, 5]}}, [],
+     r"axes: 2 grid points .*a sweep searches around ONE configuration"),
 ])
 def test_cli_sweep_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, search_section, args, message):
-    spec = write_spec(tmp_path, "tbad", search_section)
+    search_section = dict(search_section) if search_section else None
+    extra = {"axes": search_section.pop("axes")} if search_section and "axes" in search_section else {}
+    spec = write_spec(tmp_path, "tbad", search_section, **extra)
     store = tmp_path / "store"
     result = runner.invoke(app, ["sweep", str(spec), "--optuna", "--store", str(store), *args])
     assert result.exit_code == 2, result.output
@@ -215,10 +246,10 @@ TINY_PROFILE = {"model.args.hidden_size": 8, "model.args.depth": [1, 0, 1, 0, 1]
 LR = {"train.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True}}
 
 
-def write_spec(folder: Path, name: str, search_section: dict) -> Path:
+def write_spec(folder: Path, name: str, search_section: dict | None, **extra) -> Path:
     """A tests-only spec: the smoke config shrunk to a 30-step width-8 model with a 30-sample FID."""
     spec = {"name": name, "base": str(ROOT / "ablations" / "configs" / "smoke.yaml"),
-            "profiles": {"smoke": TINY_PROFILE}}
+            "profiles": {"smoke": TINY_PROFILE}, **extra}
     if search_section is not None:
         spec["search"] = search_section
     path = folder / f"{name}.yaml"
@@ -272,17 +303,22 @@ def test_sweep_two_workers_then_rerun_adds_the_difference(store):
     assert study_run.data.tags["best.trial"] == str(study.best_trial.number)
 
 
-def test_always_pruner_prunes_every_trial_but_the_first(store):
+def test_always_pruner_prunes_every_trial_but_the_first_under_accelerate_launch(store):
+    """Each trial trains as two gloo processes under `accelerate launch`; a pruned trial's whole process
+    group checkpoints and stops, and its intermediate value stays recorded."""
     spec = write_spec(store, "tprune", {"metric": "fid", "params": LR})
-    sweep(spec, store, "--trials", "3", "--pruner", "always")
+    sweep(spec, store, "--trials", "3", "--workers", "2", "--pruner", "always", "--launcher", "accelerate",
+          "--num-processes", "2")
     study = load(store, "tprune-smoke")
     states = [t.state for t in sorted(study.trials, key=lambda t: t.number)]
     assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
     client, _ = mlflow_runs(store)
+    assert client.get_run(study.trials[0].user_attrs["run_id"]).data.tags["fcdm.processes"] == "2"
     for t in study.trials[1:]:
         assert list(t.intermediate_values) == [15]  # pruned at the first evaluation, its value recorded
         run = client.get_run(t.user_attrs["run_id"])
-        assert run.data.tags["fcdm.pruned"] == "true" and run.info.status in ("KILLED", "FINISHED")
+        assert run.data.tags["fcdm.pruned"] == "true" and run.data.tags["fcdm.processes"] == "2"
+        assert run.info.status in ("KILLED", "FINISHED")  # FINISHED: the trainer outran the watcher
         ckpt = Path(run.data.tags["fcdm.checkpoint_dir"])
         assert any(ckpt.glob("step_*.pt"))  # the checkpoint is kept: a later trial resumes it
 
@@ -310,8 +346,8 @@ def test_a_trial_of_an_already_trained_config_trains_nothing(store):
 
 def test_multi_objective_gives_a_pareto_front_and_its_plot(store):
     spec = write_spec(store, "tpareto", {"objectives": ["fid", "gflops"],
-                                         "params": {"model.args.kernel_size": [3, 5, 7]}})
-    out = sweep(spec, store, "--trials", "3", "--sampler", "random")
+                                         "params": {"model.args.kernel_size": [3, 5]}})
+    out = sweep(spec, store, "--trials", "2", "--sampler", "grid", "--workers", "2")
     assert "Pareto front (fid (min) vs gflops (min)):" in out
     study = load(store, "tpareto-smoke")
     assert study.best_trials and all(len(t.values) == 2 for t in study.best_trials)
@@ -320,3 +356,36 @@ def test_multi_objective_gives_a_pareto_front_and_its_plot(store):
     assert {"pareto_front.png", "pareto.json"} <= names
     front = json.loads(Path(client.download_artifacts(study_run.info.run_id, "pareto.json")).read_text())
     assert len(front) == len(study.best_trials) >= 1
+
+
+def test_interrupted_sweep_requeues_its_trial_and_the_rerun_resumes_it(store):
+    """Ctrl-C (here: the stop event a signal handler sets) checkpoints the running job and queues the
+    trial again; the rerun trains that queued trial from the checkpoint."""
+    import threading
+
+    from fcdm.sweep import run_sweep
+
+    spec = write_spec(store, "tstop", {"metric": "fid", "params": LR})
+    stop, lines = threading.Event(), []
+    ckpts_before = set((store / "checkpoints").glob("*")) if (store / "checkpoints").exists() else set()
+    threading.Thread(target=lambda: (stop_after_ckpt(store, ckpts_before), stop.set()), daemon=True).start()
+    summary = run_sweep(spec, trials=1, store=store, stop=stop, log=lines.append)
+    assert summary.interrupted and "interrupted: rerun the same command to resume the study" in summary.notes
+    study = load(store, "tstop-smoke")
+    failed, waiting = study.trials
+    assert failed.state == TrialState.FAIL and waiting.state == TrialState.WAITING
+    assert waiting.system_attrs["fixed_params"] == failed.params and waiting.user_attrs["retry_of"] == failed.number
+    summary = run_sweep(spec, trials=1, store=store, log=lines.append)
+    study = load(store, "tstop-smoke")
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert any(f"trial {waiting.number}: training" in ln and "resuming at step" in ln for ln in lines), lines
+
+
+def stop_after_ckpt(store: Path, before: set) -> None:
+    """Return once a new job folder of the store holds a checkpoint."""
+    while True:
+        for d in set((store / "checkpoints").glob("*")) - before if (store / "checkpoints").exists() else ():
+            if any(d.glob("step_*.pt")):
+                return
+        time.sleep(0.05)
+
