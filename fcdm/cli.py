@@ -296,6 +296,8 @@ def ui(port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0
         typer.echo(f"MLflow UI on {server.url} (store {server.store}; log {server.log}); Ctrl-C stops it")
         for exp, exp_id in shown.items():
             typer.echo(f"  {exp}: {server.experiment_url(exp_id)}")
+        typer.echo("  (a run shared by several specs lives in the experiment that trained it first; to list every run "
+                   "of a spec, select all experiments and search tags.`fcdm.specs` LIKE '%,<spec>,%')")
         try:
             server.proc.wait()
         except KeyboardInterrupt:

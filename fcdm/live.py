@@ -55,7 +55,10 @@ class LiveView:
     def event(self, message: str) -> None:
         """A line above the live panel (or a plain line without one)."""
         if self._live is not None:
-            self._live.console.print(message, markup=False)
+            from rich.markup import escape
+
+            # Not markup=False: those print options would also apply to the live panel redrawn after it.
+            self._live.console.print(escape(message))
         else:
             print(message, flush=True)
 

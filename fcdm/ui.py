@@ -21,7 +21,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 from .tracking import resolve_store
 
@@ -33,11 +32,6 @@ class UIError(ValueError):
 def experiment_url(base: str, experiment_id: str) -> str:
     """The URL of an experiment's model-training runs table (not MLflow 3's GenAI view)."""
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-def spec_filter_url(base: str, experiment_id: str, spec: str) -> str:
-    """The runs table filtered to the runs of `spec` (those reused from other specs included)."""
-    return experiment_url(base, experiment_id) + "&searchFilter=" + quote(f"tags.`fcdm.specs` LIKE '%,{spec},%'")
 
 
 @dataclass
