@@ -96,7 +96,7 @@ def load_spec(path: str | Path) -> Spec:
                         f"{', '.join(profiles) or '(none: add a profiles section)'}")
     search = raw.get("search")
     if search is not None:
-        _check_search(search, src)
+        _check_search(search, src, list(profiles))
     spec = Spec(name=name, description=description, path=path, base=base, profiles=profiles,
                 default_profile=default, axes=scope["axes"], zip=scope["zip"], variants=scope["variants"],
                 seeds=scope["seeds"], exclude=scope["exclude"], include=scope["include"],
@@ -117,14 +117,14 @@ def _check_top(raw: dict, src: str) -> None:
             raise SpecError(f"{src}: {key}: unknown spec key; {where}{hint}allowed keys: {', '.join(SPEC_KEYS)}")
 
 
-def _check_search(search: Any, src: str) -> None:
+def _check_search(search: Any, src: str, profiles: list[str]) -> None:
     try:
         from .search_space import parse_search
     except ImportError:  # sweep not installed in this checkout: check the shape only
         if not isinstance(search, dict):
             raise SpecError(f"{src}: search: {show(search)}: must be a mapping (see `fcdm-ablate sweep --help`)")
         return
-    parse_search(search, src)
+    parse_search(search, src, None, profiles)  # every profile's variant of the search space
 
 
 def resolve_profile(spec: Spec, profile: str | None) -> str:
