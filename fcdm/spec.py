@@ -181,8 +181,9 @@ def _grid(eff: dict) -> list[_Point]:
             kept.append(p)
     for i, n in enumerate(used):
         if n == 0:
-            raise SpecError(f"{eff['source']}: {eff['pre']['exclude']}exclude[{i}]: {show(eff['exclude'][i])}: matches no job of "
-                            "the grid; check its keys and values against axes, zip and variants, or remove it")
+            where = f"{eff['pre']['exclude']}exclude[{i}]"
+            raise SpecError(f"{eff['source']}: {where}: {show(eff['exclude'][i])}: matches no job of the grid; check "
+                            "its keys and values against axes, zip and variants, or remove it")
     for i, inc in enumerate(eff["include"]):
         variant = next(v for v in eff["variants"] if v["name"] == inc["variant"]) if "variant" in inc else None
         assign = {k: v for k, v in inc.items() if k != "variant"}
@@ -273,8 +274,8 @@ def expand(spec: Spec | str | Path, profile: str | None = None, overrides: Seque
             jobs.append(Job(spec=spec.name, name=name, config=job_cfg, variant=p.variant["name"] if p.variant else None,
                             axes=dict(p.assign), profile=profile))
     if eff["baseline"] is not None and not any(_matches(eff["baseline"], j.variant, j.axes) for j in jobs):
-        raise SpecError(f"{src}: {eff['pre']['baseline']}baseline: {show(eff['baseline'])}: matches no job; name a variant "
-                        "and/or axis values of one job, e.g. baseline: {model.args.kernel_size: 7}")
+        raise SpecError(f"{src}: {eff['pre']['baseline']}baseline: {show(eff['baseline'])}: matches no job; name a "
+                        "variant and/or axis values of one job, e.g. baseline: {model.args.kernel_size: 7}")
     return jobs
 
 
@@ -319,7 +320,8 @@ class _Matcher:
             arg = re.match(r"^(\w+)=", str(e))
             key = f"model.args.{arg.group(1)}" if arg else "model"
             value = _lookup(data, key) if arg else cfg.model.name
-            raise SpecError(f"{self.spec.source}: {where or self.origin(key, p)}: {show(value)} (job '{name}'): {e}") from None
+            where = where or self.origin(key, p)
+            raise SpecError(f"{self.spec.source}: {where}: {show(value)} (job '{name}'): {e}") from None
 
     def target(self, mf: dict, p: _Point, name: str, where: str) -> float:
         from .config import ConfigError, validate_config

@@ -57,7 +57,7 @@ def check_key(key: Any, src: str, where: str, also: Sequence[str] = ()) -> None:
                         "seeded from 'seeds'); remove it, or list seeds under seeds")
     model: type[BaseModel] = RunConfig
     for i, part in enumerate(parts):
-        fields = [f for f in model.model_fields if f not in ("name", "seed")] if model is RunConfig else list(model.model_fields)
+        fields = [f for f in model.model_fields if model is not RunConfig or f not in ("name", "seed")]
         if part not in fields:
             prefix = ".".join(parts[:i])
             options = fields + list(also) if i == 0 else fields
@@ -255,7 +255,8 @@ def parse_variants(raw: Any, src: str, where: str) -> list[dict]:
 def parse_seeds(raw: Any, src: str, where: str) -> list[int]:
     if not isinstance(raw, list) or not raw or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                                       for s in raw):
-        raise SpecError(f"{src}: {where}: {show(raw)}: must be a non-empty list of non-negative integers, e.g. [0, 1, 2]")
+        raise SpecError(f"{src}: {where}: {show(raw)}: must be a non-empty list of non-negative integers, e.g. "
+                        "[0, 1, 2]")
     if len(set(raw)) != len(raw):
         raise SpecError(f"{src}: {where}: {show(raw)}: lists a seed twice; list each seed once")
     return list(raw)

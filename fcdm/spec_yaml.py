@@ -158,8 +158,8 @@ def load_yaml_file(path: str | Path, what: str = "spec") -> dict:
     text = read_text(path, what)
     data = parse_yaml(text, str(path))
     if data is None:
-        raise SpecError(f"{path}: the file is empty; a {what} is a YAML mapping"
-                        + (" with at least 'name' and 'base' (see ablations/kernel_size.yaml)" if what == "spec" else ""))
+        hint = " with at least 'name' and 'base' (see ablations/kernel_size.yaml)" if what == "spec" else ""
+        raise SpecError(f"{path}: the file is empty; a {what} is a YAML mapping{hint}")
     if not isinstance(data, dict):
         kind = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
             type(data), type(data).__name__)
