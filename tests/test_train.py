@@ -283,9 +283,9 @@ def test_a_kill_during_an_evaluation_is_redone_first_and_the_run_finishes_only_w
 
 # -- random flips after a resume (issue 7, item 9) ---------------------------------------------------------------
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_resume_with_random_flips_and_loader_workers_is_bitwise_exact(tmp_path, tiny_config, workers):
-    cfg = tiny_config("data.hflip=true", f"data.num_workers={workers}", "train.steps=20")
+def test_resume_with_random_flips_and_loader_workers_is_bitwise_exact(tmp_path, tiny_config):
+    # Workers are re-created on resume; their flips must still match the uninterrupted run's.
+    cfg = tiny_config("data.hflip=true", "data.num_workers=1", "train.steps=20")
     train(cfg, store=tmp_path / "ref", progress=False)
     assert train(cfg, store=tmp_path / "b", progress=False, max_steps=7).step == 7
     train(cfg, store=tmp_path / "b", progress=False)
