@@ -192,7 +192,7 @@ def plan(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablation
                err=fmt is not TableFormat.table)
     if measure:
         for row, seconds in zip(rows, planning.measure_steps(job_list)):
-            row["est_seconds"] = seconds * row["steps"]
+            row["est_seconds"] = None if seconds is None else seconds * row["steps"]
     meta = {"spec": parsed.name, "profile": chosen}
     if fmt is TableFormat.csv:
         typer.echo(planning.to_csv(rows), nl=False)

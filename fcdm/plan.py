@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,16 +66,22 @@ def totals(rows: Sequence[dict]) -> dict[str, Any]:
         s = r["status"].split(" at ")[0].split(":")[0].split(" (")[0]  # 'partial at step 3/9' -> 'partial'
         states[s] = states.get(s, 0) + 1
     out["status"] = states
-    if rows and all(r.get("est_seconds") is not None for r in rows):
-        out["est_seconds"] = sum(r["est_seconds"] for r in rows)
+    if rows and "est_seconds" in rows[0]:
+        known = [r["est_seconds"] for r in rows if r["est_seconds"] is not None]
+        out["est_seconds"] = sum(known)
+        out["not_measured"] = len(rows) - len(known)  # too large for this machine's memory
     return out
 
 
 # -- measuring ---------------------------------------------------------------------------------------
 
+BYTES_PER_PARAM = 20  # fp32 weights, gradients, two AdamW moments and the EMA copy
+
+
 def measure_steps(jobs: Sequence[Job], steps: int = 3, max_batch: int = 64, budget_gflop: float = 60.0,
-                  device: str | None = None) -> list[float]:
-    """Seconds per training step of each job (at its global batch, on one process), in the jobs' order.
+                  device: str | None = None) -> list[float | None]:
+    """Seconds per training step of each job (at its global batch, on one process), in the jobs' order;
+    None for a job whose weights, gradients and optimiser state would not fit in this machine's memory.
 
     Each distinct (architecture, objective, batch, precision) is timed once: a warm-up step, then
     `steps` timed steps of forward, loss, backward, clipping, AdamW and the EMA update on random data of
@@ -88,7 +95,9 @@ def measure_steps(jobs: Sequence[Job], steps: int = 3, max_batch: int = 64, budg
     from .flops_match import architecture, cost
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cache: dict[str, float] = {}
+    memory = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else \
+        os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    cache: dict[str, float | None] = {}
     out = []
     for job in jobs:
         cfg = job.config
@@ -96,10 +105,13 @@ def measure_steps(jobs: Sequence[Job], steps: int = 3, max_batch: int = 64, budg
         key = json.dumps([name, kwargs, shape, cfg.objective.name, cfg.train.batch_size, cfg.train.mixed_precision],
                          sort_keys=True, default=str)
         if key not in cache:
-            per_sample = 3 * cost(cfg).gflops
-            micro = max(1, min(cfg.train.batch_size, max_batch, int(budget_gflop / max(per_sample, 1e-9))))
-            cache[key] = _time_steps(cfg, build_model(cfg).to(dev), build_objective(cfg), micro, steps, dev) \
-                * cfg.train.batch_size / micro
+            c = cost(cfg)
+            micro = max(1, min(cfg.train.batch_size, max_batch, int(budget_gflop / max(3 * c.gflops, 1e-9))))
+            if c.params * BYTES_PER_PARAM > 0.6 * memory:  # an OOM kill would lose the whole plan
+                cache[key] = None
+            else:
+                seconds = _time_steps(cfg, build_model(cfg).to(dev), build_objective(cfg), micro, steps, dev)
+                cache[key] = seconds * cfg.train.batch_size / micro
         out.append(cache[key])
     return out
 
@@ -184,13 +196,14 @@ def table(rows: Sequence[dict], title: str):
     """A rich Table of the rows with a totals line."""
     from rich.table import Table
 
-    measured = bool(rows) and rows[0].get("est_seconds") is not None
+    measured = bool(rows) and "est_seconds" in rows[0]
     matched = any(r["flops_target"] is not None for r in rows)
     t = Table(title=title, show_footer=True)
     tot = totals(rows)
     cols = [("job", f"{tot['jobs']} jobs"), ("seed", ""), ("hash", ""), ("axes", ""), ("params (M)", ""),
             ("GFLOPs", ""), *([("target", "")] if matched else []), ("train compute", compute(tot["train_gflops"])),
-            *([("est. time", duration(tot["est_seconds"]))] if measured else []),
+            *([("est. time", duration(tot["est_seconds"]) + (f" + {tot['not_measured']} too large here"
+                                                              if tot["not_measured"] else ""))] if measured else []),
             ("status", ", ".join(f"{n} {s}" for s, n in tot["status"].items()))]
     for name, footer in cols:
         t.add_column(name, footer=footer, justify="right" if name in ("params (M)", "GFLOPs", "target", "seed",
@@ -199,6 +212,8 @@ def table(rows: Sequence[dict], title: str):
         cells = [r["name"], str(r["seed"]), (r["hash"] or NO_DATA)[:12], axes_text(r["axes"]) or "-",
                  f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.4g}",
                  *([f"{r['flops_target']:.4g}" if r["flops_target"] is not None else "-"] if matched else []),
-                 compute(r["train_gflops"]), *([duration(r["est_seconds"])] if measured else []), r["status"]]
+                 compute(r["train_gflops"]),
+                 *([duration(r["est_seconds"]) if r["est_seconds"] is not None else "too large here"] if measured else []),
+                 r["status"]]
         t.add_row(*cells)
     return t

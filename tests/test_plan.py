@@ -88,6 +88,15 @@ def test_plan_measure_estimates_wall_time_per_job(tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+def test_measure_skips_what_would_not_fit_in_memory(tmp_path):
+    from fcdm.plan import measure_steps
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    (job, _) = expand(spec, overrides=["model.args.hidden_size=16384"])  # ~1e11 parameters: never built
+    assert measure_steps([job]) == [None]
+
+
 def test_table_shows_estimates_and_matched_targets():
     from rich.console import Console
 
@@ -97,9 +106,9 @@ def test_table_shows_estimates_and_matched_targets():
            "gflops": 1.5, "train_gflops": 3e6, "steps": 10, "batch_size": 4, "flops_target": 1.4,
            "status": "needs data", "est_seconds": 5400.0}
     console = Console(record=True, width=200)
-    console.print(table([row, {**row, "seed": 1}], "t"))
+    console.print(table([row, {**row, "seed": 1}, {**row, "seed": 2, "est_seconds": None}], "t"))
     text = console.export_text()
-    assert "est. time" in text and "3.0 h" in text and "1.4" in text and "6.00 PFLOP" in text and "depth=[1, 2]" in text
+    assert "est. time" in text and "3.0 h + 1 too large here" in text and "1.4" in text and "9.00 PFLOP" in text and "depth=[1, 2]" in text
 
 
 def test_expanding_and_costing_a_shipped_spec_is_fast():
