@@ -280,8 +280,10 @@ def open_dashboard(storage: str | None = None, port: int = 8080, store: str | Pa
     """Serve optuna-dashboard on the study storage until Ctrl-C (optional dependency)."""
     try:
         import optuna_dashboard
-    except ImportError:
-        raise SweepError("optuna-dashboard is not installed; install it with pip install 'fcdm-ablate[dashboard]'") from None
+    except ImportError as e:
+        missing = f" (its dependency {e.name} is missing)" if e.name not in (None, "optuna_dashboard") else ""
+        raise SweepError(f"optuna-dashboard is not installed{missing}; install it with "
+                         "pip install 'fcdm-ablate[dashboard]'") from None
     from .tracking import resolve_store
 
     url = storage_url(storage, resolve_store(store))

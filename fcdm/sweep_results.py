@@ -79,7 +79,7 @@ def format_summary(s: SweepSummary) -> str:
                      + "):" if len(s.objectives) > 1 else f"best trial ({s.objectives[0]}, {s.directions[0]}):")
         for r in s.best:
             values = ", ".join(f"{m}={v:.6g}" for m, v in zip(s.objectives, r.values))
-            params = " ".join(f"{k}={v}" for k, v in r.params.items())
+            params = " ".join(f"{k}={f'{v:.6g}' if isinstance(v, float) else v}" for k, v in r.params.items())
             reused = ", reused" if r.reused else ""
             lines.append(f"  trial {r.number}: {values}  {params}")
             lines.append(f"    run {r.run_name or '?'} ({r.run_id or '?'}{reused}); config {r.config_hash}: {r.config_path}")
