@@ -80,16 +80,18 @@ class Session:
         quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
         level = quiet.level
         quiet.setLevel(logging.WARNING)
-        with _store_lock(self.store) if self.uri.startswith("sqlite:") else _nothing():
-            tracker = Tracker(self.store, self.uri)
-            self._client = tracker.client
-            for name in names:
-                try:
-                    tracker.experiment_id(name)
-                except MlflowException:  # created meanwhile by another runner on a tracking server
-                    if tracker.client.get_experiment_by_name(name) is None:
-                        raise
-        quiet.setLevel(level)
+        try:
+            with _store_lock(self.store) if self.uri.startswith("sqlite:") else _nothing():
+                tracker = Tracker(self.store, self.uri)
+                self._client = tracker.client
+                for name in names:
+                    try:
+                        tracker.experiment_id(name)
+                    except MlflowException:  # created meanwhile by another runner on a tracking server
+                        if tracker.client.get_experiment_by_name(name) is None:
+                            raise
+        finally:
+            quiet.setLevel(level)
 
     def close(self) -> None:
         self.heartbeat.stop()
@@ -163,6 +165,9 @@ class Session:
             outcome.state, outcome.reason = "stopped", "another runner took the job over"
         elif r.interrupted or code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
             outcome.state, outcome.reason = "stopped", "interrupted; its checkpoint resumes it"
+        elif code == 0:  # e.g. an evaluation still due: the sidecar does not say finished
+            outcome.reason = (f"the trainer exited at step {status.step}/{r.job.config.train.steps} without "
+                              f"recording the run finished ({status.describe()}); see the log")
         else:
             outcome.reason = getattr(r.handle, "reason", None) or failure_reason(code, log)
         if not r.claim.lost:
