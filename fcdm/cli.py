@@ -343,6 +343,8 @@ def sweep(spec: Annotated[Path, typer.Argument(help="Spec with a `search` sectio
           num_processes: Annotated[int | None, typer.Option("--num-processes", min=1, help="accelerate: processes per trial.")] = None,
           heartbeat: Annotated[int, typer.Option(min=1, help="Seconds between trial heartbeats (SQLite/PostgreSQL); a "
                                                  "trial silent for twice as long is failed and retried.")] = 60,
+          set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key in every trial: "
+                                                         "--set data.path=LATENTS.")] = None,
           store: StoreOption = None, tracking_uri: TrackingOption = None):
     """Search a spec's design space with Optuna: each trial trains as a job (pruned, deduplicated, resumable)."""
     if not optuna_:
@@ -361,7 +363,8 @@ def sweep(spec: Annotated[Path, typer.Argument(help="Spec with a `search` sectio
         summary = run_sweep(parsed, profile=profile, trials=trials, timeout=timeout, storage=storage,
                             study_name=study, workers=workers, sampler=sampler.value if sampler else None,
                             pruner=pruner.value if pruner else None, launcher=kind, launcher_options=options,
-                            store=store, tracking_uri=tracking_uri, heartbeat=heartbeat, log=typer.echo)
+                            store=store, tracking_uri=tracking_uri, heartbeat=heartbeat, sets=set_ or [],
+                            log=typer.echo)
     except (SpecError, SweepError, ConfigError, LauncherError) as e:
         _fail(str(e))
     typer.echo(format_summary(summary))

@@ -52,7 +52,8 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
             storage: str | None = None, study_name: str | None = None, sampler: str | None = None,
             pruner: str | None = None, launcher: str = "local", store: str | Path | None = None,
             tracking_uri: str | None = None, heartbeat: int | None = 60, launcher_options: dict | None = None,
-            log: Callable[[str], None] = print, stop: threading.Event | None = None) -> Sweep:
+            sets: list[str] | tuple[str, ...] = (), log: Callable[[str], None] = print,
+            stop: threading.Event | None = None) -> Sweep:
     """Load and validate the spec and search space, open the storage and study. Raises SpecError or
     SweepError before anything is written when the spec, a search combination or an option is bad."""
     from .launchers import make_launcher
@@ -69,7 +70,7 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
     profile = resolve_profile(spec, profile)
     space = parse_search(spec.search, spec.source, profile, list(spec.profiles))
     make_launcher(launcher, launcher_options)  # a bad launcher option fails now, not in every trial
-    base_jobs = expand(spec, profile)
+    base_jobs = expand(spec, profile, overrides=list(sets))
     points = sorted({j.name for j in base_jobs})
     if len(points) > 1:
         raise SpecError(f"{spec.source}: axes: {len(points)} grid points ({', '.join(points[:3])}"
@@ -77,6 +78,12 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
                         "axes, zip and variants of this spec under search.params (or use `fcdm-ablate run` for a grid)")
     seed = base_jobs[0].seed  # every trial trains the spec's first seed
     base_cfg = base_jobs[0].config
+    from .data import DataError
+
+    try:
+        base_cfg.hash  # latent data: the run's identity covers its files, which must be on this machine
+    except DataError as e:
+        raise SweepError(f"{spec.source}: profile {profile}: {e} (sweep takes --set data.path=PATH)") from None
     trials = trials or space.trials or DEFAULT_TRIALS
     sampler = sampler or space.sampler or ("nsga2" if space.multi else "tpe")
     pruner = pruner or space.pruner or "median"
@@ -87,7 +94,7 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
     store_path = resolve_store(store)
     ctx = TrialContext(spec, profile, seed, space, flat_config(base_cfg), "", store_path,
                        resolve_tracking_uri(store_path, tracking_uri), launcher, launcher_options or {},
-                       stop or threading.Event(), log)
+                       stop or threading.Event(), log, sets=tuple(sets))
     _validate_probes(ctx, space)
     if sampler == "grid":
         trials = min(trials, _grid_size(space))

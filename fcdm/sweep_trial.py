@@ -55,6 +55,7 @@ class TrialContext:
     stop: threading.Event
     log: Callable[[str], None]
     poll: float = 0.5  # seconds between looks at a training trial's progress
+    sets: tuple[str, ...] = ()  # --set key=value overrides for every trial (and the FLOPs target)
 
 
 def build_job(ctx: TrialContext, chosen: dict[str, Any], number: int | None = None):
@@ -68,7 +69,8 @@ def build_job(ctx: TrialContext, chosen: dict[str, Any], number: int | None = No
     tags = {TAG_STUDY: ctx.study_name, TAG_PRUNED: "false"}
     if number is not None:
         tags[TAG_TRIAL] = str(number)
-    jobs = expand(point_spec(ctx.spec, ctx.profile, chosen), ctx.profile, overrides=overrides({"log.tags": tags}))
+    jobs = expand(point_spec(ctx.spec, ctx.profile, chosen), ctx.profile,
+                  overrides=[*ctx.sets, *overrides({"log.tags": tags})])
     return next(j for j in jobs if j.seed == ctx.seed)
 
 
