@@ -8,8 +8,10 @@ and any other protocol (`eval.*` changed before a resume, a post-hoc `evaluate` 
 other `--fid-weights`) logs under a suffixed name, `fid/ddpm-250-cfg1.5-n50000-fp32-seed0-<digest8>`,
 and leaves the recorded tags alone (its own protocol goes to the tag `eval/<suffix>`).
 
-Sample i's noise depends only on (seed, i), so one process and N processes draw the same samples, and
-an in-training and a post-hoc evaluation with an equal protocol share a curve. Evaluations and sample
+Sample i's noise depends only on (seed, i), and N processes share out whole batches of the one-process
+run, so one process and N processes draw the same samples (bit for bit with the same eval.batch_size;
+another batch size changes a sample only by kernel rounding), and an in-training and a post-hoc
+evaluation with an equal protocol share a curve. Evaluations and sample
 grids never touch the global RNG streams (`preserved_rng`), so a run resumed from an evaluation step
 continues bit for bit like one that never stopped.
 
@@ -128,35 +130,47 @@ def preserved_rng():
             torch.cuda.set_rng_state_all(cuda)
 
 
+def shard_indices(num_samples: int, batch_size: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """The global sample indices process `rank` of `world` draws, in order: whole batches of the one-process
+    run (batch k = samples k*batch_size ... (k+1)*batch_size - 1), every world-th of them from batch rank on.
+
+    Each model call then sees exactly the rows it sees on one process, so N processes reproduce the
+    one-process samples bit for bit (a kernel's rounding can depend on the batch it runs in)."""
+    starts = range(rank * batch_size, num_samples, world * batch_size)
+    return torch.cat([torch.arange(s, min(s + batch_size, num_samples)) for s in starts]) if starts else \
+        torch.zeros(0, dtype=torch.long)
+
+
 def sample_images(model: nn.Module, objective, shape: tuple[int, int, int], num_classes: int, proto: Protocol,
                   batch_size: int, device, decode=None, progress: bool = False, rank: int = 0,
                   world: int = 1, conditional: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """This process's share of proto.num_samples images: (uint8 (n, H, W, C), labels (n,)).
 
-    Classes are spread evenly (or every label is the null class for an unconditional model). With
-    world > 1 this process draws global samples rank, rank + world, ...; each sample's noise comes
-    from (proto.seed, its global index), so `gather_samples` of the shares equals world = 1 exactly.
+    Classes are spread evenly (or every label is the null class for an unconditional model). The share
+    is `shard_indices(...)`; each sample's noise comes from (proto.seed, its global index), so
+    `gather_samples` of all shares equals the world = 1 result exactly.
     """
-    index = torch.arange(proto.num_samples)[rank::world]
-    labels = sample_labels(proto.num_samples, num_classes, conditional)[rank::world]
+    index = shard_indices(proto.num_samples, batch_size, rank, world)
+    labels = sample_labels(proto.num_samples, num_classes, conditional)[index]
     dtype = torch.bfloat16 if proto.precision == "bf16" else None
     with torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None):
         x = generate(model, objective, shape, labels, sampler=proto.sampler, num_steps=proto.sampling_steps,
                      cfg_scale=proto.cfg_scale, guided_channels=proto.guided_channels, batch_size=batch_size,
                      seed=proto.seed, device=device, progress=progress, indices=index)
-    if decode is not None:
+    if decode is not None and len(x):
         x = decode(x)
     return to_uint8(x), labels.numpy()
 
 
-def gather_samples(shares: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Interleave the per-rank shares of `sample_images(..., rank=r, world=len(shares))` back into order."""
-    world = len(shares)
-    n = sum(len(labels) for _, labels in shares)
-    images = np.empty((n, *shares[0][0].shape[1:]), dtype=np.uint8)
-    labels = np.empty(n, dtype=shares[0][1].dtype)
+def gather_samples(shares: list[tuple[np.ndarray, np.ndarray]], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Put the shares of `sample_images(..., batch_size, rank=r, world=len(shares))` back in global order."""
+    world, n = len(shares), sum(len(labels) for _, labels in shares)
+    like = next(s for s in shares if len(s[1]))
+    images = np.empty((n, *like[0].shape[1:]), dtype=np.uint8)
+    labels = np.empty(n, dtype=like[1].dtype)
     for r, (imgs, lbls) in enumerate(shares):
-        images[r::world], labels[r::world] = imgs, lbls
+        index = shard_indices(n, batch_size, r, world).numpy()
+        images[index], labels[index] = imgs, lbls
     return images, labels
 
 
@@ -199,7 +213,7 @@ def evaluate_in_training(accelerator, tracker, cfg: RunConfig, protocol, ema: nn
         shares = gather_object([share]) if world > 1 else [share]
         if tracker:
             proto = protocol.resolved(store / "cache", cfg.eval.fid_weights)
-            images, labels = gather_samples(shares)
+            images, labels = gather_samples(shares, cfg.eval.batch_size)
             values = measure(images, labels if conditional else None, proto, cfg.eval.metrics, store / "cache",
                              cfg.eval.fid_weights)
             log_evaluation(tracker, proto, values, step, shape[0])

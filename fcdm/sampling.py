@@ -52,12 +52,16 @@ def generate(model: nn.Module, objective, shape: tuple[int, int, int], labels: t
              indices: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
     """Samples (N, C, H, W) for labels (N,), in batches of at most `batch_size`.
 
-    indices (N,): the global index of each sample (default 0..N-1); a process drawing every world-th
-    sample passes its share. Sample i draws all its noise from a generator seeded by (seed, indices[i]),
-    so the result does not depend on the batch size, the process count or the global RNG (which is never
-    touched). A batch that does not fit in GPU memory is retried at half the size (and says so).
+    indices (N,): the global index of each sample (default 0..N-1); a process drawing a share of a run
+    passes the share's indices. Sample i draws all its noise from a generator seeded by (seed, indices[i]),
+    so its noise does not depend on the batch size, the process count or the global RNG (which is never
+    touched). The denoiser's output for a row can still differ in its last bits between batch sizes
+    (kernels round by batch shape); with the same batches it is the same. A batch that does not fit in
+    GPU memory is retried at half the size (and says so).
     """
     indices = torch.arange(len(labels)) if indices is None else torch.as_tensor(indices)
+    if not len(labels):
+        return torch.zeros((0, *shape))
     if len(indices) != len(labels):
         raise ValueError(f"{len(indices)} sample indices for {len(labels)} labels; pass one index per label.")
     was_training = model.training

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fcdm.cli import app
 from fcdm.config import load_config
-from fcdm.evaluate import Protocol, gather_samples
+from fcdm.evaluate import Protocol, gather_samples, shard_indices
 
 from conftest import SMOKE, TINY, all_runs, client
 
@@ -131,11 +131,13 @@ def test_preserved_rng_puts_every_global_stream_back():
     assert torch.equal(torch.get_rng_state(), state[2])
 
 
-def test_gather_samples_restores_the_order_of_sharded_sampling():
+def test_processes_share_out_whole_batches_and_gather_restores_the_order():
+    assert [shard_indices(10, 3, r, 3).tolist() for r in range(3)] == [[0, 1, 2, 9], [3, 4, 5], [6, 7, 8]]
+    assert shard_indices(4, 3, 2, 3).tolist() == []  # more processes than batches: nothing to draw
     images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
     labels = np.arange(10)
-    shares = [(images[r::3], labels[r::3]) for r in range(3)]
-    merged_images, merged_labels = gather_samples(shares)
+    shares = [(images[shard_indices(10, 3, r, 3)], labels[shard_indices(10, 3, r, 3)]) for r in range(3)]
+    merged_images, merged_labels = gather_samples(shares, batch_size=3)
     assert np.array_equal(merged_images, images) and np.array_equal(merged_labels, labels)
 
 

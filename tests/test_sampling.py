@@ -6,7 +6,7 @@ import torch
 from fcdm.build import build_objective
 from fcdm.evaluate import Protocol, gather_samples, sample_images
 from fcdm.models import create_model
-from fcdm.sampling import generate, sample_labels, sample_seed, spread_labels
+from fcdm.sampling import generate, sample_generators, sample_labels, sample_seed, spread_labels
 
 
 def tiny_model(**kwargs):
@@ -33,6 +33,18 @@ def model():
     return tiny_model(learn_sigma=True)
 
 
+def test_a_samples_noise_depends_only_on_seed_and_index():
+    from fcdm.diffusion.gaussian import randn
+
+    cpu = torch.device("cpu")
+    batch = sample_generators(3, range(20))
+    alone = sample_generators(3, [7])
+    for _ in range(3):  # the first draw and those of later steps
+        assert torch.equal(randn((20, 1, 8, 8), batch, cpu)[7], randn((1, 1, 8, 8), alone, cpu)[0])
+    assert not torch.equal(randn((1, 1, 8, 8), sample_generators(4, [7]), cpu),
+                           randn((1, 1, 8, 8), sample_generators(3, [7]), cpu))
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "euler-sde"])
 def test_batch_size_does_not_change_any_sample(model, tiny_config, sampler):
     """ddpm and euler-sde draw fresh noise at every step, the hardest case for per-sample streams."""
@@ -44,7 +56,8 @@ def test_batch_size_does_not_change_any_sample(model, tiny_config, sampler):
     a = generate(model, objective, (1, 8, 8), labels, batch_size=7, **kwargs)
     b = generate(model, objective, (1, 8, 8), labels, batch_size=64, **kwargs)
     assert a.shape == (20, 1, 8, 8)
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # a conv on 7 vs 20 rows may round its last bit differently
+    # Same noise; the denoiser's kernels may round a row's last bit differently in a batch of 7 and of 20.
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     # The same sample drawn alone, as the 8th of a run, is the 8th sample of the batch.
     c = generate(model, objective, (1, 8, 8), labels[7:8], batch_size=1, indices=[7], **kwargs)
     torch.testing.assert_close(c[0], a[7], rtol=0, atol=1e-5)
@@ -52,19 +65,22 @@ def test_batch_size_does_not_change_any_sample(model, tiny_config, sampler):
     assert (d - b).abs().max() > 0.1  # another seed, other samples
 
 
-def test_two_process_shares_gather_to_the_one_process_samples(model, tiny_config):
-    cfg = tiny_config("objective.name=ddpm", "eval.num_samples=13", "eval.sampler=ddpm", "eval.sampling_steps=3",
-                      "eval.cfg_scale=1.5")
+@pytest.mark.parametrize("num_samples,batch_size,world", [(13, 4, 2), (13, 8, 3)])
+def test_process_shares_gather_to_the_one_process_samples_exactly(model, tiny_config, num_samples, batch_size,
+                                                                  world):
+    """(13, 8, 3): the third process gets no batch at all."""
+    cfg = tiny_config("objective.name=ddpm", f"eval.num_samples={num_samples}", "eval.sampler=ddpm",
+                      "eval.sampling_steps=3", "eval.cfg_scale=1.5")
     proto = Protocol.from_config(cfg)
     objective = build_objective(cfg)
-    one_images, one_labels = sample_images(model, objective, (1, 8, 8), 10, proto, batch_size=64, device="cpu")
-    shares = [sample_images(model, objective, (1, 8, 8), 10, proto, batch_size=4, device="cpu", rank=r, world=2)
-              for r in range(2)]
-    assert [len(s[1]) for s in shares] == [7, 6]
-    images, labels = gather_samples(shares)
-    assert np.array_equal(labels, one_labels) and labels.tolist() == spread_labels(13, 10).tolist()
-    assert np.array_equal(images, one_images)
-    assert len(np.unique(images.reshape(13, -1), axis=0)) == 13  # 13 different samples, not one repeated
+    one_images, one_labels = sample_images(model, objective, (1, 8, 8), 10, proto, batch_size, device="cpu")
+    shares = [sample_images(model, objective, (1, 8, 8), 10, proto, batch_size, device="cpu", rank=r, world=world)
+              for r in range(world)]
+    assert sum(len(s[1]) for s in shares) == num_samples
+    images, labels = gather_samples(shares, batch_size)
+    assert np.array_equal(labels, one_labels) and labels.tolist() == spread_labels(num_samples, 10).tolist()
+    assert np.array_equal(images, one_images)  # bit for bit: every model call sees the same rows
+    assert len(np.unique(images.reshape(num_samples, -1), axis=0)) == num_samples  # all different samples
 
 
 def test_sampling_is_deterministic_and_leaves_the_global_rng_alone(model, tiny_config):
