@@ -300,3 +300,27 @@ def test_an_unconditional_run_reports_no_class_consistency(tmp_path, classifier,
     result = train(cfg, store=new_store(tmp_path / "store", classifier), progress=False)
     metrics = client(tmp_path / "store").get_run(result.run_id).data.metrics
     assert "fid" in metrics and "precision" in metrics and "class_consistency" not in metrics
+
+
+def test_two_processes_in_training_and_one_process_after_the_fact_draw_the_same_samples(tmp_path, classifier):
+    """The in-training evaluation on two gloo processes and `evaluate` on one give the very same numbers,
+    so they rightly share the bare `fid` curve."""
+    import os
+    import subprocess
+
+    overrides = [*TINY, "train.steps=4", "eval.at=[4]", "eval.metrics=[fid, kid, prc]", "eval.num_samples=20",
+                 "eval.batch_size=8"]  # three batches: two for rank 0, one for rank 1
+    store = new_store(tmp_path / "store", classifier)
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fcdm.cli", "train", str(SMOKE),
+           *[a for ov in overrides for a in ("--set", ov)], "--no-progress", "--store", str(store)]
+    proc = subprocess.run(cmd, cwd=SMOKE.parents[2], capture_output=True, text=True, timeout=500,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run,) = all_runs(store)
+    assert run.data.tags["fcdm.processes"] == "2"
+    out = runner.invoke(app, ["evaluate", run.info.run_id, "--store", str(store)])
+    assert out.exit_code == 0, out.output
+    for key in ("fid", "kid", "precision", "recall", "class_consistency"):
+        (in_training, after) = history(store, run.info.run_id, key)
+        assert in_training[0] == after[0] == 4 and in_training[1] == after[1], (key, in_training, after)
