@@ -158,7 +158,8 @@ def sample_images(model: nn.Module, objective, shape: tuple[int, int, int], num_
                      cfg_scale=proto.cfg_scale, guided_channels=proto.guided_channels, batch_size=batch_size,
                      seed=proto.seed, device=device, progress=progress, indices=index)
     if decode is not None and len(x):
-        x = decode(x)
+        # Batch by batch, so that the VAE too sees the same rows together on any process count.
+        x = torch.cat([decode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     return to_uint8(x), labels.numpy()
 
 
