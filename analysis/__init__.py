@@ -1,0 +1,13 @@
+"""Reports of ablations: what the runs recorded in MLflow -> tidy frame -> seed statistics -> tables,
+figures, report.md / report.html, beside the published numbers (`reference/published.csv`).
+
+    from analysis.specs import report_spec
+    rep = report_spec("ablations/kernel_size.yaml", "smoke")        # what `fcdm-ablate report` runs
+    from analysis.collect import collect_spec
+    frame = collect_spec("ablations/kernel_size.yaml", "smoke", "sqlite:///runs/mlflow.db")  # the data
+
+Modules: store (bulk MLflow reads), collect (jobs -> frame), aggregate (one metric under one protocol,
+baselines), stats (t-intervals, Welch, steps-to-match), tables, render (md/tex/csv/html/rich), figures,
+published, report (writing a report), html, specs (spec discovery, logging the report run), synthetic
+(stores of known values for tests and bench/report.py). Nothing here trains or imports the trainer.
+"""

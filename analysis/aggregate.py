@@ -209,12 +209,12 @@ def choose_baselines(frame: pd.DataFrame, configs: list[str], baseline: Any) -> 
     """
     if not configs:
         return {}, "no configurations"
-    axes = {c: _axes_of(frame, c) for c in configs}
-    variant = {c: _variant_of(frame, c) for c in configs}
+    first = frame.drop_duplicates("config").set_index("config")
+    axes = {c: dict(first.at[c, "axes"]) if isinstance(first.at[c, "axes"], dict) else {} for c in configs}
+    variant = {c: None if _null(first.at[c, "variant"]) else first.at[c, "variant"] for c in configs}
     if baseline is None and frame.attrs.get("baseline"):  # the spec's `baseline:` rows, from collect_spec
         baseline = list(frame.attrs["baseline"])
-        spec = frame.attrs.get("spec")
-        given = getattr(spec, "baseline", None) or {}
+        given = frame.attrs.get("baseline_given") or {}
         how = "baseline: " + (", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in given.items()) or
                               ", ".join(baseline)) + " (the spec's `baseline`)"
         matches = [c for c in configs if c in baseline]
@@ -253,16 +253,6 @@ def _closest(config: str, candidates: list[str], axes: dict[str, dict]) -> str:
         return config
     agree = lambda b: sum(_same(axes[config].get(k), v) for k, v in axes[b].items())  # noqa: E731
     return max(candidates, key=lambda b: (agree(b), -candidates.index(b)))
-
-
-def _axes_of(frame: pd.DataFrame, config: str) -> dict:
-    r = frame[frame["config"] == config]
-    return dict(r["axes"].iloc[0]) if len(r) and isinstance(r["axes"].iloc[0], dict) else {}
-
-
-def _variant_of(frame: pd.DataFrame, config: str):
-    v = frame.loc[frame["config"] == config, "variant"].iloc[0]
-    return None if v is None or (isinstance(v, float) and np.isnan(v)) else v
 
 
 def _same(a, b) -> bool:

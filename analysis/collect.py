@@ -175,8 +175,12 @@ def _number(text: str | None) -> float:
 
 def collect_spec(spec, profile: str | None, tracking_uri: str, overrides: tuple[str, ...] = ()) -> pd.DataFrame:
     """Expand `spec` (a path or fcdm.spec.Spec) under `profile` (None: the spec's default) and collect its
-    jobs. attrs: `spec` (the Spec), `profile`, `jobs`, `baseline` (labels of the spec's baseline rows, from
-    its `baseline:` key) or `axis_defaults` (the base config's value of each axis, when it has none).
+    jobs. attrs: `spec` (its name), `profile`, `experiment` (the MLflow experiment its jobs create runs in),
+    and `baseline` (labels of the spec's baseline rows, from its `baseline:` key; `baseline_given`: that key)
+    or `axis_defaults` (the base config's value of each axis, when the spec names no baseline).
+
+    attrs hold only small plain values: pandas deep-copies attrs on every operation on the frame, and 500
+    Jobs there made a report take minutes.
 
     Raises fcdm.spec.SpecError for a bad spec, analysis.store.StoreError for an unreadable store.
     """
@@ -186,11 +190,13 @@ def collect_spec(spec, profile: str | None, tracking_uri: str, overrides: tuple[
     profile = resolve_profile(spec, profile)
     jobs = expand(spec, profile=profile, overrides=tuple(overrides))
     frame = collect(jobs, tracking_uri)
-    frame.attrs.update(spec=spec, profile=profile, jobs=jobs)
+    frame.attrs.update(spec=spec.name, profile=profile,
+                       experiment=(jobs[0].config.log.experiment if jobs else None) or spec.name)
     labels = _unique_labels(jobs)
     chosen = [labels[(j.hash, j.seed)] for j in jobs if spec.is_baseline(j)]
     if chosen:
         frame.attrs["baseline"] = list(dict.fromkeys(chosen))
+        frame.attrs["baseline_given"] = dict(getattr(spec, "baseline", None) or {})
     else:
         frame.attrs["axis_defaults"] = axis_defaults(spec, profile, jobs)
     return frame

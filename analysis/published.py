@@ -18,7 +18,6 @@ CSV = Path(__file__).with_name("reference") / "published.csv"
 SOURCES = {
     "kernel_size": ("FCDM Table 6 ablation",),
     "design": ("FCDM Table 6 ablation", "FCDM token-mixer ablation"),
-    "block_depth": ("FCDM Table 6 ablation",),
     "conditioning": ("DiT conditioning ablation",),
     "dit_comparison": ("DiT Table 4", "FCDM XL comparison at 400K", "FCDM model table"),
     "flops_budget": ("DiT Table 4", "FCDM model table"),

@@ -119,22 +119,21 @@ def _sections(frame, rep: Report, tmp: Path, metric: str, step, baseline, publis
         made.append(match_table)
         for t in made:
             t.name += suffix
-        figs = []
+        figs, base = [], metric.split("/")[0]
         if view.measured():
             fig_dir = tmp / "figures"
-            for draw in (figures.fid_vs_steps, figures.fid_vs_compute):
-                figs += draw(view, fig_dir, text)
-            figs += figures.fid_vs_gflops(view, fig_dir, text, step)
-            if suffix:
-                figs = [_rename(p, suffix) for p in figs]
+            figs += figures.save(figures.steps_figure(view, text), fig_dir, f"{base}_vs_steps{suffix}")
+            figs += figures.save(figures.compute_figure(view, text), fig_dir, f"{base}_vs_compute{suffix}")
+            figs += figures.save(figures.gflops_figure(view, text, step), fig_dir, f"{base}_vs_gflops{suffix}")
         if i == 0:
             rep.main = made[2]
             rep.summary = _verdicts(view, matches, step)
             rep.summary.insert(0, f"{view.baseline_note[0].upper()}{view.baseline_note[1:]}.")
             grids = _last_grids(frame)
             if grids:
-                figs += figures.montage(grids, tmp / "figures", f"Newest logged grid of each configuration's "
-                                        f"lowest-seed run. Protocol: {text}.")
+                figs += figures.save_image(figures.montage(grids, f"Newest logged grid of each configuration's "
+                                                               f"lowest-seed run. Protocol: {text}."),
+                                           tmp / "figures", "samples")
         rep.tables += made
         heading = "Results" if i == 0 else f"Results under another protocol ({i + 1} of {len(found)})"
         sections.append(Section(heading, text, made, [p.relative_to(tmp) for p in figs if p.suffix == ".png"]))
@@ -147,12 +146,6 @@ def _sections(frame, rep: Report, tmp: Path, metric: str, step, baseline, publis
     sections.append(Section("Published reference", "", extra, []))
     sections.append(Section("Runs", "", [runs], []))
     return sections
-
-
-def _rename(path: Path, suffix: str) -> Path:
-    new = path.with_name(f"{path.stem}{suffix}{path.suffix}")
-    path.rename(new)
-    return new
 
 
 def _verdicts(view: View, matches: list, step: int | None) -> list[str]:
@@ -168,8 +161,8 @@ def _verdicts(view: View, matches: list, step: int | None) -> list[str]:
             out.append(f"**{c}**: its baseline {b} has no {name} recorded yet; nothing to compare.")
             continue
         if m.seeds == 0:
-            out.append(f"**{c}**: no {name} recorded under this protocol yet ({'; '.join(view.incomplete(c)) or 'see '
-                       f'the Runs table'}); nothing to compare.")
+            why = "; ".join(view.incomplete(c)) or "see the Runs table"
+            out.append(f"**{c}**: no {name} recorded under this protocol yet ({why}); nothing to compare.")
             continue
         target = f"{m.target.mean:.2f}" + (f" ± {m.target.std:.2f}" if m.target.n > 1 else "")
         head = f"**{c}** vs **{b}** (final {name} {target} at step {m.baseline_step:,}, {_seeds(m.target.n)}): "
@@ -216,17 +209,18 @@ def _ratio(r: float, fewer: str, more: str, bound: str) -> str:
 
 def _last_grids(frame: pd.DataFrame) -> list[tuple[str, Path]]:
     """(label, local PNG) of the newest `samples/step_*.png` of each configuration's lowest-seed run."""
+    runs: dict[str, list] = {}
+    for r in frame.loc[frame["run_id"].notna(), ["config", "seed", "run_id", "artifact_uri"]].drop_duplicates(
+            "run_id").to_dict("records"):
+        runs.setdefault(r["config"], []).append(r)
     out = []
-    runs = frame[frame["run_id"].notna()].drop_duplicates("run_id").sort_values("seed", kind="stable")
-    for config, g in runs.groupby("config", sort=False):
-        for r in g.itertuples():
-            path = _newest_grid(r.artifact_uri, r.run_id, frame.attrs.get("tracking_uri"))
+    for config in dict.fromkeys(frame["config"]):
+        for r in sorted(runs.get(config, []), key=lambda r: r["seed"]):
+            path = _newest_grid(r["artifact_uri"], r["run_id"], frame.attrs.get("tracking_uri"))
             if path is not None:
-                step = int(path.stem.split("_")[-1])
-                out.append((f"{config} (seed {int(r.seed)}, step {step:,})", path))
+                out.append((f"{config} (seed {int(r['seed'])}, step {int(path.stem.split('_')[-1]):,})", path))
                 break
-    order = {c: i for i, c in enumerate(dict.fromkeys(frame["config"]))}
-    return sorted(out, key=lambda x: order.get(x[0].rsplit(" (seed", 1)[0], 0))
+    return out
 
 
 def _newest_grid(artifact_uri: str | None, run_id: str, tracking_uri: str | None) -> Path | None:

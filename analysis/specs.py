@@ -69,16 +69,79 @@ def report_spec(spec, profile: str | None = None, store=None, tracking_uri: str 
 
     store = resolve_store(store)
     uri = resolve_tracking_uri(store, tracking_uri)
-    frame = collect_spec(spec, profile, uri, overrides)
-    name, profile = frame.attrs["spec"].name, frame.attrs["profile"]
-    out = Path(out) if out is not None else store / "reports" / f"{name}-{profile}"
-    rep = build_report(frame, out, name, profile, metric=metric, step=step, formats=formats,
-                       published_sources=None)
-    if log:
-        jobs = frame.attrs["jobs"]
-        experiment = (jobs[0].config.log.experiment if jobs else None) or name
-        rep.run_id = log_report(rep, uri, store, experiment)
+    # Never create a store by reporting on it: without its database this is the collect's StoreError.
+    exists = not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
+    logger = _Logger(uri, store) if log and exists else None
+    try:
+        frame = collect_spec(spec, profile, uri, overrides)
+        name, profile = frame.attrs["spec"], frame.attrs["profile"]
+        out = Path(out) if out is not None else store / "reports" / f"{name}-{profile}"
+        rep = build_report(frame, out, name, profile, metric=metric, step=step, formats=formats,
+                           published_sources=None)
+        if logger:
+            rep.run_id = logger.log(rep, frame.attrs["experiment"])
+    finally:
+        if logger:
+            logger.close()
     return rep
+
+
+class _Logger:
+    """log_report in a helper process started before the report is made: MLflow's import and its SQL
+    store's set-up are ~3 s of CPU (measured, bench/report.py) that this overlaps with expanding,
+    reading and drawing on a second core. Protocol: one JSON line in (uri, store), one JSON line in (what
+    to log), one JSON line out ({"run_id"} or {"error"})."""
+
+    def __init__(self, uri: str, store: Path):
+        import json
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "analysis.specs"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.proc.stdin.write(json.dumps({"uri": uri, "store": str(store)}) + "\n")
+        self.proc.stdin.flush()
+
+    def log(self, rep: Report, experiment: str) -> str:
+        import json
+
+        self.proc.stdin.write(json.dumps({"out": str(rep.out), "spec": rep.spec, "profile": rep.profile,
+                                          "summary": rep.summary, "experiment": experiment}) + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline() or '{"error": "the logging process died"}')
+        if "error" in answer:
+            raise LogError(f"the report was written to {rep.out} but logging it to MLflow failed: "
+                           f"{answer['error']}; rerun with --no-log to skip logging")
+        return answer["run_id"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # never asked to log (the report failed first), or done
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            f.close()
+
+
+class LogError(RuntimeError):
+    """The report's files were written, but logging them to MLflow failed."""
+
+
+def _log_worker() -> None:
+    """The helper process of _Logger: set MLflow up at once, then log when told to."""
+    import json
+    import sys
+
+    try:
+        first = json.loads(sys.stdin.readline())
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=first["uri"]).search_experiments(max_results=1)  # imports + opens the store
+        job = json.loads(sys.stdin.readline())
+        rep = Report(job["spec"], job["profile"], Path(job["out"]), summary=job["summary"])
+        run_id = log_report(rep, first["uri"], Path(first["store"]), job["experiment"])
+        print(json.dumps({"run_id": run_id}), flush=True)
+    except Exception as e:  # one line back to the parent, which says it in its own words
+        print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
 
 
 def log_report(rep: Report, tracking_uri: str, store: Path, experiment: str) -> str:
@@ -105,6 +168,12 @@ def log_report(rep: Report, tracking_uri: str, store: Path, experiment: str) -> 
             REPORT_TAG: key, "fcdm.report_spec": rep.spec, "fcdm.report_profile": rep.profile}).info.run_id
     client.log_artifacts(run_id, str(rep.out), "report")
     note = "\n".join(f"- {s}" for s in rep.summary)
+    if len(note) > 7000:  # MLflow truncates tag values at 8000 characters, with a warning
+        note = note[:note.rfind("\n", 0, 7000)] + "\n- ... (the rest in report/report.md)"
     client.set_tag(run_id, "mlflow.note.content", f"Report of {key} (artifacts: report/report.html)\n\n{note}")
     client.set_terminated(run_id, status="FINISHED")
     return run_id
+
+
+if __name__ == "__main__":
+    _log_worker()

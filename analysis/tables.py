@@ -237,15 +237,19 @@ def steps_to_match(view: View, protocol_text: str) -> tuple[Table, list[Match]]:
 
 def runs_table(frame) -> Table:
     """Every job of the report, one row per (configuration, seed), with its run's state."""
+    jobs: dict[tuple, dict] = {}
+    for r in frame[["config", "seed", "status", "last_step", "train_steps", "step", "protocol", "run_name",
+                    "hash"]].to_dict("records"):  # plain records: a groupby per job took seconds at 500 runs
+        job = jobs.setdefault((r["config"], int(r["seed"])), {**r, "steps": []})
+        if r["step"] == r["step"]:  # not NaN
+            job["steps"].append(int(r["step"]))
     rows = []
-    for (config, seed), g in frame.groupby(["config", "seed"], sort=False):
-        x = g.iloc[0]
-        evals = ", ".join(f"{int(s):,}" for s in sorted(g["step"].dropna().unique())) or "none"
-        state = "not run" if x.status == MISSING else x.status
-        rows.append([Cell(config), Cell(int(seed), fmt="{:d}"), Cell(state),
-                     Cell(f"{int(x.last_step or 0):,}/{int(x.train_steps):,}"), Cell(evals),
-                     Cell(x.protocol if isinstance(x.protocol, str) else None), Cell(x.run_name if isinstance(x.run_name, str) else None),
-                     Cell(x.hash)])
+    for (config, seed), x in jobs.items():
+        text = lambda v: v if isinstance(v, str) else None  # noqa: E731
+        rows.append([Cell(config), Cell(seed, fmt="{:d}"), Cell("not run" if x["status"] == MISSING else x["status"]),
+                     Cell(f"{int(x['last_step'] or 0):,}/{int(x['train_steps']):,}"),
+                     Cell(", ".join(f"{s:,}" for s in sorted(set(x["steps"]))) or "none"),
+                     Cell(text(x["protocol"])), Cell(text(x["run_name"])), Cell(x["hash"])])
     return Table("runs", "Runs", ["configuration", "seed", "status", "last step", "evaluations", "protocol",
                                   "MLflow run", "config hash"], rows,
                  "Every job of the spec: FINISHED, RUNNING (in progress or died without a status), KILLED (stopped; "

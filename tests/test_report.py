@@ -1,0 +1,213 @@
+"""`fcdm-ablate report` and analysis.report: files, figures, atomic output, MLflow logging, bad input, and
+one end-to-end run on two tiny trained jobs (the only training in the analysis tests)."""
+import math
+import re
+from pathlib import Path
+
+import pytest
+from conftest import SMOKE, TINY
+from typer.testing import CliRunner
+
+from analysis import figures
+from analysis.aggregate import ReportError, View
+from analysis.collect import collect
+from analysis.report import build_report
+from analysis.synthetic import experiment, known_store_copy, log_run
+from fcdm.cli import app
+
+runner = CliRunner()
+SPEC = """name: {name}
+base: {smoke}
+default_profile: smoke
+axes:
+  model.args.kernel_size: [7, 3]
+seeds: {seeds}
+baseline: {{model.args.kernel_size: 7}}
+profiles:
+  smoke:
+    model.args.hidden_size: 8
+    model.args.depth: [1, 0, 1, 0, 1]
+    train.batch_size: 16
+    train.steps: 20
+    log.every: 5
+    log.checkpoint_every: 10
+    eval.at: [10, 20]
+    eval.num_samples: 50
+    eval.sampling_steps: 2
+    eval.grid_per_class: 1
+    eval.metrics: [fid]
+"""
+
+
+def make_config(*overrides):
+    from fcdm.config import load_config
+
+    return load_config(SMOKE, [*TINY, *overrides])
+
+
+def write_spec(folder: Path, name: str, seeds: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(SPEC.format(name=name, smoke=SMOKE, seeds=seeds))
+    return path
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory):
+    jobs, uri = known_store_copy(tmp_path_factory.getbasetemp() / "known-template", tmp_path_factory.mktemp("known"),
+                                 make_config)
+    return collect(jobs, uri)
+
+
+@pytest.fixture(scope="module")
+def spec_store(tmp_path_factory):
+    """A spec of 2 kernel sizes x 2 seeds and a synthetic store of its runs (FID at steps 10 and 20)."""
+    from mlflow import MlflowClient
+
+    from fcdm.spec import expand
+
+    root = tmp_path_factory.mktemp("spec")
+    spec = write_spec(root / "ablations", "tinyks", "[0, 1]")
+    store = root / "store"
+    store.mkdir()
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    exp = experiment(client, "tinyks", store)
+    fid = {(7, 0): [20, 10], (7, 1): [22, 12], (3, 0): [14, 8], (3, 1): [16, 9]}
+    for job in expand(spec):
+        values = fid[(job.axes["model.args.kernel_size"], job.seed)]
+        log_run(client, exp, job, {10: {"fid": values[0]}, 20: {"fid": values[1]}}, grids=True)
+    return spec, store
+
+
+def test_report_files_summary_and_self_contained_html(known, tmp_path):
+    out = tmp_path / "rep"
+    rep = build_report(known, out, "known", "smoke", baseline={"model.args.kernel_size": 7})
+    names = {p.relative_to(out).as_posix() for p in rep.files}
+    for stem in ("fid_vs_steps", "fid_vs_gflops", "fid_ablation", "fid_steps_to_match", "runs",
+                 "fid_vs_steps_protocol2"):
+        assert {f"tables/{stem}.{ext}" for ext in ("md", "tex", "csv")} <= names
+    for stem in ("fid_vs_steps", "fid_vs_compute", "fid_vs_gflops", "samples", "fid_vs_steps_protocol2"):
+        assert {f"figures/{stem}.png", f"figures/{stem}.pdf"} <= names
+    assert {"report.md", "report.html", "data.csv"} <= names
+    assert rep.counts == {"FINISHED": 9, "FAILED": 1, "RUNNING": 1, "MISSING": 1}
+    summary = "\n".join(rep.summary)
+    assert "**k=3** vs **k=7** (final FID 11.00 ± 1.00 at step 300, 3 seeds): reaches it at step 245 (1.22x fewer " \
+           "steps; 2.86x less training compute), reached by 3 of 3 seeds; its FID at step 300 is 2.00 better " \
+           "(Welch p = 0.0705: within the seed noise)." in summary
+    assert "**k=5** vs **k=7** (final FID 11.00 ± 1.00 at step 300, 3 seeds): does not reach it (best 33.50 at step " \
+           "300); its FID at step 300 is 22.50 worse (Welch p = " in summary
+    assert "**k=9** vs **k=7** (final FID 11.00 ± 1.00 at step 300, 3 seeds): reaches it at step at most 100 (at " \
+           "least 3.00x fewer steps" in summary
+    assert "**k=11**: no FID recorded under this protocol yet (seed 0 not run)" in summary
+    md = (out / "report.md").read_text()
+    assert "![fid_vs_steps](figures/fid_vs_steps.png)" in md and "No published rows are listed" in md
+    assert "Results under another protocol (2 of 2)" in md and "FID-1K vs digits-test" in md
+    html = (out / "report.html").read_text()
+    pngs = [p for p in names if p.endswith(".png")]
+    assert html.count('src="data:image/png;base64,') == len(pngs) == 7  # 3 figures per protocol + samples
+    assert not re.search(r'(src|href)="(?!data:)', html)  # nothing outside the file
+
+
+def test_figures_label_axes_and_draw_one_curve_per_configuration(known):
+    view = View.build(known, "fid", baseline={"model.args.kernel_size": 7})
+    fig = figures.steps_figure(view, "PROTO-TEXT")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "training steps (log scale)"
+    assert ax.get_ylabel() == "FID (lower is better; unitless)"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["k=7 (baseline)", "k=3", "k=5", "k=9"]  # configurations with a value under this protocol
+    assert len(ax.get_lines()) == 4 and any("PROTO-TEXT" in t.get_text() for t in fig.texts)
+    assert list(ax.get_lines()[1].get_xdata()) == [100, 200, 300]
+    assert list(ax.get_lines()[1].get_ydata()) == [26, 13, 9]
+    fig = figures.gflops_figure(view, "PROTO-TEXT")
+    assert "forward GFLOPs" in fig.axes[0].get_xlabel()
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][1] == "k=3 (0.003 M params)"
+    fig = figures.compute_figure(view, "PROTO-TEXT")
+    assert fig.axes[0].get_xlabel().startswith("training compute (GFLOP")
+    assert fig.axes[0].get_lines()[0].get_xdata()[-1] == pytest.approx(0.007 * 3 * 16 * 300)
+
+
+def test_a_failing_report_leaves_the_previous_one_untouched(known, tmp_path):
+    out = tmp_path / "rep"
+    build_report(known, out, "known", "smoke", formats=("md",))
+    before = (out / "report.md").read_text()
+    with pytest.raises(ReportError, match="baseline 'k=4' is not a configuration"):
+        build_report(known, out, "known", "smoke", baseline="k=4")
+    with pytest.raises(ReportError, match=r"--metric 'fdi' was not recorded .*recorded metrics: fid, is, precision"):
+        build_report(known, out, "known", "smoke", metric="fdi")
+    assert (out / "report.md").read_text() == before and not (out / "report.html").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]  # no temporary folder left behind
+
+
+def test_cli_report_of_a_spec_prints_writes_and_logs(spec_store):
+    from mlflow import MlflowClient
+
+    spec, store = spec_store
+    result = runner.invoke(app, ["report", str(spec), "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    out = store / "reports" / "tinyks-smoke"
+    assert "Ablation (FID, Table 6 layout)" in result.output and "wrote" in result.output
+    assert "kernel_size=3 vs kernel_size=7 (final FID 11.00 ± 1.41 at step 20, 2 seeds): reaches it at step 15 " \
+           "(1.31x fewer steps" in re.sub(r"\s+", " ", result.output)
+    assert (out / "report.html").is_file() and (out / "figures" / "samples.png").is_file()
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tinyks").experiment_id
+    reports = client.search_runs([exp], "tags.`fcdm.report` = 'tinyks-smoke'")
+    assert len(reports) == 1 and reports[0].info.status == "FINISHED"
+    logged = {a.path for a in client.list_artifacts(reports[0].info.run_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/tables", "report/figures"} <= logged
+    again = runner.invoke(app, ["report", str(spec), "--store", str(store), "--format", "csv", "--step", "10"])
+    assert again.exit_code == 0, again.output
+    assert len(client.search_runs([exp], "tags.`fcdm.report` = 'tinyks-smoke'")) == 1  # the same report run
+    assert not (out / "report.html").exists() and (out / "tables" / "fid_ablation.csv").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "md,pdf"], "--format 'md,pdf': pdf is not a report format; allowed values (comma-separated): "
+                             "md, tex, csv, html"),
+    (["--metric", "fdi"], "--metric 'fdi' was not recorded by any run of this report; recorded metrics: fid; "
+                          "pass one of those"),
+    (["--step", "7"], "--step 7: no run recorded fid at step 7; evaluation steps: 10, 20; pass one of those"),
+    (["--profile", "smokee"], "profiles: 'smokee': no such profile; did you mean 'smoke'? allowed values: smoke"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(spec_store, args, message):
+    spec, store = spec_store
+    result = runner.invoke(app, ["report", str(spec), "--store", str(store), "--out", str(store / "bad"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert not (store / "bad").exists()
+
+
+def test_cli_missing_spec_and_empty_stores(spec_store, tmp_path):
+    spec, store = spec_store
+    missing = runner.invoke(app, ["report", str(tmp_path / "nope.yaml"), "--store", str(store)])
+    assert missing.exit_code == 2 and "nope.yaml: no such spec file" in missing.output
+    empty = runner.invoke(app, ["report", str(spec), "--store", str(tmp_path / "empty")])
+    assert empty.exit_code == 2 and "no MLflow database at" in empty.output and "--store" in empty.output
+    assert not (tmp_path / "empty").exists()
+
+
+def test_end_to_end_two_trained_jobs_every_spec_in_the_store(tmp_path, monkeypatch):
+    """Train k=7 and k=3 for 20 steps (FID at 10 and 20), then `report` with no SPEC finds the spec by its
+    runs' tags in ./ablations and reports what the trainer really recorded."""
+    import pandas as pd
+
+    from fcdm.spec import expand
+    from fcdm.train import train
+
+    spec = write_spec(tmp_path / "ablations", "tinyks", "[0]")
+    store = tmp_path / "store"
+    for job in expand(spec):
+        assert train(job.config, store=store, progress=False).status == "FINISHED"
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["report", "--store", str(store), "--no-log"])
+    assert result.exit_code == 0, result.output
+    out = store / "reports" / "tinyks-smoke"
+    data = pd.read_csv(out / "data.csv")
+    assert sorted(data["config"].unique()) == ["kernel_size=3", "kernel_size=7"]
+    assert data.groupby("config")["step"].apply(list).tolist() == [[10, 20], [10, 20]]
+    assert data["fid"].notna().all() and (data["status"] == "FINISHED").all() and (data["params"] > 0).all()
+    assert not math.isnan(data["throughput"].iloc[0])
+    md = (out / "report.md").read_text()
+    assert "**kernel_size=3** vs **kernel_size=7**" in md and "![samples](figures/samples.png)" in md
+    assert "FID of 50 samples vs digits-test; digits-classifier features; euler sampler, 2 steps" in md
