@@ -399,7 +399,7 @@ def report(specs: Annotated[list[Path] | None, typer.Argument(help="Spec files (
     from analysis.aggregate import ReportError
     from analysis.render import to_rich
     from analysis.report import FORMATS
-    from analysis.specs import report_spec, specs_in_store
+    from analysis.specs import LogError, report_spec, specs_in_store
     from analysis.store import StoreError
     from fcdm.config import ConfigError
     from fcdm.spec import SpecError
@@ -441,10 +441,16 @@ def report(specs: Annotated[list[Path] | None, typer.Argument(help="Spec files (
             typer.echo(f"error: {e}", err=True)
             failed += 1
             continue
+        except LogError as e:  # the files are there; only MLflow did not take them
+            typer.echo(f"error: {e}", err=True)
+            failed += 1
+            continue
         if rep.main is not None:
             console.print(to_rich(rep.main))
-        for line in rep.summary:  # **bold** of the Markdown summary as terminal bold
+        for line in rep.summary[:20]:  # **bold** of the Markdown summary as terminal bold
             console.print("- " + re.sub(r"\*\*(.+?)\*\*", r"[bold]\1[/bold]", escape(line)))
+        if len(rep.summary) > 20:
+            console.print(f"- ... {len(rep.summary) - 20} more comparisons in {rep.out / 'report.md'}", markup=False)
         counts = ", ".join(f"{v} {'not run' if k == 'MISSING' else k.lower()}" for k, v in sorted(rep.counts.items()))
         console.print(f"{rep.spec} ({rep.profile}): {counts}; wrote {len(rep.files)} files to {rep.out}"
                       + (f"; logged to MLflow run {rep.run_id}" if rep.run_id else ""), markup=False)
