@@ -118,17 +118,14 @@ def _check_top(raw: dict, src: str) -> None:
 
 
 def _check_search(search: Any, src: str, profiles: list[str]) -> None:
-    try:
-        from .search_space import parse_search
-    except ImportError:  # sweep not installed in this checkout: check the shape only
-        if not isinstance(search, dict):
-            raise SpecError(f"{src}: search: {show(search)}: must be a mapping (see `fcdm-ablate sweep --help`)")
-        return
+    from .search_space import parse_search
+
     parse_search(search, src, None, profiles)  # every profile's variant of the search space
 
 
 def resolve_profile(spec: Spec, profile: str | None) -> str:
-    """The profile a command uses: the one asked for, else default_profile, else 'smoke'."""
+    """The profile a command uses: the one asked for, else default_profile, else 'smoke', else the only one
+    (a spec without profiles has the implicit profile 'default': its base as written)."""
     names = list(spec.profiles) or [IMPLICIT_PROFILE]
     if profile is None:
         profile = spec.default_profile or (DEFAULT_PROFILE if DEFAULT_PROFILE in names else None)
