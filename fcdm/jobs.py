@@ -168,12 +168,15 @@ class RunSummary:
 
     def render(self) -> str:
         """The end-of-run summary: counts, then one line per failed or unfinished job."""
+        n = len(self.outcomes)
+        if n and len(self.of("skipped")) == n:
+            return f"all {n} jobs already finished; nothing to train (--force retrains them)"
         resumed = sum(o.resumed_from is not None for o in self.of("finished"))
-        counts = [f"{len(self.of('finished'))} finished" + (f" ({resumed} resumed)" if resumed else ""),
-                  f"{len(self.of('skipped'))} skipped (already finished)"]
-        counts += [f"{len(self.of(s))} {label}" for s, label in (
-            ("elsewhere", "finished by another runner"), ("failed", "failed"),
-            ("stopped", "stopped (resume by rerunning)"), ("pending", "not started")) if self.of(s)]
+        counts = [f"{len(self.of(s))} {label}" + (f" ({resumed} resumed)" if s == "finished" and resumed else "")
+                  for s, label in (("finished", "finished"), ("skipped", "skipped (already finished)"),
+                                   ("elsewhere", "finished by another runner"), ("failed", "failed"),
+                                   ("stopped", "stopped (resume by rerunning)"), ("pending", "not started"))
+                  if self.of(s)]
         lines = [f"{len(self.outcomes)} jobs in {clock(self.seconds)}: {', '.join(counts)}"]
         for o in self.of("failed"):
             lines.append(f"  FAILED  {o.job.name} at step {o.step}: {o.reason or 'see the log'}  (log: {o.log})")

@@ -159,19 +159,6 @@ def test_trains_takes_over_a_dead_claim_reports_failures_and_skips_on_rerun(tmp_
     assert [o.state for o in ff.outcomes] == ["failed", "pending"] and _starts(store, later) == 0
 
 
-def test_force_retrains_in_a_new_run_and_trashes_the_old(tmp_path, tiny_config):
-    store = tmp_path / "store"
-    job = _job(tiny_config, "t", 3)
-    assert run_jobs([job], store, progress=False).ok
-    old = _runs_by_key(store)[job.key][0]
-    forced = run_jobs([job], store, force=True, progress=False)
-    assert [o.state for o in forced.outcomes] == ["finished"] and forced.outcomes[0].resumed_from is None
-    runs = _runs_by_key(store)[job.key]
-    assert len(runs) == 1 and runs[0].info.run_id != old.info.run_id and runs[0].info.status == "FINISHED"
-    assert client(store).get_run(old.info.run_id).info.lifecycle_stage == "deleted"  # restorable from the trash
-    assert "Resumed" not in (job_dir(store, job) / "train.log").read_text().split("\n=== ")[-1]
-
-
 def test_accelerate_launcher_runs_two_gloo_processes(tmp_path, tiny_config):
     store = tmp_path / "store"
     job = _job(tiny_config, "t", 3)
@@ -182,16 +169,25 @@ def test_accelerate_launcher_runs_two_gloo_processes(tmp_path, tiny_config):
     assert "accelerate.commands.launch" in (job_dir(store, job) / "train.log").read_text()
 
 
-def test_slurm_launcher_through_submitit_local_executor(tmp_path, tiny_config):
+def test_slurm_launcher_through_submitit_then_force_retrains_in_a_new_run(tmp_path, tiny_config):
     store = tmp_path / "store"
     job = _job(tiny_config, "t", 3)
     summary = run_jobs([job], store, launcher="slurm", launcher_options={"cluster": "local", "time": "0:10:00"},
                        progress=False)
     assert summary.ok, (job_dir(store, job) / "train.log").read_text()[-3000:]
-    assert _runs_by_key(store)[job.key][0].info.status == "FINISHED"
+    old = _runs_by_key(store)[job.key][0]
+    assert old.info.status == "FINISHED"
     h = claims.holder(store, job.key)
     assert h.state == "released" and h.pid != os.getpid() and h.note.startswith("slurm job")  # the job adopted it
     assert any((store / "slurm").rglob("*_submitted.pkl"))
+
+    # --force: trained again from step 0 into a new run; the old run goes to MLflow's trash.
+    forced = run_jobs([job], store, force=True, progress=False)
+    assert [o.state for o in forced.outcomes] == ["finished"] and forced.outcomes[0].resumed_from is None
+    runs = _runs_by_key(store)[job.key]
+    assert len(runs) == 1 and runs[0].info.run_id != old.info.run_id and runs[0].info.status == "FINISHED"
+    assert client(store).get_run(old.info.run_id).info.lifecycle_stage == "deleted"  # restorable from the trash
+    assert "Resumed" not in (job_dir(store, job) / "train.log").read_text().split("\n=== ")[-1]
 
 
 # -- `fcdm-ablate run` processes --------------------------------------------------------------------------
@@ -233,8 +229,8 @@ def test_sigint_and_sigkill_then_rerun_resume_the_interrupted_job(tmp_path):
     from fcdm.spec import expand
     from fcdm.tracking import checkpoint_dir
 
-    # Job 1 is short (20 steps) and finishes first; job 2 (150 steps) is the one interrupted.
-    spec = _spec(tmp_path / "t.yaml", "kill", [], zip=[{"model.args.kernel_size": [3, 5], "train.steps": [20, 150]}])
+    # Job 1 is short (20 steps) and finishes first; job 2 (60 steps, a checkpoint every 5) is interrupted.
+    spec = _spec(tmp_path / "t.yaml", "kill", [], zip=[{"model.args.kernel_size": [3, 5], "train.steps": [20, 60]}])
     store = tmp_path / "store"
     first, second = expand(spec, "smoke")
     ckpt = checkpoint_dir(store, second.config)
