@@ -134,7 +134,7 @@ def main() -> None:
     best, best_cpu = min(cli), min(cpu)
     verdict = "meets" if best < TARGET_S else "misses"
     section = (f"\n## {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC - `report` on 500 runs x 8 evaluations\n\n"
-               f"- Command: `python bench/report.py{' --record' if args.record else ''}`\n"
+               f"- Command: `python bench/report.py {' '.join(sys.argv[1:])}`\n"
                f"- Machine: {machine()}\n"
                f"- 1-minute load average: {load_before:.2f} before the run"
                f"{f' (after waiting {waited:.0f} s)' if waited else ''}, {load_after:.2f} at the end\n"
