@@ -1,6 +1,11 @@
 """A job: one run configuration of an ablation spec, at one seed, as the runner, `plan`, `sweep` and
 `report` see it. A job's identity is its run's: (configuration hash, seed), never its name, so a
 configuration shared by two specs is one run, trained once, and listed by both.
+
+Also here: what the store says about a job (`job_status`: new | partial | finished | failed |
+running elsewhere, read without torch or MLflow, so `plan` can call it for every job), where the
+runner keeps a job's files (`<store>/jobs/<hash>-s<seed>/`: config.yaml, train.log, runner.json),
+and how a job ended in one `run` (JobOutcome) with the run's summary (RunSummary).
 """
 from __future__ import annotations
 
