@@ -66,6 +66,8 @@ def one(workers: int, params: list[dict]) -> dict:
         summary = execute(sweep, workers=workers)
         t2 = time.perf_counter()
         trials = sweep.study.get_trials(deepcopy=False)
+        if summary.interrupted or not all("job_seconds" in t.user_attrs for t in trials):
+            raise SystemExit(f"interrupted, or a trial did not train to the end: {summary.counts}")
         overhead = [(t.datetime_complete - t.datetime_start).total_seconds() - t.user_attrs["job_seconds"]
                     for t in trials if "job_seconds" in t.user_attrs]
         return {"workers": workers, "trials": len(trials), "complete": summary.counts.get("COMPLETE", 0),

@@ -222,6 +222,8 @@ def test_cli_ui_optuna_without_the_dashboard_says_how_to_install(monkeypatch, tm
     ({"metric": "fid", "params": {"model.args.kernel_size": [3]}}, ["--storage", "journal:/nonexistent/j.log"],
      r"--storage journal:/nonexistent/j\.log: the folder /nonexistent does not exist"),
     ({"metric": "fid", "params": {"train.lr": [1.0e-3]}}, ["--study", "a b"], r"--study 'a b': use letters, digits"),
+    ({"metric": "fid", "params": {"train.lr": [1.0e-3]}}, ["--set", "train.lrr=1"],
+     r"--set train\.lrr=1: unknown config key; did you mean 'train\.lr'\?"),
     ({"metric": "fid", "params": {"train.lr": [1.0e-3]}, "axes": {"model.args.kernel_size": [3, 5]}}, [],
      r"axes: 2 grid points .*a sweep searches around ONE configuration"),
 ])
