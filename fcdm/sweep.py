@@ -46,6 +46,7 @@ class Sweep:
     sampler: str
     pruner: str
     experiment: str
+    heartbeat: bool = False  # the storage fails and retries trials of dead workers
 
 
 def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | None = None,
@@ -65,8 +66,9 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
                          "and files), e.g. --study kernel-lr-2")
     spec = spec_path if isinstance(spec_path, Spec) else load_spec(spec_path)
     if not spec.search:
-        raise SpecError(f"{spec.source}: search: (missing): `sweep` needs a search section, e.g. search: {{metric: fid, "
-                        "params: {model.args.kernel_size: [3, 5, 7]}}; or use `fcdm-ablate run` for a grid")
+        raise SpecError(f"{spec.source}: search: (missing): `sweep` needs a search section, e.g. "
+                        "search: {metric: fid, params: {model.args.kernel_size: [3, 5, 7]}}; or use "
+                        "`fcdm-ablate run` for a grid")
     profile = resolve_profile(spec, profile)
     space = parse_search(spec.search, spec.source, profile, list(spec.profiles))
     make_launcher(launcher, launcher_options)  # a bad launcher option fails now, not in every trial
@@ -108,7 +110,8 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
     study = open_study(make_storage(url, heartbeat), ctx.study_name, space, make_sampler(sampler, space, trials),
                        pruner_obj, spec.name, profile)
     experiment = base_cfg.log.experiment or spec.name
-    return Sweep(ctx, study, redact(url), trials, sampler, pruner, experiment)
+    return Sweep(ctx, study, redact(url), trials, sampler, pruner, experiment,
+                 heartbeat=bool(heartbeat) and not url.startswith("journal:"))
 
 
 def flat_config(cfg) -> dict[str, Any]:
@@ -155,7 +158,7 @@ def run_sweep(spec_path: str | Path = DEFAULT_SPEC, *, workers: int = 1, timeout
               log_study: bool = True, **options) -> SweepSummary:
     """Run the study to its trial target with `workers` concurrent trials; returns the summary (also
     logged as the study's MLflow run). options: those of `prepare`. Ctrl-C (or setting `stop`) stops
-    the trials' jobs at a checkpoint and re-queues them; SweepInterrupted is raised afterwards."""
+    the trials' jobs at a checkpoint and re-queues them; the summary then says `interrupted`."""
     if workers < 1:
         raise SweepError(f"--workers {workers} is invalid: give 1 or more")
     stop = stop or threading.Event()
@@ -164,8 +167,7 @@ def run_sweep(spec_path: str | Path = DEFAULT_SPEC, *, workers: int = 1, timeout
 
 
 def execute(sweep: Sweep, workers: int = 1, timeout: float | None = None, log_study: bool = True) -> SweepSummary:
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
+    """Run the prepared study's trials with `workers` threads until its target; the summary of the study."""
     from .launchers import cpu_count, detect_gpus, make_launcher, slot_env
     from .sweep_trial import slot
 
@@ -182,7 +184,7 @@ def execute(sweep: Sweep, workers: int = 1, timeout: float | None = None, log_st
     envs = [{} if ctx.launcher == "slurm" else slot_env(i, workers, gpus, cpus, procs) for i in range(workers)]
     ctx.log(f"study {study.study_name!r} in {sweep.storage_label}: target {sweep.target} trials, sampler "
             f"{sweep.sampler}, pruner {sweep.pruner}, {workers} worker(s), profile {ctx.profile}")
-    budget = Budget(study, sweep.target, timeout, ctx.stop, is_heartbeat_enabled(study._storage), ctx.log)
+    budget = Budget(study, sweep.target, timeout, ctx.stop, sweep.heartbeat, ctx.log)
     errors: list[BaseException] = []
 
     def objective(trial):

@@ -82,7 +82,8 @@ def format_summary(s: SweepSummary) -> str:
             params = " ".join(f"{k}={f'{v:.6g}' if isinstance(v, float) else v}" for k, v in r.params.items())
             reused = ", reused" if r.reused else ""
             lines.append(f"  trial {r.number}: {values}  {params}")
-            lines.append(f"    run {r.run_name or '?'} ({r.run_id or '?'}{reused}); config {r.config_hash}: {r.config_path}")
+            lines.append(f"    run {r.run_name or '?'} ({r.run_id or '?'}{reused}); "
+                         f"config {r.config_hash}: {r.config_path}")
     if s.study_run_id:
         lines.append(f"study run {s.study_run_id}: {', '.join(s.artifacts)}")
     lines += [f"note: {n}" for n in s.notes]

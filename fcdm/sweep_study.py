@@ -61,7 +61,8 @@ def make_storage(url: str, heartbeat: int | None = 60):
 
         path = Path(url.removeprefix("journal:")).expanduser()
         if not path.parent.is_dir():
-            raise SweepError(f"--storage {url}: the folder {path.parent} does not exist; create it or pass another path")
+            raise SweepError(f"--storage {url}: the folder {path.parent} does not exist; create it or pass "
+                             "another path")
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -71,10 +72,11 @@ def make_storage(url: str, heartbeat: int | None = 60):
     kwargs = {}
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental" since 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
             if heartbeat:
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
                 kwargs = dict(heartbeat_interval=heartbeat, grace_period=max(2 * heartbeat, heartbeat + 5),
-                              heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+                              heartbeat_stale_trial_callback=retry)
             from sqlalchemy.exc import DBAPIError
 
             try:
@@ -162,11 +164,12 @@ def open_study(storage, name: str, space: SearchSpace, sampler, pruner, spec_nam
             study.set_user_attr(k, v)
         found = expected
     diff = [k for k in expected if found.get(k) != expected[k]]
-    if diff or [d.name.lower() for d in study.directions] != space.directions:
-        what = diff[0].removeprefix("fcdm.") if diff else "objective directions"
-        raise SweepError(f"study {name!r} already exists in this storage with another {what} ({found.get(diff[0]) if diff else [d.name.lower() for d in study.directions]!r}, "
-                         f"now {expected[diff[0]] if diff else space.directions!r}); pass --study NEW_NAME for a new "
-                         "study, or restore the spec's search section")
+    directions = [d.name.lower() for d in study.directions]
+    if diff or directions != space.directions:
+        what, was, now = ((diff[0].removeprefix("fcdm."), found.get(diff[0]), expected[diff[0]]) if diff
+                          else ("objective directions", directions, space.directions))
+        raise SweepError(f"study {name!r} already exists in this storage with another {what} ({was!r}, now "
+                         f"{now!r}); pass --study NEW_NAME for a new study, or restore the spec's search section")
     return study
 
 
@@ -178,7 +181,8 @@ class Budget:
 
     def __init__(self, study, target: int, timeout: float | None, stop: threading.Event, heartbeat: bool,
                  log: Callable[[str], None], poll: float = 2.0):
-        self.study, self.target, self.stop, self.heartbeat, self.log, self.poll = study, target, stop, heartbeat, log, poll
+        self.study, self.target, self.stop, self.heartbeat = study, target, stop, heartbeat
+        self.log, self.poll = log, poll
         self.deadline = time.monotonic() + timeout if timeout is not None else None
         self.lock = threading.Lock()
         self.local = threading.local()
