@@ -320,3 +320,14 @@ def test_digits_weights_file_is_checked_and_digested_by_its_tensors(cache_dir, c
     b = compute_metrics(samples[:100], sample_labels[:100], cache_dir=cache_dir, metrics=("fid",), fid_weights=changed)
     assert a == default
     assert abs(b["fid"] - a["fid"]) > 1e-3 * a["fid"], (a, b)
+
+
+def test_classify_trains_the_classifier_on_first_use_from_an_empty_cache(tmp_path):
+    """`classify` runs under no_grad; training the classifier on first use must still get gradients."""
+    import numpy as np
+
+    from fcdm.metrics.digits_classifier import classify
+
+    labels = classify(np.zeros((3, 8, 8, 1), np.uint8), cache_dir=tmp_path)
+    assert labels.shape == (3,) and labels.dtype == np.int64 and ((labels >= 0) & (labels < 10)).all()
+    assert list(tmp_path.iterdir()), "the trained classifier is cached"

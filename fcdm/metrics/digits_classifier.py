@@ -116,7 +116,8 @@ def _train(epochs: int = 20, batch_size: int = 32, lr: float = 3e-3) -> tuple[Di
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
     # fork_rng keeps the caller's global RNG stream untouched; one thread fixes the reduction order.
-    with torch.random.fork_rng(devices=[]):
+    # enable_grad: the first use may come from inside a no_grad caller (e.g. `classify`).
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(SEED)
         torch.set_num_threads(1)
         try:
