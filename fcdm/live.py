@@ -54,13 +54,16 @@ class LiveView:
 
     def event(self, message: str) -> None:
         """A line above the live panel (or a plain line without one)."""
-        if self._live is not None:
-            from rich.markup import escape
+        try:
+            if self._live is not None:
+                from rich.markup import escape
 
-            # Not markup=False: those print options would also apply to the live panel redrawn after it.
-            self._live.console.print(escape(message))
-        else:
-            print(message, flush=True)
+                # Not markup=False: those print options would also apply to the live panel redrawn after it.
+                self._live.console.print(escape(message))
+            else:
+                print(message, flush=True)
+        except OSError:  # the terminal went away (SIGHUP): the jobs still checkpoint and stop cleanly
+            self.enabled = False
 
     def update(self, rows: list[Row], counts: dict[str, int], steps_done: int, note: str = "") -> None:
         self._rows, self._counts, self._steps_done, self._note = rows, counts, steps_done, note
