@@ -3,6 +3,7 @@ orchestration overhead of `fcdm-ablate run` against training the same configs on
 
     python bench/run.py                      # jobs 1 and 2, one repeat, print only
     python bench/run.py --jobs 1 2 3 --record
+    python bench/run.py --set train.steps=60 --set eval.num_samples=100   # a scaled-down spec (busy machine)
 
 Each measurement starts from an empty store (a temporary directory) and times, wall clock, a real
 command in a subprocess, as a user would type it:
@@ -42,11 +43,11 @@ def _timed(cmd: list[str]) -> float:
     return wall
 
 
-def sequential(spec: Path, profile: str | None) -> float:
+def sequential(spec: Path, profile: str | None, sets: list[str]) -> float:
     """`fcdm-ablate train` for each job, one after another, in a fresh store."""
     from fcdm.spec import expand
 
-    jobs = expand(spec, profile)
+    jobs = expand(spec, profile, sets)
     with tempfile.TemporaryDirectory() as tmp:
         configs = []
         for i, job in enumerate(jobs):
@@ -59,11 +60,12 @@ def sequential(spec: Path, profile: str | None) -> float:
         return time.perf_counter() - t0
 
 
-def run(spec: Path, profile: str | None, jobs: int) -> tuple[float, float]:
+def run(spec: Path, profile: str | None, jobs: int, sets: list[str]) -> tuple[float, float]:
     """(wall of `run --jobs N` in a fresh store, wall of the rerun that finds everything finished)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [*CLI, "run", str(spec), "--store", str(Path(tmp) / "store"), "--no-progress", "--jobs", str(jobs)]
         cmd += ["--profile", profile] if profile else []
+        cmd += [a for kv in sets for a in ("--set", kv)]
         return _timed(cmd), _timed(cmd)
 
 
@@ -74,6 +76,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="--jobs values to time")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-sequential", action="store_true", help="skip the sequential baseline")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="override in every job, as run --set")
     add_common_args(parser)
     args = parser.parse_args()
 
@@ -82,10 +85,10 @@ def main() -> None:
     rows = []
     for rep in range(args.repeats):
         if not args.no_sequential:
-            rows.append(("sequential `fcdm-ablate train` x jobs", rep, sequential(args.spec, args.profile), None))
+            rows.append(("sequential `fcdm-ablate train` x jobs", rep, sequential(args.spec, args.profile, args.sets), None))
             print(f"  repeat {rep}: sequential {rows[-1][2]:.1f} s (load {load1():.2f})")
         for n in args.jobs:
-            wall, rerun = run(args.spec, args.profile, n)
+            wall, rerun = run(args.spec, args.profile, n, args.sets)
             rows.append((f"`fcdm-ablate run --jobs {n}`", rep, wall, rerun))
             print(f"  repeat {rep}: run --jobs {n}: {wall:.1f} s, rerun {rerun:.1f} s (load {load1():.2f})")
 
@@ -105,9 +108,10 @@ def main() -> None:
     overhead = f"orchestration overhead (run --jobs 1 vs sequential): {(one / seq - 1) * 100:+.1f}%" if seq and one else ""
     print(table + "\n" + overhead)
     if args.record:
+        sets = "".join(f" --set {kv}" for kv in args.sets)
         record(f"\n## Job runner: {args.spec.name} ({args.profile or 'default profile'}), "
                f"{datetime.date.today()}\n\n`python bench/run.py --jobs {' '.join(map(str, args.jobs))} --repeats "
-               f"{args.repeats}`; {machine()}; load before timing {seen:.2f}; one fresh store per command.\n\n"
+               f"{args.repeats}{sets}`; {machine()}; load before timing {seen:.2f}; one fresh store per command.\n\n"
                f"{table}\n\n{overhead}\n")
 
 
