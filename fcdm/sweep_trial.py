@@ -143,7 +143,7 @@ def run_trial(ctx: TrialContext, trial, on_start: Callable[[], None] = lambda: N
         trial.set_user_attr("error", outcome.reason or outcome.state)
         raise TrialFailed(f"training {outcome.state}: {outcome.reason or 'no reason given'}"
                           + (f"; log: {outcome.log}" if outcome.log else ""))
-    run_ = _find_run(ctx, job)
+    run_ = _find_run(ctx, job, outcome.run_id)
     values = objective_values(ctx, run_, job)
     trial.set_user_attr("run_id", run_.info.run_id)
     trial.set_user_attr("job_seconds", round(outcome.seconds, 3))  # the job's own time; the rest is the sweep's
@@ -198,9 +198,12 @@ def _client(ctx: TrialContext):
     return _clients[ctx.tracking_uri]
 
 
-def _find_run(ctx: TrialContext, job):
+def _find_run(ctx: TrialContext, job, run_id: str | None = None):
+    """The job's MLflow run: by id when the runner knows it, else by (hash, seed)."""
     from .tracking import Tracker
 
+    if run_id:
+        return _client(ctx).get_run(run_id)
     run = Tracker(ctx.store, ctx.tracking_uri).find(job.hash, job.seed)
     if run is None:
         raise TrialFailed(f"config {job.hash} seed {job.seed} finished in {ctx.store} but has no MLflow run in "
