@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .collect import MISSING, higher_is_better, metric_name
-from .stats import Summary, summarize
+from analysis.collect import MISSING, higher_is_better, metric_name
+from analysis.stats import Summary, summarize
 
 EVAL_DESCRIBE = ("eval.num_samples", "eval.reference", "eval.extractor", "eval.sampler", "eval.sampling_steps",
                  "eval.cfg_scale", "eval.guided_channels", "eval.precision", "eval.seed")

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .store import TAG_HASH, TAG_SEED, TRAINING_METRICS, read_store
+from analysis.store import TAG_HASH, TAG_SEED, TRAINING_METRICS, read_store
 
 FRAME_COLUMNS = ["spec", "profile", "config", "variant", "axes", "hash", "seed", "job", "run_id", "experiment_id",
                  "run_name", "status", "last_step", "train_steps", "model", "params", "gflops", "batch_size",

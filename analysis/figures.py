@@ -18,9 +18,9 @@ matplotlib.use("Agg")  # never a display: reports are written on servers and in 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .aggregate import View  # noqa: E402
-from .stats import summarize  # noqa: E402
-from .tables import flop_unit, metric_name  # noqa: E402
+from analysis.aggregate import View  # noqa: E402
+from analysis.stats import summarize  # noqa: E402
+from analysis.tables import flop_unit, metric_name  # noqa: E402
 
 MAX_MONTAGE = 48  # sample grids in one montage; more would be unreadable (the caption says so)
 LEGEND_MAX = 20

@@ -7,7 +7,7 @@ import html
 import re
 from pathlib import Path
 
-from .render import to_html
+from analysis.render import to_html
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}

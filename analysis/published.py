@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .tables import Cell, Table
+from analysis.tables import Cell, Table
 
 CSV = Path(__file__).with_name("reference") / "published.csv"
 # Which published rows sit beside which spec (by the csv's `source` column): the table each spec

@@ -12,8 +12,8 @@ import io
 import math
 import re
 
-from .stats import Summary
-from .tables import Cell, Table
+from analysis.stats import Summary
+from analysis.tables import Cell, Table
 
 
 def _num(fmt: str, v) -> str:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import figures, tables
-from .aggregate import ReportError, View, describe_protocol, protocol_keys, protocols
-from .collect import MISSING, metric_columns
-from .published import published_table
-from .render import WRITERS, to_markdown
-from .stats import welch
+from analysis import figures, tables
+from analysis.aggregate import ReportError, View, describe_protocol, protocol_keys, protocols
+from analysis.collect import MISSING, metric_columns
+from analysis.published import published_table
+from analysis.render import WRITERS, to_markdown
+from analysis.stats import welch
 
 FORMATS = ("md", "tex", "csv", "html")
 REPORT_TAG = "fcdm.report"  # "<spec>-<profile>" on the report run (never fcdm.config_hash: it is no job)
@@ -68,7 +68,7 @@ def build_report(frame: pd.DataFrame, out: Path, spec: str, profile: str, metric
         md = _markdown(rep, frame, sections, metric, title)
         (tmp / "report.md").write_text(md)
         if "html" in formats:
-            from .html import to_html_document
+            from analysis.html import to_html_document
 
             (tmp / "report.html").write_text(to_html_document(rep, sections, tmp, title or _title(rep)))
         _replace_dir(tmp, out)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .report import FORMATS, Report, build_report
-from .store import read_tags, spec_names
+from analysis.report import FORMATS, Report, build_report
+from analysis.store import read_tags, spec_names
 
 REPORT_TAG = "fcdm.report"  # "<spec>-<profile>" on the report run; it has no fcdm.config_hash: it is no job
 ROOT_ABLATIONS = Path(__file__).resolve().parents[1] / "ablations"
@@ -65,7 +65,7 @@ def report_spec(spec, profile: str | None = None, store=None, tracking_uri: str 
     (default `<store>/reports/<spec>-<profile>/`); with `log`, log the files to the spec's experiment."""
     from fcdm.tracking import resolve_store, resolve_tracking_uri
 
-    from .collect import collect_spec
+    from analysis.collect import collect_spec
 
     store = resolve_store(store)
     uri = resolve_tracking_uri(store, tracking_uri)

@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .aggregate import View
-from .collect import MISSING, base_metric, metric_name
-from .stats import Summary, first_crossing, summarize, welch
+from analysis.aggregate import View
+from analysis.collect import MISSING, base_metric, metric_name
+from analysis.stats import Summary, first_crossing, summarize, welch
 
 COMPANIONS = ("is", "precision", "recall")
 

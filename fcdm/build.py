@@ -10,11 +10,11 @@ import difflib
 import inspect
 from typing import Any
 
-from .config import ConfigError, RunConfig, canonical
+from fcdm.config import ConfigError, RunConfig, canonical
 
 
 def _family(name: str):
-    from .models import FAMILIES, family_of
+    from fcdm.models import FAMILIES, family_of
 
     try:
         return FAMILIES[family_of(name)]
@@ -29,7 +29,7 @@ def _constructor_args(cls) -> dict[str, inspect.Parameter]:
 
 def check_model_args(name: str, args: dict[str, Any]) -> None:
     """Raise ValueError (a config validation message) for a preset or argument the family does not know."""
-    from .models import PRESETS
+    from fcdm.models import PRESETS
 
     if name not in PRESETS:
         guess = difflib.get_close_matches(name, list(PRESETS), n=1)
@@ -49,7 +49,7 @@ def model_kwargs(cfg: RunConfig, dataset=None) -> dict:
     dataset: only for checkpoints of older versions whose stored config does not declare the data shape;
     anything with `channels`, `image_size` and `num_classes` attributes.
     """
-    from .models import family_of, preset_kwargs
+    from fcdm.models import family_of, preset_kwargs
 
     channels, size, _ = cfg.data_shape
     num_classes = cfg.num_classes
@@ -87,7 +87,7 @@ def resolved_model_kwargs(cfg: RunConfig) -> dict:
 
 def build_model(cfg: RunConfig, dataset=None):
     """The denoiser of a config (an nn.Module); bad model settings raise ConfigError."""
-    from .models import create_model
+    from fcdm.models import create_model
 
     try:
         return create_model(cfg.model.name, **model_kwargs(cfg, dataset))
@@ -97,7 +97,7 @@ def build_model(cfg: RunConfig, dataset=None):
 
 def build_dataset(cfg: RunConfig, split: str = "train"):
     """The training data of a config; a shape or class count that differs from the declared one is a ConfigError."""
-    from .data import build_dataset as _build
+    from fcdm.data import build_dataset as _build
 
     d = cfg.data
     if d.name == "digits":
@@ -130,7 +130,7 @@ def build_dataset(cfg: RunConfig, split: str = "train"):
 
 def data_info(cfg: RunConfig, dataset) -> dict:
     """What a model needs to know about its data, and what the data is; stored in checkpoints."""
-    from .data.identity import data_identity
+    from fcdm.data.identity import data_identity
 
     return {"channels": dataset.channels, "image_size": dataset.image_size, "num_classes": dataset.num_classes,
             "identity": data_identity(cfg.data.name, cfg.data.path, cfg.image_size, cfg.data.hflip)}
@@ -138,6 +138,6 @@ def data_info(cfg: RunConfig, dataset) -> dict:
 
 def build_objective(cfg: RunConfig):
     """The objective with the config's resolved settings (the same values the hash covers)."""
-    from .diffusion import create_objective
+    from fcdm.diffusion import create_objective
 
     return create_objective(cfg.objective.name, **cfg.objective_settings())

@@ -26,7 +26,7 @@ class TableFormat(str, Enum):
 @app.command()
 def models(fmt: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table):
     """List every FCDM and DiT preset with parameters and GFLOPs at 256 and 512 px."""
-    from . import model_table
+    from fcdm import model_table
 
     rows = model_table.preset_rows()
     if fmt is TableFormat.csv:
@@ -63,11 +63,11 @@ def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. abl
           store: StoreOption = None, tracking_uri: TrackingOption = None,
           progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True):
     """Train one run configuration; rerunning it resumes (or skips a finished run)."""
-    from .checkpoint import CheckpointError
-    from .config import ConfigError, load_config
-    from .data import DataError
-    from .metrics import MetricsError
-    from .train import TrainingDiverged, TrainingInterrupted, train as run_training
+    from fcdm.checkpoint import CheckpointError
+    from fcdm.config import ConfigError, load_config
+    from fcdm.data import DataError
+    from fcdm.metrics import MetricsError
+    from fcdm.train import TrainingDiverged, TrainingInterrupted, train as run_training
 
     try:
         cfg = load_config(config, set_ or [])
@@ -85,7 +85,7 @@ def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. abl
     if result.status == "SKIPPED":
         typer.echo(f"{cfg.name}: already finished at step {result.step} ({result.checkpoint_dir})")
     else:
-        from .tracking import run_name
+        from fcdm.tracking import run_name
 
         typer.echo(f"{cfg.name}: {result.status} at step {result.step}, loss {result.final_loss:.4f}, "
                    f"run {run_name(cfg)} ({result.run_id})")
@@ -102,11 +102,11 @@ def sample(run: Annotated[str, typer.Argument(help="MLflow run id or run name.")
 
     Writes OUT/samples.npz (arr_0: uint8 N x H x W x C, labels: the classes) and OUT/grid.png.
     """
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .runs import open_run
-    from .sampling import write_samples
-    from .tracking import RunNotFoundError
+    from fcdm.checkpoint import CheckpointError
+    from fcdm.config import ConfigError
+    from fcdm.runs import open_run
+    from fcdm.sampling import write_samples
+    from fcdm.tracking import RunNotFoundError
 
     try:
         trained = open_run(run, store, tracking_uri, step)
@@ -129,12 +129,12 @@ def evaluate(run: Annotated[str, typer.Argument(help="MLflow run id or run name.
              export_npz: Annotated[Path | None, typer.Option(help="Also write the samples as ADM's evaluator reads them.")] = None,
              store: StoreOption = None, tracking_uri: TrackingOption = None):
     """Measure FID, IS, KID and precision/recall of a run's checkpoint and log them into the same run."""
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .evaluate import evaluate_run
-    from .metrics import MetricsError
-    from .tracking import RunNotFoundError
+    from fcdm.checkpoint import CheckpointError
+    from fcdm.config import ConfigError
+    from fcdm.data import DataError
+    from fcdm.evaluate import evaluate_run
+    from fcdm.metrics import MetricsError
+    from fcdm.tracking import RunNotFoundError
 
     try:
         values, run_id = evaluate_run(run, store, tracking_uri, step, export_npz, num_samples=num_samples,
@@ -157,7 +157,7 @@ def prepare_latents(image_dir: Annotated[Path, typer.Argument(help="Image folder
                     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
                     flip: Annotated[bool, typer.Option(help="Store horizontal flips as a second copy.")] = True):
     """Encode an image folder into SD-VAE latents (x 0.18215) for the paper profile."""
-    from .data import DataError, prepare_latents as _prepare
+    from fcdm.data import DataError, prepare_latents as _prepare
 
     try:
         path = _prepare(image_dir, out, vae, resolution=resolution, batch_size=batch_size, device=device, flip=flip)
@@ -175,13 +175,13 @@ def plan(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablation
          set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key in every job: --set data.path=DIR.")] = None,
          store: StoreOption = None):
     """Show a spec's jobs, their GFLOPs, training compute and status, without running or writing anything."""
-    from .spec import SpecError, expand, load_spec, resolve_profile
+    from fcdm.spec import SpecError, expand, load_spec, resolve_profile
 
     try:
         parsed = load_spec(spec)
         chosen = resolve_profile(parsed, profile)
         job_list = expand(parsed, chosen, set_ or [])
-        from . import plan as planning
+        from fcdm import plan as planning
 
         rows = planning.plan_rows(job_list, store)
     except SpecError as e:
@@ -234,10 +234,10 @@ def run(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablations
         store: StoreOption = None, tracking_uri: TrackingOption = None,
         progress: Annotated[bool, typer.Option(help="Show the live progress view.")] = True):
     """Run every job of an ablation spec: skip finished, resume partial, share the work with other runners."""
-    from .config import ConfigError
-    from .launchers import LauncherError, launcher_options
-    from .runner import run_jobs
-    from .spec import SpecError, expand, load_spec
+    from fcdm.config import ConfigError
+    from fcdm.launchers import LauncherError, launcher_options
+    from fcdm.runner import run_jobs
+    from fcdm.spec import SpecError, expand, load_spec
 
     try:
         parsed = load_spec(spec)
@@ -268,7 +268,7 @@ def ui(port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0
                                                    "optuna.db).")] = None):
     """Start the MLflow UI on the store (127.0.0.1) and print the URL of each spec's training-runs table."""
     if optuna_:
-        from .sweep import SweepError, open_dashboard
+        from fcdm.sweep import SweepError, open_dashboard
 
         try:
             open_dashboard(storage, port, store, log=typer.echo)
@@ -277,11 +277,11 @@ def ui(port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0
         except KeyboardInterrupt:
             pass
         return
-    from .ui import UIError, start_ui
+    from fcdm.ui import UIError, start_ui
 
     name = spec
     if spec and spec.endswith((".yaml", ".yml")):
-        from .spec import SpecError, load_spec
+        from fcdm.spec import SpecError, load_spec
 
         try:
             name = load_spec(spec).name
@@ -350,10 +350,10 @@ def sweep(spec: Annotated[Path, typer.Argument(help="Spec with a `search` sectio
     if not optuna_:
         _fail("choose a search engine: --optuna (the only one so far: Optuna samplers tpe|random|grid|nsga2|cmaes, "
               "pruners median|hyperband|none), e.g. fcdm-ablate sweep --optuna --trials 20")
-    from .config import ConfigError
-    from .launchers import LauncherError, launcher_options
-    from .spec import SpecError, load_spec
-    from .sweep import SweepError, format_summary, run_sweep
+    from fcdm.config import ConfigError
+    from fcdm.launchers import LauncherError, launcher_options
+    from fcdm.spec import SpecError, load_spec
+    from fcdm.sweep import SweepError, format_summary, run_sweep
 
     try:
         parsed = load_spec(spec)

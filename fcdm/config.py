@@ -128,7 +128,7 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        from .diffusion import SAMPLERS
+        from fcdm.diffusion import SAMPLERS
 
         d, o = self.data, self.objective
         if d.name != "digits" and not d.path:
@@ -163,7 +163,7 @@ class RunConfig(_Section):
             raise ValueError(f"eval.cfg_scale={self.eval.cfg_scale:g} needs a class-conditional model, but "
                              f"model.args.conditioning={self.model.args['conditioning']!r} has no class input, so "
                              "guidance would only double the sampling cost; set eval.cfg_scale: 1.0")
-        from .build import check_model_args
+        from fcdm.build import check_model_args
 
         check_model_args(self.model.name, self.model.args)
         return self
@@ -235,9 +235,9 @@ class RunConfig(_Section):
         For latent data this reads the dataset's fingerprint (headers, meta.json, a few rows; cached), so
         missing files raise fcdm.data.DataError; `try_hash` answers None instead.
         """
-        from .build import resolved_model_kwargs
-        from .data.identity import data_identity
-        from .models import family_of
+        from fcdm.build import resolved_model_kwargs
+        from fcdm.data.identity import data_identity
+        from fcdm.models import family_of
 
         d = self.data
         return canonical({
@@ -257,7 +257,7 @@ class RunConfig(_Section):
 
     def try_hash(self) -> str | None:
         """The hash, or None when it needs data files that are missing or unreadable (e.g. `plan` on a laptop)."""
-        from .data import DataError
+        from fcdm.data import DataError
 
         try:
             return self.hash

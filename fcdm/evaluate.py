@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .config import RunConfig
-from .sampling import generate, is_unconditional, make_decoder, sample_labels, to_uint8
+from fcdm.config import RunConfig
+from fcdm.sampling import generate, is_unconditional, make_decoder, sample_labels, to_uint8
 
 TAG_PROTOCOL = "eval.protocol"
 
@@ -62,7 +62,7 @@ class Protocol:
     def resolved(self, cache_dir: Path, fid_weights: str | None = None) -> Protocol:
         """This protocol completed with what only the files tell: the digest of the extractor weights
         (`fid_weights`, else the default file) and whether FID uses stored statistics or images."""
-        from .metrics import extractor_weights_digest, extractor_weights_path, fid_reference_kind
+        from fcdm.metrics import extractor_weights_digest, extractor_weights_path, fid_reference_kind
 
         weights = extractor_weights_path(self.extractor, cache_dir, fid_weights)
         return replace(self, cfg_scale=float(self.cfg_scale),
@@ -86,7 +86,7 @@ class Protocol:
 
     def tags(self, num_channels: int) -> dict[str, str]:
         """The `eval.*` tags that record this protocol as a run's own."""
-        from .metrics import protocol
+        from fcdm.metrics import protocol
 
         tags = protocol(self.extractor, self.reference, self.num_samples, fid_reference=self.fid_reference)
         tags.update({f"eval.{k}": str(v) for k, v in asdict(self).items()
@@ -178,7 +178,7 @@ def gather_samples(shares: list[tuple[np.ndarray, np.ndarray]], batch_size: int)
 def measure(images: np.ndarray, labels: np.ndarray | None, proto: Protocol, metrics: list[str], cache_dir: Path,
             fid_weights: str | None = None) -> dict[str, float]:
     """FID, IS, KID, precision/recall (and class consistency on digits, when labels are given)."""
-    from .metrics import compute_metrics
+    from fcdm.metrics import compute_metrics
 
     return compute_metrics(images, labels, reference=proto.reference, extractor=proto.extractor,
                            cache_dir=cache_dir, fid_weights=fid_weights, metrics=tuple(metrics))
@@ -190,11 +190,11 @@ def check_ready(cfg: RunConfig, proto: Protocol, cache_dir: Path) -> None:
     if not cfg.eval.metrics:
         return
     if proto.extractor == "inception-v3-compat" or cfg.eval.fid_weights:
-        from .metrics import extractor_weights_path
+        from fcdm.metrics import extractor_weights_path
 
         extractor_weights_path(proto.extractor, cache_dir, cfg.eval.fid_weights)
     if proto.vae is not None:
-        from .data.prepare import load_vae
+        from fcdm.data.prepare import load_vae
 
         load_vae(proto.vae)
 
@@ -226,7 +226,7 @@ def log_sample_grid(tracker, cfg: RunConfig, ema: nn.Module, objective, shape, n
     """A grid of EMA samples (grid_per_class per class, up to 10 classes) logged as samples/step_N.png."""
     import tempfile
 
-    from .sampling import for_display, save_grid, spread_labels
+    from fcdm.sampling import for_display, save_grid, spread_labels
 
     classes = min(num_classes, 10)
     if is_unconditional(cfg):
@@ -254,15 +254,15 @@ def evaluate_run(run: str, store=None, tracking_uri: str | None = None, step: in
     The metrics go under the bare names when the protocol equals the run's recorded one, else suffixed.
     Returns (metrics as logged, the run id).
     """
-    from .runs import open_run
-    from .tracking import Tracker, resolve_store
+    from fcdm.runs import open_run
+    from fcdm.tracking import Tracker, resolve_store
 
     trained = open_run(run, store, tracking_uri, step)
     cfg = trained.config
     fid_weights = overrides.pop("fid_weights", None) or cfg.eval.fid_weights
     proto = Protocol.from_config(cfg, **overrides)
     if proto.sampler not in _allowed_samplers(cfg):
-        from .config import ConfigError
+        from fcdm.config import ConfigError
         raise ConfigError(f"--sampler {proto.sampler!r} does not apply to objective {cfg.objective.name!r}; "
                           f"allowed values: {', '.join(_allowed_samplers(cfg))}")
     store = resolve_store(store)
@@ -285,7 +285,7 @@ def evaluate_run(run: str, store=None, tracking_uri: str | None = None, step: in
 
 
 def _allowed_samplers(cfg: RunConfig) -> tuple[str, ...]:
-    from .diffusion import SAMPLERS
+    from fcdm.diffusion import SAMPLERS
 
     return SAMPLERS[cfg.objective.name]
 

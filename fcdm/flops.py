@@ -99,7 +99,7 @@ def model_gflops(model: nn.Module, input_shape: tuple[int, int, int], reuse_repe
 
 def config_gflops(name: str, input_shape: tuple[int, int, int], **overrides) -> tuple[int, float]:
     """(params, GFLOPs) of preset `name` with constructor overrides, counted on the meta device."""
-    from .models import create_model, family_of
+    from fcdm.models import create_model, family_of
 
     if family_of(name) == "dit":
         overrides.setdefault("input_size", input_shape[-1])

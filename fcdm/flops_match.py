@@ -28,7 +28,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from fcdm.config import RunConfig
 
 MAX_VALUE = 1 << 16  # largest width (or other solved integer) the bisection considers
 
@@ -123,7 +123,7 @@ def _meta_model(name: str, kwargs: dict):
     import torch
     from torch.overrides import TorchFunctionMode
 
-    from .models import create_model
+    from fcdm.models import create_model
 
     skip = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_}
 
@@ -139,7 +139,7 @@ def _meta_model(name: str, kwargs: dict):
 
 @lru_cache(maxsize=None)
 def _cost(name: str, kwargs_json: str, shape: tuple[int, int, int]) -> Cost:
-    from .models import family_of
+    from fcdm.models import family_of
 
     kwargs = json.loads(kwargs_json)
     try:
@@ -148,7 +148,7 @@ def _cost(name: str, kwargs_json: str, shape: tuple[int, int, int]) -> Cost:
         raise ValueError(f"{name}: {e}") from None
     gflops = _formula(family_of(name), kwargs, shape)
     if gflops is None:
-        from .flops import model_gflops
+        from fcdm.flops import model_gflops
 
         gflops = model_gflops(model, shape)
     # fcdm.flops.count_params, without importing fcdm.flops: its torch.utils.flop_counter pulls in
@@ -159,7 +159,7 @@ def _cost(name: str, kwargs_json: str, shape: tuple[int, int, int]) -> Cost:
 @lru_cache(maxsize=None)
 def _gflops(name: str, kwargs_json: str, shape: tuple[int, int, int]) -> float:
     """GFLOPs alone: the closed form without building anything when it applies."""
-    from .models import family_of
+    from fcdm.models import family_of
 
     try:
         g = _formula(family_of(name), json.loads(kwargs_json), shape)
@@ -170,7 +170,7 @@ def _gflops(name: str, kwargs_json: str, shape: tuple[int, int, int]) -> float:
 
 def architecture(cfg: RunConfig) -> tuple[str, dict[str, Any], tuple[int, int, int]]:
     """(preset name, every resolved constructor argument, data shape (C, H, W)): what the cost depends on."""
-    from .build import resolved_model_kwargs
+    from fcdm.build import resolved_model_kwargs
 
     return cfg.model.name, resolved_model_kwargs(cfg), tuple(cfg.data_shape)
 
@@ -189,7 +189,7 @@ def cost(cfg: RunConfig) -> Cost:
 
 def value_grid(name: str, kwargs: dict, arg: str) -> tuple[int, int]:
     """(first, step) of the valid values of integer argument `arg`; ValueError if it cannot be solved."""
-    from .models import family_of
+    from fcdm.models import family_of
 
     family = family_of(name)
     value = kwargs.get(arg)

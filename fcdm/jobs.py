@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
+from fcdm.config import RunConfig
 
 LOG, CONFIG, RECORD = "train.log", "config.yaml", "runner.json"
 
@@ -42,7 +42,7 @@ class Job:
     @property
     def key(self) -> str:
         """'<hash>-s<seed>': the run's identity, and its folder name in the store."""
-        from .tracking import run_key
+        from fcdm.tracking import run_key
 
         return run_key(self.config)
 
@@ -104,9 +104,9 @@ def job_status(store: Path, job: Job) -> JobStatus:
     Cheap (no torch, no MLflow): `plan` calls it for every job. `finished` means the trainer recorded
     the run finished, every evaluation logged; a final checkpoint without that is `partial`.
     """
-    from . import claims
-    from .checkpoint import CheckpointError, list_checkpoints, read_progress
-    from .tracking import checkpoint_dir
+    from fcdm import claims
+    from fcdm.checkpoint import CheckpointError, list_checkpoints, read_progress
+    from fcdm.tracking import checkpoint_dir
 
     store = Path(store)
     steps = job.config.train.steps

@@ -269,7 +269,7 @@ def make_launcher(name: str, options: dict[str, Any] | None = None) -> Launcher:
     """The launcher called `name` (local | accelerate | slurm) with its options validated."""
     options = dict(options or {})
     if name == "slurm":
-        from .slurm import SlurmLauncher
+        from fcdm.slurm import SlurmLauncher
 
         return SlurmLauncher(options)
     kinds = {"local": LocalLauncher, "accelerate": AccelerateLauncher}

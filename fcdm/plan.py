@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .jobs import Job
+from fcdm.jobs import Job
 
 COLUMNS = ("name", "seed", "hash", "variant", "axes", "params", "gflops", "train_gflops", "steps", "batch_size",
            "flops_target", "status")
@@ -28,8 +28,8 @@ NO_DATA = "needs data"  # latent jobs whose files are not on this machine have n
 def plan_rows(jobs: Sequence[Job], store: str | Path | None = None) -> list[dict[str, Any]]:
     """One dict per job (keys: COLUMNS). `store`: None means the default store; a store that does not exist
     means every job is new. Reads nothing but the store's files; writes nothing."""
-    from .flops_match import cost
-    from .tracking import resolve_store
+    from fcdm.flops_match import cost
+    from fcdm.tracking import resolve_store
 
     store_path = resolve_store(store)
     rows = []
@@ -53,7 +53,7 @@ def _status(store: Path, job: Job, config_hash: str | None) -> str:
         return NO_DATA
     if not store.is_dir():
         return "new"
-    from .jobs import job_status  # the runner's view of the store: claims, progress, checkpoints
+    from fcdm.jobs import job_status  # the runner's view of the store: claims, progress, checkpoints
 
     return job_status(store, job).describe()
 
@@ -91,8 +91,8 @@ def measure_steps(jobs: Sequence[Job], steps: int = 3, max_batch: int = 64, budg
     """
     import torch
 
-    from .build import build_model, build_objective
-    from .flops_match import architecture, cost
+    from fcdm.build import build_model, build_objective
+    from fcdm.flops_match import architecture, cost
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     memory = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else \

@@ -21,10 +21,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from .jobs import LOG, OUTCOMES, Job, JobOutcome, RunSummary, job_dir, outcome_line
-from .launchers import LauncherError, cpu_count, default_parallel, detect_gpus, slot_env
-from .session import TAG_SPECS, Session, _Running  # noqa: F401  (TAG_SPECS: re-exported)
-from .tracking import checkpoint_dir
+from fcdm.jobs import LOG, OUTCOMES, Job, JobOutcome, RunSummary, job_dir, outcome_line
+from fcdm.launchers import LauncherError, cpu_count, default_parallel, detect_gpus, slot_env
+from fcdm.session import TAG_SPECS, Session, _Running  # noqa: F401  (TAG_SPECS: re-exported)
+from fcdm.tracking import checkpoint_dir
 
 
 # -- public entry points --------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ class JobRun:
 
     def progress(self) -> dict:
         """The job's progress sidecar (step, steps, evals_done, run_id, ...), {} before its first checkpoint."""
-        from .checkpoint import CheckpointError, read_progress
+        from fcdm.checkpoint import CheckpointError, read_progress
 
         try:
             return read_progress(checkpoint_dir(self.session.store, self.job.config)) or {}
@@ -139,7 +139,7 @@ def run_jobs(jobs: list[Job], store=None, tracking_uri=None, *, parallel: int | 
     stop, handlers = {"n": 0, "signals": 0}, {}
     title = unique[0].spec if unique else "run"
     profiles = sorted({j.profile for j in unique if j.profile})
-    from .live import LiveView, Row
+    from fcdm.live import LiveView, Row
 
     t0, last_scan, dirty = time.time(), 0.0, True
     try:

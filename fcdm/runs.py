@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from .config import RunConfig, validate_config
-from .tracking import TAG_CKPT, find_run, resolve_store
+from fcdm.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from fcdm.config import RunConfig, validate_config
+from fcdm.tracking import TAG_CKPT, find_run, resolve_store
 
 
 @dataclass
@@ -28,7 +28,7 @@ def open_run(run: str, store: str | Path | None = None, tracking_uri: str | None
     """The run with this MLflow id or name, loaded at its newest checkpoint (or at `step`)."""
     import yaml
 
-    from .build import build_model, build_objective
+    from fcdm.build import build_model, build_objective
 
     found = find_run(run, resolve_store(store), tracking_uri)
     ckpt_dir = Path(found.data.tags.get(TAG_CKPT, ""))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .diffusion import guided_model_fn, sample
+from fcdm.diffusion import guided_model_fn, sample
 
 
 def spread_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -133,7 +133,7 @@ def make_decoder(vae: str | None, device) -> Callable[[torch.Tensor], torch.Tens
     """
     if vae is None:
         return lambda x: x
-    from .data.prepare import SD_VAE_SCALE, load_vae
+    from fcdm.data.prepare import SD_VAE_SCALE, load_vae
 
     model = load_vae(vae).to(device).eval()
 

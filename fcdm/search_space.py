@@ -35,7 +35,7 @@ _PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
 
 
 def _spec_error(message: str) -> Exception:
-    from .spec import SpecError
+    from fcdm.spec import SpecError
 
     return SpecError(message)
 
@@ -191,7 +191,7 @@ def _encode(c: Any) -> Any:
 # -- parsing: every error is "<file>: <key path>: <value>: <what is allowed / the fix>" -----------------
 
 def _err(src: str, where: str, value: Any, fix: str) -> Exception:
-    from .spec_parts import show
+    from fcdm.spec_parts import show
 
     return _spec_error(f"{src}: {where}: {show(value)}: {fix}")
 

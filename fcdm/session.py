@@ -26,10 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import claims
-from .jobs import CONFIG, LOG, Job, JobOutcome, failure_reason, job_dir, job_status, write_record
-from .launchers import EXIT_CLAIM_LOST, Handle, make_launcher
-from .tracking import TAG_HASH, TAG_SEED, checkpoint_dir, resolve_store, resolve_tracking_uri
+from fcdm import claims
+from fcdm.jobs import CONFIG, LOG, Job, JobOutcome, failure_reason, job_dir, job_status, write_record
+from fcdm.launchers import EXIT_CLAIM_LOST, Handle, make_launcher
+from fcdm.tracking import TAG_HASH, TAG_SEED, checkpoint_dir, resolve_store, resolve_tracking_uri
 
 TAG_SPECS = "fcdm.specs"
 
@@ -74,7 +74,7 @@ class Session:
         processes creating the same new SQLite database (or experiment) at once fail (DESIGN.md 5)."""
         from mlflow.exceptions import MlflowException
 
-        from .tracking import Tracker
+        from fcdm.tracking import Tracker
 
         names = sorted({j.config.log.experiment or j.config.name for j in jobs})
         quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .launchers import EXIT_CLAIM_LOST, AccelerateLauncher, Handle, Launcher, LauncherError, spawn, train_argv
+from fcdm.launchers import EXIT_CLAIM_LOST, AccelerateLauncher, Handle, Launcher, LauncherError, spawn, train_argv
 
 
 # Friendly option names -> submitit's (generic ones work on every submitit cluster, slurm_* on Slurm only).
@@ -130,7 +130,7 @@ class SlurmHandle(Handle):
 
 def cluster_entry(argv: list[str], log: str, env: dict[str, str], claim_path: str | None, token: str | None) -> int:
     """What a Slurm job runs: adopt the runner's claim, train in a child, heartbeat until it ends."""
-    from . import claims
+    from fcdm import claims
 
     claim, beat = None, None
     if claim_path:

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .jobs import Job
-from .spec_parts import (effective, label_keys, merge, nest, parse_base, parse_launcher, parse_profile,
-                         parse_scope, parse_sets, show)
-from .spec_yaml import SpecError, load_yaml_file
+from fcdm.jobs import Job
+from fcdm.spec_parts import (effective, label_keys, merge, nest, parse_base, parse_launcher, parse_profile,
+                             parse_scope, parse_sets, show)
+from fcdm.spec_yaml import SpecError, load_yaml_file
 
 __all__ = ["Spec", "SpecError", "expand", "load_spec", "resolve_profile"]
 
@@ -118,7 +118,7 @@ def _check_top(raw: dict, src: str) -> None:
 
 
 def _check_search(search: Any, src: str, profiles: list[str]) -> None:
-    from .search_space import parse_search
+    from fcdm.search_space import parse_search
 
     parse_search(search, src, None, profiles)  # every profile's variant of the search space
 
@@ -200,7 +200,7 @@ _MISSING = object()
 
 
 def _canon(v: Any) -> str:
-    from .config import canonical
+    from fcdm.config import canonical
 
     return json.dumps(canonical(v), sort_keys=True)
 
@@ -229,7 +229,7 @@ def expand(spec: Spec | str | Path, profile: str | None = None, overrides: Seque
     `overrides` are `--set key=value` strings applied to every job last (they win over the spec).
     Raises SpecError for the first problem, before anything is run or written.
     """
-    from .config import ConfigError, validate_config
+    from fcdm.config import ConfigError, validate_config
 
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
@@ -282,7 +282,7 @@ def _identity(cfg) -> str:
     h = cfg.try_hash()
     if h is not None:
         return h
-    from .build import resolved_model_kwargs
+    from fcdm.build import resolved_model_kwargs
 
     d = cfg.to_dict()
     return json.dumps({"model": [cfg.model.name, resolved_model_kwargs(cfg)], "objective": cfg.objective_settings(),
@@ -309,7 +309,7 @@ class _Matcher:
         return f"base.{key}"
 
     def cost(self, cfg, data: dict, p: _Point, name: str, where: str | None = None):
-        from .flops_match import cost
+        from fcdm.flops_match import cost
 
         try:
             return cost(cfg)
@@ -321,7 +321,7 @@ class _Matcher:
             raise SpecError(f"{self.spec.source}: {where}: {show(value)} (job '{name}'): {e}") from None
 
     def target(self, mf: dict, p: _Point, name: str, where: str) -> float:
-        from .config import ConfigError, validate_config
+        from fcdm.config import ConfigError, validate_config
 
         t = mf["target"]
         if not isinstance(t, str):
@@ -342,8 +342,8 @@ class _Matcher:
 
     def match(self, cfg, data: dict, p: _Point, name: str):
         """cfg costed, with match_flops applied (the solved key re-set and the config re-validated)."""
-        from .config import ConfigError, validate_config
-        from .flops_match import NoFit, solve
+        from fcdm.config import ConfigError, validate_config
+        from fcdm.flops_match import NoFit, solve
 
         v = p.variant
         own = bool(v) and "match_flops" in v

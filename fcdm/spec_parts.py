@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from .spec_yaml import SpecError, load_yaml_file, parse_yaml
+from fcdm.spec_yaml import SpecError, load_yaml_file, parse_yaml
 
 # Spec-level keys a profile may replace, and the keys of the grid the assignments below may name.
 PROFILE_KEYS = ("base", "seeds", "axes", "zip", "variants", "exclude", "include", "match_flops", "baseline")
@@ -45,7 +45,7 @@ def check_key(key: Any, src: str, where: str, also: Sequence[str] = ()) -> None:
     """A dotted run-config key such as 'train.lr' or 'model.args.kernel_size'."""
     from pydantic import BaseModel
 
-    from .config import RunConfig
+    from fcdm.config import RunConfig
 
     label = f"{src}: {where}: {show(key)}" if where else src  # where '': src already names the key
     if not isinstance(key, str) or not key or any(not part for part in key.split(".")):

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .search_space import SAMPLERS, SearchSpace, parse_search
-from .sweep_results import SweepSummary, format_summary, log_study_run, summarize  # noqa: F401 (re-exported)
-from .sweep_study import (MAX_CONSECUTIVE_FAILURES, MAX_CONSECUTIVE_INFEASIBLE, PRUNER_CHOICES, Budget,  # noqa: F401
-                          SweepError, make_pruner, make_sampler, make_storage, open_study, redact, storage_url)
-from .sweep_trial import InfeasibleTrial, SweepInterrupted, TrialContext, TrialFailed, build_job, run_trial
+from fcdm.search_space import SAMPLERS, SearchSpace, parse_search
+from fcdm.sweep_results import SweepSummary, format_summary, log_study_run, summarize  # noqa: F401 (re-exported)
+from fcdm.sweep_study import (MAX_CONSECUTIVE_FAILURES, MAX_CONSECUTIVE_INFEASIBLE, PRUNER_CHOICES, Budget,
+                              SweepError, make_pruner, make_sampler, make_storage, open_study, redact, storage_url)
+from fcdm.sweep_trial import InfeasibleTrial, SweepInterrupted, TrialContext, TrialFailed, build_job, run_trial
 
 DEFAULT_SPEC = "ablations/sweep.yaml"
 DEFAULT_TRIALS = 20
@@ -57,9 +57,9 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
             stop: threading.Event | None = None) -> Sweep:
     """Load and validate the spec and search space, open the storage and study. Raises SpecError or
     SweepError before anything is written when the spec, a search combination or an option is bad."""
-    from .launchers import make_launcher
-    from .spec import Spec, SpecError, expand, load_spec, resolve_profile
-    from .tracking import resolve_store, resolve_tracking_uri
+    from fcdm.launchers import make_launcher
+    from fcdm.spec import Spec, SpecError, expand, load_spec, resolve_profile
+    from fcdm.tracking import resolve_store, resolve_tracking_uri
 
     if study_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study_name):
         raise SweepError(f"--study {study_name!r}: use letters, digits, '_', '-' and '.' (it names MLflow tags "
@@ -80,7 +80,7 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
                         "axes, zip and variants of this spec under search.params (or use `fcdm-ablate run` for a grid)")
     seed = base_jobs[0].seed  # every trial trains the spec's first seed
     base_cfg = base_jobs[0].config
-    from .data import DataError
+    from fcdm.data import DataError
 
     try:
         base_cfg.hash  # latent data: the run's identity covers its files, which must be on this machine
@@ -116,15 +116,15 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
 
 def flat_config(cfg) -> dict[str, Any]:
     """Dotted key -> value of a RunConfig, for `when` conditions."""
-    from .config import _flatten
+    from fcdm.config import _flatten
 
     return dict(_flatten(cfg.to_dict()))
 
 
 def _validate_probes(ctx: TrialContext, space: SearchSpace) -> None:
     """Build the job of every bound and choice once, so a bad key or value fails before any trial."""
-    from .search_space import _spec_error
-    from .spec import SpecError
+    from fcdm.search_space import _spec_error
+    from fcdm.spec import SpecError
 
     for probe in space.probes(ctx.base):
         try:
@@ -168,8 +168,8 @@ def run_sweep(spec_path: str | Path = DEFAULT_SPEC, *, workers: int = 1, timeout
 
 def execute(sweep: Sweep, workers: int = 1, timeout: float | None = None, log_study: bool = True) -> SweepSummary:
     """Run the prepared study's trials with `workers` threads until its target; the summary of the study."""
-    from .launchers import cpu_count, detect_gpus, make_launcher, slot_env
-    from .sweep_trial import slot
+    from fcdm.launchers import cpu_count, detect_gpus, make_launcher, slot_env
+    from fcdm.sweep_trial import slot
 
     ctx, study = sweep.ctx, sweep.study
     say, lock = ctx.log, threading.Lock()
@@ -270,7 +270,7 @@ def _restore_handlers(handlers: dict) -> None:
 
 
 def _log_study(sweep: Sweep, summary: SweepSummary) -> None:
-    from .tracking import Tracker
+    from fcdm.tracking import Tracker
 
     ctx = sweep.ctx
     tracker = Tracker(ctx.store, ctx.tracking_uri)
@@ -293,7 +293,7 @@ def open_dashboard(storage: str | None = None, port: int = 8080, store: str | Pa
         missing = f" (its dependency {e.name} is missing)" if e.name not in (None, "optuna_dashboard") else ""
         raise SweepError(f"optuna-dashboard is not installed{missing}; install it with "
                          "pip install 'fcdm-ablate[dashboard]'") from None
-    from .tracking import resolve_store
+    from fcdm.tracking import resolve_store
 
     url = storage_url(storage, resolve_store(store))
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .search_space import SearchSpace
+from fcdm.search_space import SearchSpace
 
 TAG_KIND, TAG_STUDY, TAG_TRIAL, TAG_PRUNED = "fcdm.kind", "fcdm.study", "fcdm.trial", "fcdm.pruned"
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .search_space import SAMPLERS, SearchSpace
+from fcdm.search_space import SAMPLERS, SearchSpace
 
 PRUNER_CHOICES = ("median", "hyperband", "none", "always")
 MAX_CONSECUTIVE_FAILURES = 3  # a broken setup fails every trial: stop instead of sampling forever

@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .search_space import SearchSpace, overrides
-from .sweep_results import TAG_PRUNED, TAG_STUDY, TAG_TRIAL
+from fcdm.search_space import SearchSpace, overrides
+from fcdm.sweep_results import TAG_PRUNED, TAG_STUDY, TAG_TRIAL
 
 
 class TrialFailed(RuntimeError):
@@ -64,7 +64,7 @@ def build_job(ctx: TrialContext, chosen: dict[str, Any], number: int | None = No
     The values become the spec's (single-point) grid, as if written under `axes`: so `match_flops`
     with `target: base` aims at the base config without them (an `expand` override would move the
     target along with the job) and the job is named by them like any grid point."""
-    from .spec import expand
+    from fcdm.spec import expand
 
     tags = {TAG_STUDY: ctx.study_name, TAG_PRUNED: "false"}
     if number is not None:
@@ -87,8 +87,8 @@ def run_trial(ctx: TrialContext, trial, on_start: Callable[[], None] = lambda: N
     """The objective: returns the trial's value(s); raises TrialPruned, TrialFailed or SweepInterrupted."""
     import optuna
 
-    from .spec import SpecError
-    from .tracking import run_name
+    from fcdm.spec import SpecError
+    from fcdm.tracking import run_name
 
     on_start()  # the trial exists in the storage now: the next worker may count it
     chosen = ctx.space.suggest(trial, ctx.base)
@@ -98,7 +98,7 @@ def run_trial(ctx: TrialContext, trial, on_start: Callable[[], None] = lambda: N
     except SpecError as e:
         trial.set_user_attr("error", str(e))
         raise InfeasibleTrial(f"{_fmt(chosen)} is not a valid configuration: {e}") from None
-    from .jobs import CONFIG, job_dir
+    from fcdm.jobs import CONFIG, job_dir
 
     for k, v in (("config_hash", job.hash), ("seed", job.seed), ("run_name", run_name(job.config)), ("job", job.name),
                  ("config_path", str(job_dir(ctx.store, job) / CONFIG))):
@@ -155,7 +155,7 @@ def run_trial(ctx: TrialContext, trial, on_start: Callable[[], None] = lambda: N
 
 def _wait_while_running(ctx: TrialContext, job, number: int) -> str:
     """The job's state, after waiting for any other process that is training it now."""
-    from .jobs import job_status
+    from fcdm.jobs import job_status
 
     status = job_status(ctx.store, job)
     if status.state == "running":
@@ -200,7 +200,7 @@ def _client(ctx: TrialContext):
 
 def _find_run(ctx: TrialContext, job, run_id: str | None = None):
     """The job's MLflow run: by id when the runner knows it, else by (hash, seed)."""
-    from .tracking import Tracker
+    from fcdm.tracking import Tracker
 
     if run_id:
         return _client(ctx).get_run(run_id)
@@ -238,8 +238,8 @@ def objective_values(ctx: TrialContext, run, job) -> list[float]:
 
 def config_cost(cfg) -> dict[str, float]:
     """gflops (DiT convention) and params of a config, counted on the meta device."""
-    from .build import model_kwargs
-    from .flops import config_gflops
+    from fcdm.build import model_kwargs
+    from fcdm.flops import config_gflops
 
     params, gflops = config_gflops(cfg.model.name, cfg.data_shape, **model_kwargs(cfg))
     return {"gflops": gflops, "params": float(params)}
@@ -251,8 +251,8 @@ class _Watcher:
     """Follows a training job's evaluations through its progress sidecar and MLflow."""
 
     def __init__(self, ctx: TrialContext, trial, job):
-        from .checkpoint import list_checkpoints
-        from .tracking import checkpoint_dir
+        from fcdm.checkpoint import list_checkpoints
+        from fcdm.tracking import checkpoint_dir
 
         self.ctx, self.trial, self.job = ctx, trial, job
         self.dir = checkpoint_dir(ctx.store, job.config)
@@ -270,7 +270,7 @@ class _Watcher:
         """Fetch new evaluations; True when there are unreported ones."""
         if not self.reportable:
             return False
-        from .checkpoint import CheckpointError, read_progress
+        from fcdm.checkpoint import CheckpointError, read_progress
 
         try:
             progress = read_progress(self.dir) or {}
@@ -282,7 +282,7 @@ class _Watcher:
             return self.reported < len(self.seen)
         self.run_id = self.run_id or progress.get("run_id")
         if self.run_id is None:
-            from .tracking import Tracker
+            from fcdm.tracking import Tracker
 
             run = Tracker(self.ctx.store, self.ctx.tracking_uri).find(self.job.hash, self.job.seed)
             self.run_id = run.info.run_id if run else None
@@ -337,7 +337,7 @@ slot = threading.local()  # each sweep worker thread sets slot.env: its share of
 def launch(ctx: TrialContext, job):
     """Claim and start the job through the runner (fcdm.runner.JobRun) from this thread, which then
     polls it until it ends (the runner's children die with the thread that started them)."""
-    from .runner import JobRun
+    from fcdm.runner import JobRun
 
     return JobRun(job, ctx.store, ctx.tracking_uri, ctx.launcher, ctx.launcher_options,
                   env=getattr(slot, "env", None))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from fcdm.config import RunConfig
 
 DEFAULT_STORE = "runs"
 TAG_HASH, TAG_SEED, TAG_CKPT = "fcdm.config_hash", "fcdm.seed", "fcdm.checkpoint_dir"

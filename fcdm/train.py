@@ -25,13 +25,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .build import build_dataset, build_model, build_objective, data_info, model_kwargs
-from .checkpoint import (CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
-                         read_progress, save_checkpoint, write_progress)
-from .config import RunConfig, identity_differences
-from .tracking import TAG_CKPT, Tracker, checkpoint_dir, resolve_store
-from .train_state import (SeededItems, StepBatchSampler, ema_decay, rng_as_arrays, rng_from_arrays, rng_state,
-                          seed_everything, set_rng_state, update_ema)
+from fcdm.build import build_dataset, build_model, build_objective, data_info, model_kwargs
+from fcdm.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
+                             read_progress, save_checkpoint, write_progress)
+from fcdm.config import RunConfig, identity_differences
+from fcdm.tracking import TAG_CKPT, Tracker, checkpoint_dir, resolve_store
+from fcdm.train_state import (SeededItems, StepBatchSampler, ema_decay, rng_as_arrays, rng_from_arrays, rng_state,
+                              seed_everything, set_rng_state, update_ema)
 
 
 class TrainingDiverged(RuntimeError):
@@ -70,7 +70,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs, gather_object
 
-    from .flops import config_gflops, training_gflops
+    from fcdm.flops import config_gflops, training_gflops
 
     # The other ranks wait at a collective while the main process measures an evaluation (FID-50K
     # features take minutes at paper scale): allow longer than the default process-group timeout.
@@ -97,7 +97,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     if start >= cfg.train.steps and not pending:
         _finish_if_needed(accelerator, cfg, store, tracking_uri, ckpt_dir, ledger)
         return TrainResult(None, start, "SKIPPED", ckpt_dir, state.get("loss"), main_process=main)
-    from . import evaluate as ev
+    from fcdm import evaluate as ev
 
     protocol = ev.Protocol.from_config(cfg)
     if ledger.due:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from .config import ConfigError, RunConfig
+from fcdm.config import ConfigError, RunConfig
 
 
 class StepBatchSampler:

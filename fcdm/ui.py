@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .tracking import resolve_store
+from fcdm.tracking import resolve_store
 
 
 class UIError(ValueError):
@@ -95,7 +95,7 @@ def start_ui(store: str | Path | None = None, port: int = 5000, spec: str | None
     """Start `mlflow server` on the store's SQLite database and artifacts (127.0.0.1:`port`, one
     worker) and return once it answers (4-8 s here). Its output goes to `<store>/ui.log`. With
     `spec`, the store must hold that spec's experiment (checked before the server starts)."""
-    from .launchers import spawn
+    from fcdm.launchers import spawn
 
     store = resolve_store(store)
     db = store / "mlflow.db"

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .flow import FlowMatching
-from .gaussian import GaussianDiffusion, ModelFn, linear_beta_schedule
-from .guidance import guided_model_fn
-from .respace import respace, space_timesteps
+from fcdm.diffusion.flow import FlowMatching
+from fcdm.diffusion.gaussian import GaussianDiffusion, ModelFn, linear_beta_schedule
+from fcdm.diffusion.guidance import guided_model_fn
+from fcdm.diffusion.respace import respace, space_timesteps
 
 __all__ = [
     "FlowMatching",

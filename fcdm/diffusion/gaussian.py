@@ -212,7 +212,7 @@ class GaussianDiffusion:
     def respaced(self, num_steps: int | str) -> GaussianDiffusion:
         """This diffusion restricted to ``num_steps`` evenly spaced timesteps, ADM's spacing (an int,
         "10,15,20" sections or "ddimN"; see ``respace.space_timesteps``)."""
-        from .respace import respace
+        from fcdm.diffusion.respace import respace
 
         return respace(self, num_steps)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .gaussian import GaussianDiffusion
+from fcdm.diffusion.gaussian import GaussianDiffusion
 
 Spacing = int | str | Sequence[int]
 

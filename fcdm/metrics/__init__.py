@@ -6,23 +6,11 @@ class MetricsError(ValueError):
 
 
 # Imported after MetricsError, which fidelity.py imports from here.
-from fcdm.metrics.digits_classifier import (  # noqa: E402
-    DigitsCNN,
-    DigitsFeatureExtractor,
-    classify,
-    ensure_digits_classifier,
-    load_digits_classifier,
-)
-from fcdm.metrics.fidelity import (  # noqa: E402
-    ImageArrayDataset,
-    compute_metrics,
-    extractor_weights_digest,
-    extractor_weights_path,
-    fid_reference_kind,
-    inception_weights_path,
-    load_stored_statistics,
-    protocol,
-)
+from fcdm.metrics.digits_classifier import (DigitsCNN, DigitsFeatureExtractor, classify, ensure_digits_classifier,
+                                            load_digits_classifier)
+from fcdm.metrics.fidelity import (ImageArrayDataset, compute_metrics, extractor_weights_digest,
+                                   extractor_weights_path, fid_reference_kind, inception_weights_path,
+                                   load_stored_statistics, protocol)
 
 __all__ = [
     "MetricsError",

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from .dit import DiT
-from .fcdm import CONDITIONING_TYPES, FCDM, LABEL_DROPOUT_TYPES, FCDMBlock, GRN
+from fcdm.models.dit import DiT
+from fcdm.models.fcdm import CONDITIONING_TYPES, FCDM, LABEL_DROPOUT_TYPES, FCDMBlock, GRN
 
 #################################################################################
 #                                    Presets                                    #

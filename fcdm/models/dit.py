@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .fcdm import LABEL_DROPOUT_TYPES
-from .layers import LabelEmbedder, TimestepEmbedder, check_guidance, guided_output, modulate
+from fcdm.models.fcdm import LABEL_DROPOUT_TYPES
+from fcdm.models.layers import LabelEmbedder, TimestepEmbedder, check_guidance, guided_output, modulate
 
 
 #################################################################################

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import LabelEmbedder, LayerNorm2d, TimestepEmbedder, check_guidance, guided_output, modulate
+from fcdm.models.layers import LabelEmbedder, LayerNorm2d, TimestepEmbedder, check_guidance, guided_output, modulate
 
 # How the conditioning vector enters a block; "unconditional" is adaLN-Zero on the timestep alone,
 # with no class input anywhere (the model generates unconditionally, and guidance does not apply).
