@@ -205,8 +205,8 @@ def collect_spec(spec, profile: str | None, tracking_uri: str, overrides: tuple[
 def axis_defaults(spec, profile: str, jobs: list) -> dict[str, Any]:
     """The value each axis key takes in the spec's base config under `profile`: written there, else (for
     `model.args.*`) the preset's or constructor's default. Keys with neither are left out."""
-    from fcdm.build import resolved_model_kwargs
-    from fcdm.spec_parts import effective
+    from fcdm.config.identity import resolved_model_kwargs
+    from fcdm.spec.sections import effective
 
     try:
         base = effective(spec, profile)["config"]

@@ -63,7 +63,7 @@ def report_spec(spec, profile: str | None = None, store=None, tracking_uri: str 
                 overrides: tuple[str, ...] = (), log: bool = True) -> Report:
     """Collect `spec` (path or Spec) under `profile` from the store and write its report into `out`
     (default `<store>/reports/<spec>-<profile>/`); with `log`, log the files to the spec's experiment."""
-    from fcdm.tracking import resolve_store, resolve_tracking_uri
+    from fcdm.store.layout import resolve_store, resolve_tracking_uri
 
     from analysis.collect import collect_spec
 

@@ -37,7 +37,9 @@ from pathlib import Path
 
 
 from fcdm.config import load_config
-from fcdm.evaluate import Protocol, evaluate_run, make_decoder, measure, sample_images
+from fcdm.evaluation.protocol import Protocol
+from fcdm.evaluation.evaluate import evaluate_run, make_decoder, measure
+from fcdm.evaluation.sampling import sample_images
 from fcdm.train import train
 from _common import add_common_args, load1, machine, record, wait_for_load
 
@@ -54,7 +56,7 @@ def timed(fn, *args, **kwargs):
 
 def bench(store: Path, num_samples: int, steps: int, log) -> tuple[list[tuple[str, float, str]], dict]:
     """Rows (what, seconds, note) and the metrics of the last evaluation."""
-    from fcdm.runs import open_run
+    from fcdm.evaluation.trained import open_run
 
     rows = []
     already = "fcdm.metrics" in sys.modules
@@ -108,8 +110,8 @@ def generator_overhead(num_samples: int, steps: int, repeats: int, log) -> list[
 
     from fcdm.build import build_model, build_objective
     from fcdm.diffusion import guided_model_fn, sample
-    from fcdm.diffusion.gaussian import randn
-    from fcdm.sampling import generate, sample_generators, spread_labels
+    from fcdm.diffusion.common import randn
+    from fcdm.evaluation.sampling import generate, sample_generators, spread_labels
 
     cfg = load_config(SMOKE)
     model, objective = build_model(cfg).eval(), build_objective(cfg)

@@ -23,7 +23,7 @@ from contextlib import nullcontext
 import psutil
 import torch
 
-from fcdm.flops import preset_gflops
+from fcdm.models.flops import preset_gflops
 from fcdm.models import create_model
 from _common import RESULTS, load1, machine, record
 

@@ -37,7 +37,7 @@ def draw(trials: int, seed: int) -> list[dict]:
     """`trials` parameter sets of the spec's search space, from a seeded random sampler (Optuna-encoded)."""
     import optuna
 
-    from fcdm.search_space import parse_search
+    from fcdm.spec.search import parse_search
     from fcdm.spec import load_spec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -54,7 +54,7 @@ def draw(trials: int, seed: int) -> list[dict]:
 
 
 def one(workers: int, params: list[dict]) -> dict:
-    from fcdm.sweep import execute, prepare
+    from fcdm.sweep.run import execute, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -48,7 +48,7 @@ import torch
 from fcdm.config import load_config
 from fcdm.build import build_dataset, build_model, build_objective
 from fcdm.train import train
-from fcdm.train_state import StepBatchSampler, ema_decay, update_ema
+from fcdm.train.state import StepBatchSampler, ema_decay, update_ema
 from _common import add_common_args, load1, machine, record, wait_for_load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def time_trainer(cfg, store: str, skip: int) -> dict:
     """Run the trainer; steps/s over steps skip+1..end from MLflow timestamps, plus its steps_per_sec metric."""
     from mlflow import MlflowClient
 
-    from fcdm.tracking import resolve_tracking_uri
+    from fcdm.store.layout import resolve_tracking_uri
 
     t0 = time.perf_counter()
     result = train(cfg, store=store, progress=False)
@@ -128,7 +128,7 @@ def breakdown(cfg, store: str) -> list[tuple[str, float]]:
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
-    from fcdm.tracking import Tracker
+    from fcdm.store.tracking import Tracker
 
     acc = Accelerator(cpu=True)
     dataset = build_dataset(cfg)

@@ -26,7 +26,7 @@ class TableFormat(str, Enum):
 @app.command()
 def models(fmt: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table):
     """List every FCDM and DiT preset with parameters and GFLOPs at 256 and 512 px."""
-    from fcdm import model_table
+    from fcdm.models import table as model_table
 
     rows = model_table.preset_rows()
     if fmt is TableFormat.csv:
@@ -63,7 +63,7 @@ def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. abl
           store: StoreOption = None, tracking_uri: TrackingOption = None,
           progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True):
     """Train one run configuration; rerunning it resumes (or skips a finished run)."""
-    from fcdm.checkpoint import CheckpointError
+    from fcdm.store.checkpoints import CheckpointError
     from fcdm.config import ConfigError, load_config
     from fcdm.data import DataError
     from fcdm.metrics import MetricsError
@@ -85,7 +85,7 @@ def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. abl
     if result.status == "SKIPPED":
         typer.echo(f"{cfg.name}: already finished at step {result.step} ({result.checkpoint_dir})")
     else:
-        from fcdm.tracking import run_name
+        from fcdm.store.layout import run_name
 
         typer.echo(f"{cfg.name}: {result.status} at step {result.step}, loss {result.final_loss:.4f}, "
                    f"run {run_name(cfg)} ({result.run_id})")
@@ -102,11 +102,11 @@ def sample(run: Annotated[str, typer.Argument(help="MLflow run id or run name.")
 
     Writes OUT/samples.npz (arr_0: uint8 N x H x W x C, labels: the classes) and OUT/grid.png.
     """
-    from fcdm.checkpoint import CheckpointError
+    from fcdm.store.checkpoints import CheckpointError
     from fcdm.config import ConfigError
-    from fcdm.runs import open_run
-    from fcdm.sampling import write_samples
-    from fcdm.tracking import RunNotFoundError
+    from fcdm.evaluation.trained import open_run
+    from fcdm.evaluation.sampling import write_samples
+    from fcdm.store.tracking import RunNotFoundError
 
     try:
         trained = open_run(run, store, tracking_uri, step)
@@ -129,12 +129,12 @@ def evaluate(run: Annotated[str, typer.Argument(help="MLflow run id or run name.
              export_npz: Annotated[Path | None, typer.Option(help="Also write the samples as ADM's evaluator reads them.")] = None,
              store: StoreOption = None, tracking_uri: TrackingOption = None):
     """Measure FID, IS, KID and precision/recall of a run's checkpoint and log them into the same run."""
-    from fcdm.checkpoint import CheckpointError
+    from fcdm.store.checkpoints import CheckpointError
     from fcdm.config import ConfigError
     from fcdm.data import DataError
-    from fcdm.evaluate import evaluate_run
+    from fcdm.evaluation.evaluate import evaluate_run
     from fcdm.metrics import MetricsError
-    from fcdm.tracking import RunNotFoundError
+    from fcdm.store.tracking import RunNotFoundError
 
     try:
         values, run_id = evaluate_run(run, store, tracking_uri, step, export_npz, num_samples=num_samples,
@@ -181,7 +181,7 @@ def plan(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablation
         parsed = load_spec(spec)
         chosen = resolve_profile(parsed, profile)
         job_list = expand(parsed, chosen, set_ or [])
-        from fcdm import plan as planning
+        from fcdm.runner import plan as planning
 
         rows = planning.plan_rows(job_list, store)
     except SpecError as e:
@@ -277,7 +277,7 @@ def ui(port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0
         except KeyboardInterrupt:
             pass
         return
-    from fcdm.ui import UIError, start_ui
+    from fcdm.store.ui import UIError, start_ui
 
     name = spec
     if spec and spec.endswith((".yaml", ".yml")):
@@ -403,7 +403,7 @@ def report(specs: Annotated[list[Path] | None, typer.Argument(help="Spec files (
     from analysis.store import StoreError
     from fcdm.config import ConfigError
     from fcdm.spec import SpecError
-    from fcdm.tracking import resolve_store, resolve_tracking_uri
+    from fcdm.store.layout import resolve_store, resolve_tracking_uri
 
     chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in chosen if f not in FORMATS]

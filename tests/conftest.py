@@ -1,24 +1,8 @@
-"""Shared fixtures: the smoke config and a tiny variant of it that trains in a second or two."""
-from pathlib import Path
-
+"""Shared fixtures: the smoke config trained once, a tiny variant of it, one torch thread. Plain helpers
+(paths, the tiny overrides, MLflow readers) live in helpers.py."""
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "ablations" / "configs" / "smoke.yaml"
-# A much smaller model and run than the smoke config, for tests of the machinery rather than quality.
-TINY = ["model.args.hidden_size=8", "model.args.depth=[1,0,1,0,1]", "train.batch_size=16", "train.steps=30",
-        "log.every=5", "log.checkpoint_every=10", "eval.at=[1.0]", "eval.grid_per_class=1", "eval.sampling_steps=2", "eval.metrics=[]"]
-
-
-def client(store):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
-
-
-def all_runs(store):
-    c = client(store)
-    return c.search_runs([e.experiment_id for e in c.search_experiments()])
+from helpers import ROOT, SMOKE, TINY, all_runs, client, make_config  # noqa: F401  (until every test imports helpers)
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +19,17 @@ def smoke(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config():
-    from fcdm.config import load_config
+    """make_config as a fixture: tiny_config("train.steps=10")."""
+    return make_config
 
-    def make(*overrides: str):
-        return load_config(SMOKE, [*TINY, *overrides])
-    return make
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Width-8 models gain nothing from threads; two OpenMP threads on a busy two-core machine were
+    measured 30-70x slower than one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,8 +7,8 @@ from conftest import SMOKE, TINY
 
 from analysis.collect import MISSING, collect, config_label
 from analysis.store import StoreError, _read_client, read_store, spec_names
-from analysis.synthetic import SUFFIX, known_store_copy
-from fcdm.jobs import Job
+from synthetic import SUFFIX, known_store_copy
+from fcdm.spec.job import Job
 
 
 def make_config(*overrides):
@@ -71,7 +71,7 @@ def test_failed_running_and_missing_jobs_are_kept_and_marked(known):
 def test_newest_run_of_a_hash_and_seed_wins_and_deleted_runs_are_ignored(known):
     from mlflow import MlflowClient
 
-    from analysis.synthetic import log_run
+    from synthetic import log_run
 
     _, uri, _ = known
     # a configuration of its own (k=13) in the same store, so the other tests' jobs are untouched

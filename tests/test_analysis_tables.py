@@ -13,7 +13,7 @@ from analysis.aggregate import ReportError, View, protocols
 from analysis.collect import collect
 from analysis.render import cell_text, to_csv, to_latex, to_markdown
 from analysis.stats import Summary
-from analysis.synthetic import SUFFIX, known_store_copy
+from synthetic import SUFFIX, known_store_copy
 
 T = float(st.t.ppf(0.975, 2) / math.sqrt(3))  # CI half-width per unit std with 3 seeds
 PROTO = "FID-0.5K vs digits-test, digits-classifier"

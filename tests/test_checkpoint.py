@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fcdm.checkpoint import CheckpointError, list_checkpoints, load_latest, save_checkpoint
+from fcdm.store.checkpoints import CheckpointError, list_checkpoints, load_latest, save_checkpoint
 
 
 def test_save_prunes_to_the_newest_and_load_latest_finds_it(tmp_path):
@@ -45,7 +45,7 @@ def test_protected_steps_survive_pruning(tmp_path):
 
 
 def test_progress_sidecar_is_merged_atomically_and_read_back(tmp_path):
-    from fcdm.checkpoint import read_progress, write_progress
+    from fcdm.store.progress import read_progress, write_progress
 
     assert read_progress(tmp_path / "none") is None
     write_progress(tmp_path, config_hash="abc", seed=0, step=10, steps=30, evals_due=[30], evals_done=[],
@@ -59,7 +59,7 @@ def test_progress_sidecar_is_merged_atomically_and_read_back(tmp_path):
 
 
 def test_a_damaged_sidecar_names_the_file_and_is_rewritten_whole(tmp_path):
-    from fcdm.checkpoint import read_progress, write_progress
+    from fcdm.store.progress import read_progress, write_progress
 
     (tmp_path / "progress.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"progress.json is not readable JSON .*delete it"):
@@ -72,10 +72,10 @@ def test_reading_progress_imports_no_torch(tmp_path):
     import subprocess
     import sys
 
-    from fcdm.checkpoint import write_progress
+    from fcdm.store.progress import write_progress
 
     write_progress(tmp_path, status="finished", step=5)
-    code = ("import sys; from fcdm.checkpoint import read_progress; "
+    code = ("import sys; from fcdm.store.progress import read_progress; "
             f"p = read_progress({str(tmp_path)!r}); assert 'torch' not in sys.modules, 'torch imported'; "
             "print(p['status'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

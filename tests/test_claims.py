@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from fcdm import claims
+from fcdm.store import claims
 
 
 def _dead_pid() -> int:
@@ -122,7 +122,7 @@ def test_heartbeat_refreshes_and_detects_a_takeover(tmp_path):
 
 def test_adopt_moves_the_claim_to_another_process_and_checks_the_token(tmp_path):
     c = claims.try_claim(tmp_path, "k-s0")
-    code = ("import sys; from pathlib import Path; from fcdm import claims; "
+    code = ("import sys; from pathlib import Path; from fcdm.store import claims; "
             "a = claims.adopt(Path(sys.argv[1]), sys.argv[2]); print(a is not None)")
     out = subprocess.run([sys.executable, "-c", code, str(c.path), c.token], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"

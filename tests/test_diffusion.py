@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fcdm.diffusion import (
-    FlowMatching,
-    GaussianDiffusion,
-    create_objective,
-    guided_model_fn,
-    respace,
-    sample,
-    space_timesteps,
-)
+from fcdm.diffusion import (FlowMatching, GaussianDiffusion, create_objective, guided_model_fn, respace, sample,
+                            space_timesteps)
 
 # Independent reference schedule (improved DDPM "linear", T = 1000), computed in numpy.
 BETAS_REF = np.linspace(1e-4, 2e-2, 1000, dtype=np.float64)
@@ -232,18 +225,18 @@ def test_respacing_keeps_alphas_cumprod_and_maps_timesteps():
     base = GaussianDiffusion()
     kept = sorted(adm_space_timesteps(1000, "250"))  # DiT passes str(num_sampling_steps)
     assert space_timesteps(1000, 250) == kept and kept[0] == 0 and kept[-1] == 999
-    sp = base.respaced(250)
+    sp = respace(base, 250)
     assert sp.num_timesteps == 250 and sp.timestep_map.tolist() == kept
     np.testing.assert_allclose(sp.alphas_cumprod.numpy(), ABAR_REF[kept], rtol=1e-10)
     # Respacing composes: still maps to original indices with the original abar.
     sp10 = respace(sp, 10)
     assert set(sp10.timestep_map.tolist()) <= set(kept)
     np.testing.assert_allclose(sp10.alphas_cumprod.numpy(), ABAR_REF[sp10.timestep_map.numpy()], rtol=1e-10)
-    ddim = base.respaced("ddim50")
+    ddim = respace(base, "ddim50")
     assert ddim.timestep_map.tolist() == list(range(0, 1000, 20))
     assert respace(base, 1000) is base
     with pytest.raises(ValueError, match="between 1 and 1000"):
-        base.respaced(2000)
+        respace(base, 2000)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,7 +277,7 @@ def test_fixed_variance_is_adm_fixed_large_by_default_and_small_on_request():
     np.testing.assert_allclose(var[1:], BETAS_REF[1:], rtol=1e-6)  # beta_t, except t = 0
     # Respacing keeps the choice: the respaced process's own FIXED_LARGE / FIXED_SMALL.
     for kind in ("large", "small"):
-        sp = GaussianDiffusion(learn_sigma=False, fixed_variance=kind).respaced(50)
+        sp = respace(GaussianDiffusion(learn_sigma=False, fixed_variance=kind), 50)
         assert sp.fixed_variance == kind
         kept = sp.timestep_map.numpy()
         betas = 1.0 - ABAR_REF[kept] / np.append(1.0, ABAR_REF[kept][:-1])
@@ -301,7 +294,7 @@ def test_clip_x0_clamps_the_predicted_x0_while_sampling(sampler):
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     off = create_objective("ddpm", num_timesteps=1000, learn_sigma=False, fixed_variance="large", clip_x0=False)
     on = create_objective("ddpm", num_timesteps=1000, learn_sigma=False, fixed_variance="large", clip_x0=True)
-    assert not GaussianDiffusion().clip_x0 and on.respaced(20).clip_x0  # default off; respacing keeps it
+    assert not GaussianDiffusion().clip_x0 and respace(on, 20).clip_x0  # default off; respacing keeps it
     far = sample(off, point_mass_eps(3.0), (16, 1, 2, 2), sampler, 20, generator=g())
     torch.testing.assert_close(far, torch.full_like(far, 3.0), atol=1e-3, rtol=0)  # unclipped: the data
     clipped = sample(on, point_mass_eps(3.0), (16, 1, 2, 2), sampler, 20, generator=g())
@@ -310,13 +303,13 @@ def test_clip_x0_clamps_the_predicted_x0_while_sampling(sampler):
     inside = [sample(d, point_mass_eps(0.5), (16, 1, 2, 2), sampler, 20, generator=g()) for d in (off, on)]
     torch.testing.assert_close(inside[0], inside[1], atol=1e-6, rtol=0)
     # An explicit clip_denoised overrides the objective's setting.
-    loop = on.respaced(20).p_sample_loop if sampler == "ddpm" else on.respaced(20).ddim_sample_loop
+    loop = respace(on, 20).p_sample_loop if sampler == "ddpm" else respace(on, 20).ddim_sample_loop
     unclipped = loop(point_mass_eps(3.0), (16, 1, 2, 2), generator=g(), clip_denoised=False)
     torch.testing.assert_close(unclipped, far, atol=1e-5, rtol=0)
 
 
 def test_respaced_sampler_calls_model_with_original_timesteps():
-    sp = GaussianDiffusion(learn_sigma=False).respaced(25)
+    sp = respace(GaussianDiffusion(learn_sigma=False), 25)
     calls = []
 
     def model_fn(x, t):
@@ -337,7 +330,7 @@ def test_ddpm_with_optimal_variance_recovers_gaussian_exactly():
     """For Gaussian data the reverse conditional is Gaussian with mean c1 E[x0|x_t] + c2 x_t and
     variance beta~ + c1^2 Var(x0|x_t) (Bao et al. 2022), so a learned-range output that encodes this
     variance makes even 50 respaced DDPM steps exact: this exercises eps, v, respacing and the map."""
-    sp = GaussianDiffusion(learn_sigma=True).respaced(50)
+    sp = respace(GaussianDiffusion(learn_sigma=True), 50)
     orig = sp.timestep_map.numpy()
     index_of = {int(o): i for i, o in enumerate(orig)}
 
@@ -386,7 +379,7 @@ def test_same_seed_same_samples(sampler):
                                generator=torch.Generator().manual_seed(seed))
     assert torch.equal(draw(0), draw(0))
     assert not torch.equal(draw(0), draw(1))
-    sp = d.respaced(20)
+    sp = respace(d, 20)
     ddim = lambda seed: sp.ddim_sample_loop(optimal_eps, (4, 1, 2, 2), eta=1.0,  # noqa: E731
                                             generator=torch.Generator().manual_seed(seed))
     assert torch.equal(ddim(3), ddim(3)) and not torch.equal(ddim(3), ddim(4))

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from fcdm.cli import app
 from fcdm.config import load_config
-from fcdm.evaluate import Protocol, gather_samples, shard_indices
+from fcdm.evaluation.protocol import Protocol
+from fcdm.evaluation.sampling import gather_samples, shard_indices
 
 from conftest import SMOKE, TINY, all_runs, client
 
@@ -118,7 +119,7 @@ def test_preserved_rng_puts_every_global_stream_back():
 
     import torch
 
-    from fcdm.evaluate import preserved_rng
+    from fcdm.evaluation.sampling import preserved_rng
 
     state = torch.get_rng_state()
     iter(torch.utils.data.DataLoader(list(range(4))))  # as torch-fidelity's loader does: it draws a base seed
@@ -232,8 +233,8 @@ def test_resuming_from_an_evaluation_step_with_metrics_on_is_bitwise_exact(resum
     training noise that follows it (before the fix: max weight difference 0.0125)."""
     import torch
 
-    from fcdm.checkpoint import load_latest
-    from fcdm.tracking import checkpoint_dir
+    from fcdm.store.checkpoints import load_latest
+    from fcdm.store.layout import checkpoint_dir
 
     cfg, store_a, run_a, store_b, _ = resumed_through_an_evaluation
     assert [s for s, _ in history(store_a, run_a, "fid")] == [10, 20]  # metrics really ran, at both steps

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fcdm.flops import config_gflops, model_gflops, preset_gflops, training_gflops
+from fcdm.models.flops import config_gflops, model_gflops, preset_gflops, training_gflops
 from fcdm.models import DIT_PRESETS, create_model
 
 REFERENCE = Path(__file__).resolve().parents[1] / "analysis" / "reference" / "published.csv"

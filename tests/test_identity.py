@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fcdm.checkpoint import CheckpointError, list_checkpoints, load_latest
+from fcdm.store.checkpoints import CheckpointError, list_checkpoints, load_latest
 from fcdm.cli import app
 from fcdm.config import ConfigError, load_config
 from fcdm.data import DataError
-from fcdm.tracking import checkpoint_dir
+from fcdm.store.layout import checkpoint_dir
 from fcdm.train import train
 
 from conftest import ROOT, SMOKE, TINY, all_runs

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fcdm.flops import count_params
+from fcdm.models.flops import count_params
 from fcdm.models import CONDITIONING_TYPES, DIT_PRESETS, FCDM, LABEL_DROPOUT_TYPES, create_model, list_models
 
 # Exact counts from the FCDM model table (DESIGN.md section 1).

@@ -89,7 +89,7 @@ def test_plan_measure_estimates_wall_time_per_job(tmp_path):
 
 
 def test_measure_skips_what_would_not_fit_in_memory(tmp_path):
-    from fcdm.plan import measure_steps
+    from fcdm.runner.plan import measure_steps
 
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY)
@@ -100,7 +100,7 @@ def test_measure_skips_what_would_not_fit_in_memory(tmp_path):
 def test_table_shows_estimates_and_matched_targets():
     from rich.console import Console
 
-    from fcdm.plan import table
+    from fcdm.runner.plan import table
 
     row = {"name": "s/a", "seed": 0, "hash": None, "variant": "", "axes": {"model.args.depth": [1, 2]}, "params": 2e6,
            "gflops": 1.5, "train_gflops": 3e6, "steps": 10, "batch_size": 4, "flops_target": 1.4,
@@ -114,13 +114,13 @@ def test_table_shows_estimates_and_matched_targets():
 def test_expanding_and_costing_a_shipped_spec_is_fast():
     """The part of `plan` this project controls (imports aside): well under a second of CPU per spec.
     `time fcdm-ablate plan ablations/X.yaml --profile paper` end to end is in the README/report."""
-    from fcdm import flops_match
-    from fcdm.plan import plan_rows
+    from fcdm.models.costs import clear_caches
+    from fcdm.runner.plan import plan_rows
 
     expand(SHIPPED[0], "smoke")  # imports
     for path in SHIPPED:
         for profile in ("smoke", "paper"):
-            flops_match._cost.cache_clear(), flops_match._gflops.cache_clear()
+            clear_caches()
             start = time.process_time()
             plan_rows(expand(path, profile), store=ROOT / "no-such-store")
             assert time.process_time() - start < 1.5, (path.stem, profile)

@@ -12,7 +12,7 @@ from analysis import figures
 from analysis.aggregate import ReportError, View
 from analysis.collect import collect
 from analysis.report import build_report
-from analysis.synthetic import experiment, known_store_copy, log_run
+from synthetic import experiment, known_store_copy, log_run
 from fcdm.cli import app
 
 runner = CliRunner()

@@ -15,12 +15,15 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import SMOKE, all_runs, client
-from fcdm import claims
+from fcdm.store import claims
 from fcdm.cli import app
-from fcdm.jobs import Job, job_dir, job_status
-from fcdm.launchers import LauncherError, default_parallel, launcher_options, make_launcher, slot_env
-from fcdm.slurm import slurm_minutes
-from fcdm.runner import TAG_SPECS, run_jobs
+from fcdm.spec.job import Job
+from fcdm.store.jobs import job_dir, job_status
+from fcdm.launchers import LauncherError, launcher_options, make_launcher
+from fcdm.launchers.resources import default_parallel, slot_env
+from fcdm.launchers.slurm import slurm_minutes
+from fcdm.runner.session import TAG_SPECS
+from fcdm.runner import run_jobs
 
 TINY_PROFILE = {"model.args.hidden_size": 8, "model.args.depth": [1, 0, 1, 0, 1], "train.batch_size": 16,
                 "train.steps": 20, "log.every": 5, "log.checkpoint_every": 5, "eval.at": [1.0],
@@ -227,7 +230,7 @@ def _wait_step(ckpt: Path, above: int, proc, timeout=300) -> int:
 
 def test_sigint_and_sigkill_then_rerun_resume_the_interrupted_job(tmp_path):
     from fcdm.spec import expand
-    from fcdm.tracking import checkpoint_dir
+    from fcdm.store.layout import checkpoint_dir
 
     # Job 1 is short (20 steps) and finishes first; job 2 (60 steps, a checkpoint every 5) is interrupted.
     spec = _spec(tmp_path / "t.yaml", "kill", [], zip=[{"model.args.kernel_size": [3, 5], "train.steps": [20, 60]}])

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from fcdm.build import build_objective
-from fcdm.evaluate import Protocol, gather_samples, sample_images
+from fcdm.evaluation.protocol import Protocol
+from fcdm.evaluation.sampling import gather_samples, sample_images
 from fcdm.models import create_model
-from fcdm.sampling import generate, sample_generators, sample_labels, sample_seed, spread_labels
+from fcdm.evaluation.sampling import generate, sample_generators, sample_labels, sample_seed, spread_labels
 
 
 def tiny_model(**kwargs):
@@ -34,7 +35,7 @@ def model():
 
 
 def test_a_samples_noise_depends_only_on_seed_and_index():
-    from fcdm.diffusion.gaussian import randn
+    from fcdm.diffusion.common import randn
 
     cpu = torch.device("cpu")
     batch = sample_generators(3, range(20))

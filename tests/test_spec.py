@@ -29,7 +29,7 @@ def test_six_specs_ship_with_smoke_and_paper_profiles():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_spec_expands_and_matched_jobs_land_within_tolerance(path):
-    from fcdm.flops_match import cost
+    from fcdm.spec.matching import cost
 
     spec = load_spec(path)
     for profile in ("smoke", "paper"):
@@ -184,8 +184,8 @@ ARCHS = [
 def test_closed_form_gflops_equal_the_counter(name, kwargs, shape):
     import inspect
 
-    from fcdm.flops import config_gflops
-    from fcdm.flops_match import _cost, _formula, _key
+    from fcdm.models.flops import config_gflops
+    from fcdm.models.costs import architecture_cost, closed_form_gflops
     from fcdm.models import FAMILIES, family_of, preset_kwargs
 
     family = family_of(name)
@@ -195,12 +195,12 @@ def test_closed_form_gflops_equal_the_counter(name, kwargs, shape):
     if family == "dit":
         full["input_size"] = shape[-1]
     params, counted = config_gflops(name, shape, **full)
-    assert _formula(family, full, shape) == pytest.approx(counted, rel=1e-12)
-    assert _cost(name, _key(full), shape).params == params
+    assert closed_form_gflops(family, full, shape) == pytest.approx(counted, rel=1e-12)
+    assert architecture_cost(name, full, shape).params == params
 
 
 def test_matching_resolves_width_on_the_family_grid(tmp_path):
-    from fcdm.flops_match import cost
+    from fcdm.spec.matching import cost
 
     spec = write(tmp_path, f"""
 name: m

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from fcdm.cli import app
-from fcdm.search_space import overrides, parse_search
+from fcdm.spec.search import overrides, parse_search
 from fcdm.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +138,8 @@ def test_grid_needs_a_finite_space():
 # -- the study machinery -----------------------------------------------------------------------------
 
 def test_storage_urls(tmp_path):
-    from fcdm.sweep import SweepError, make_storage, redact, storage_url
+    from fcdm.sweep import SweepError
+    from fcdm.sweep.study import make_storage, redact, storage_url
 
     assert storage_url(None, tmp_path) == f"sqlite:///{tmp_path}/optuna.db"
     assert storage_url("postgresql://u:secret@h/db", tmp_path).startswith("postgresql+psycopg://u:secret@h/db")
@@ -152,7 +153,7 @@ def test_storage_urls(tmp_path):
 
 
 def test_always_pruner_spares_trial_zero():
-    from fcdm.sweep import make_pruner
+    from fcdm.sweep.study import make_pruner
 
     pruner = make_pruner("always", 10, 20)
     study = optuna.create_study(pruner=pruner)
@@ -166,8 +167,9 @@ def test_always_pruner_spares_trial_zero():
 
 
 def test_a_study_refuses_another_search_space_and_counts_its_budget(tmp_path):
-    from fcdm.sweep import SweepError, make_storage, open_study
-    from fcdm.sweep_study import Budget
+    from fcdm.sweep import SweepError
+    from fcdm.sweep.study import make_storage, open_study
+    from fcdm.sweep.study import Budget
 
     storage = make_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat=None)
     space = parse_search(search(), "s.yaml")
@@ -326,7 +328,7 @@ def test_always_pruner_prunes_every_trial_but_the_first_under_accelerate_launch(
 
 
 def test_a_trial_of_an_already_trained_config_trains_nothing(store):
-    from fcdm.jobs import LOG, job_dir
+    from fcdm.store.jobs import LOG, job_dir
     from fcdm.spec import expand
 
     spec = write_spec(store, "tdedup", {"metric": "fid", "params": {"model.args.kernel_size": [7]}})  # the base's k

@@ -39,7 +39,7 @@ def start_worker(spec: Path, store: Path, url: str, log: Path) -> subprocess.Pop
 
 def held_by(store: Path, pid: int) -> list[str]:
     """Job keys whose claim the process `pid` holds and whose trainer has written a checkpoint."""
-    from fcdm import claims
+    from fcdm.store import claims
 
     keys = []
     for d in (store / "claims").glob("*") if (store / "claims").is_dir() else []:

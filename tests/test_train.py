@@ -11,10 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fcdm.checkpoint import list_checkpoints, load_latest
+from fcdm.store.checkpoints import list_checkpoints, load_latest
 from fcdm.cli import app
 from fcdm.config import load_config
-from fcdm.tracking import TAG_HASH, checkpoint_dir, run_name
+from fcdm.store.tracking import TAG_HASH
+from fcdm.store.layout import checkpoint_dir, run_name
 from fcdm.train import TrainingDiverged, train
 
 from conftest import ROOT, SMOKE, TINY, all_runs, client
@@ -208,7 +209,7 @@ def test_nan_loss_stops_with_failed_status_and_no_broken_checkpoint(tmp_path, ti
         train(cfg, store=tmp_path, progress=False)
     (run,) = all_runs(tmp_path)
     assert run.info.status == "FAILED" and "loss became" in run.data.tags["fcdm.failure"]
-    from fcdm.checkpoint import read_progress
+    from fcdm.store.progress import read_progress
 
     progress = read_progress(checkpoint_dir(tmp_path, cfg))
     assert progress["status"] == "failed" and "TrainingDiverged: loss became" in progress["reason"]
@@ -221,7 +222,7 @@ def test_nan_loss_stops_with_failed_status_and_no_broken_checkpoint(tmp_path, ti
 
 def _kill_evaluation_at(monkeypatch, kill_step):
     """Make the trainer's evaluation at `kill_step` die as a Ctrl-C or a kill would; the others run for real."""
-    import fcdm.evaluate as ev
+    import fcdm.evaluation.evaluate as ev
 
     real, seen = ev.evaluate_in_training, []
 
@@ -236,7 +237,7 @@ def _kill_evaluation_at(monkeypatch, kill_step):
 
 def test_a_kill_during_an_evaluation_is_redone_first_and_the_run_finishes_only_with_its_last_one(
         tmp_path, tiny_config, monkeypatch):
-    from fcdm.checkpoint import read_progress
+    from fcdm.store.progress import read_progress
 
     cfg = tiny_config("train.steps=20", "eval.at=[0.5, 1.0]", "eval.metrics=[fid]", "eval.num_samples=40",
                       "log.checkpoint_every=100", "log.keep_checkpoints=1")
@@ -297,7 +298,7 @@ def test_resume_with_random_flips_and_loader_workers_is_bitwise_exact(tmp_path, 
 
 def test_flips_depend_on_seed_step_and_index_only():
     from fcdm.data import DigitsDataset
-    from fcdm.train_state import SeededItems
+    from fcdm.train.state import SeededItems
 
     ds = SeededItems(DigitsDataset("train", hflip=True), seed=0)
     plain = DigitsDataset("train")
@@ -315,7 +316,7 @@ def test_flips_depend_on_seed_step_and_index_only():
 # -- the progress sidecar and the run's MLflow placement (issue 8 contract) -----------------------------------------
 
 def test_progress_sidecar_follows_the_run_and_experiment_and_tags_apply(tmp_path, tiny_config):
-    from fcdm.checkpoint import read_progress
+    from fcdm.store.progress import read_progress
 
     cfg = tiny_config("log.experiment=kernel-ablation", "log.tags={spec: kernel, job: k7}")
     ckpts = checkpoint_dir(tmp_path, cfg)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-class DataError(ValueError):
-    """Missing, empty or corrupt training data; the message names the path and the fix."""
+from fcdm.errors import DataError
 
 
 # The dataset classes import torch: load them on first use (PEP 562), so `fcdm.data.identity` (the

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fcdm.data import DataError
+from fcdm.errors import DataError
 
 # Version of the digits split rule (fcdm.data.digits: stratified 80/20, seed 0, our own permutation).
 # Bump it whenever split_indices or the pixel scaling changes.

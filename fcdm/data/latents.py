@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fcdm.data import DataError
+from fcdm.errors import DataError
 
 PREPARE_HINT = "create it with `fcdm-ablate prepare-latents IMAGE_DIR OUT --vae PATH`"
 FOLDER_LAYOUTS = (("imagenet256_features", "imagenet256_labels"), ("features", "labels"))

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from fcdm.data import DataError
+from fcdm.errors import DataError
 
 SD_VAE_SCALE = 0.18215
 # The extensions torchvision's ImageFolder accepts (lower-cased match).

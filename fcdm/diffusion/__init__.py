@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from fcdm.diffusion.flow import FlowMatching
-from fcdm.diffusion.gaussian import GaussianDiffusion, ModelFn, linear_beta_schedule
+from fcdm.diffusion.gaussian import GaussianDiffusion, linear_beta_schedule
+from fcdm.diffusion.common import ModelFn
 from fcdm.diffusion.guidance import guided_model_fn
 from fcdm.diffusion.respace import respace, space_timesteps
 
@@ -98,7 +99,7 @@ def sample(
         )
     common = dict(noise=noise, generator=generator, progress=progress, device=device)
     if kind == "ddpm":
-        diffusion = objective.respaced(num_steps)
+        diffusion = respace(objective, num_steps)
         if sampler == "ddpm":
             return diffusion.p_sample_loop(model_fn, shape, **common)
         return diffusion.ddim_sample_loop(model_fn, shape, eta=0.0, **common)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fcdm.diffusion.gaussian import ModelFn, mean_flat, progress_iter, randn, resolve_device
+from fcdm.diffusion.common import ModelFn, mean_flat, progress_iter, randn, resolve_device
 
 
 class FlowMatching:

@@ -17,65 +17,14 @@ timestep indices it was trained on.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-ModelFn = Callable[[Tensor, Tensor], Tensor]
-# One generator for the whole batch, or one per batch row (sample-wise reproducible noise).
-Generators = torch.Generator | Sequence[torch.Generator] | None
+from fcdm.diffusion.common import Generators, ModelFn, mean_flat, progress_iter, randn, resolve_device
 
 FIXED_VARIANCES = ("small", "large")
-
-# --------------------------------------------------------------------------------------------------
-# Shared helpers (also used by flow.py)
-# --------------------------------------------------------------------------------------------------
-
-
-def mean_flat(x: Tensor) -> Tensor:
-    """Mean over all non-batch dimensions: (B, ...) -> (B,)."""
-    return x.mean(dim=tuple(range(1, x.ndim)))
-
-
-def resolve_device(
-    noise: Tensor | None, generator: Generators, device: torch.device | str | None
-) -> torch.device:
-    """Where samples live: explicit device, else the noise's, else the generator's, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    if noise is not None:
-        return noise.device
-    if isinstance(generator, torch.Generator):
-        return generator.device
-    if generator:
-        return generator[0].device
-    return torch.device("cpu")
-
-
-def randn(shape: Sequence[int], generator: Generators, device: torch.device) -> Tensor:
-    """Standard normal noise of ``shape`` drawn from ``generator`` (on the generator's own device, so
-    a CPU generator gives the same numbers whatever device the samples live on), moved to ``device``.
-
-    ``generator`` may also be a sequence of one generator per row (len == shape[0]): row i is drawn
-    from generator i alone, so a sample's noise does not depend on the batch it is drawn in.
-    """
-    if generator is None or isinstance(generator, torch.Generator):
-        draw_device = generator.device if generator is not None else device
-        return torch.randn(tuple(shape), generator=generator, device=draw_device).to(device)
-    if len(generator) != shape[0]:
-        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}; pass one per row.")
-    rows = [torch.randn(tuple(shape[1:]), generator=g, device=g.device) for g in generator]
-    return torch.stack(rows).to(device)
-
-
-def progress_iter(items: Iterable, total: int, description: str, enabled: bool) -> Iterable:
-    """Wrap a sampling loop in a rich progress bar when ``enabled``."""
-    if not enabled:
-        return items
-    from rich.progress import track
-
-    return track(items, total=total, description=description)
 
 
 def linear_beta_schedule(num_timesteps: int) -> Tensor:
@@ -208,13 +157,6 @@ class GaussianDiffusion:
     def model_timesteps(self, t: Tensor) -> Tensor:
         """Internal indices (B,) -> the timesteps the model was trained on (B,)."""
         return self.timestep_map.to(t.device)[t]
-
-    def respaced(self, num_steps: int | str) -> GaussianDiffusion:
-        """This diffusion restricted to ``num_steps`` evenly spaced timesteps, ADM's spacing (an int,
-        "10,15,20" sections or "ddimN"; see ``respace.space_timesteps``)."""
-        from fcdm.diffusion.respace import respace
-
-        return respace(self, num_steps)
 
     def sample_t(
         self, batch_size: int, device: torch.device | str | None = None,
@@ -385,7 +327,7 @@ class GaussianDiffusion:
         clip_denoised: bool | None = None, device: torch.device | str | None = None,
     ) -> Tensor:
         """DDPM ancestral sampling over all of this diffusion's steps -> x_0 of ``shape``.
-        For 250-step sampling use ``diffusion.respaced(250).p_sample_loop(...)``."""
+        For 250-step sampling use ``respace(diffusion, 250).p_sample_loop(...)`` (respace.py)."""
         step = lambda x, t: self.p_sample(model_fn, x, t, generator, clip_denoised)  # noqa: E731
         return self._loop(step, shape, noise, generator, progress, device, "DDPM")
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from fcdm.diffusion.common import ModelFn
 from fcdm.models.layers import check_guidance, guided_output
-from fcdm.diffusion.gaussian import ModelFn
 
 
 def guided_model_fn(

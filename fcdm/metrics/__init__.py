@@ -1,11 +1,5 @@
 """Sample-quality metrics: torch-fidelity FID/IS/KID/PR with a digits classifier or Inception-v3."""
-
-
-class MetricsError(ValueError):
-    """A metric cannot be computed as asked (missing weights, bad reference, malformed samples)."""
-
-
-# Imported after MetricsError, which fidelity.py imports from here.
+from fcdm.errors import MetricsError
 from fcdm.metrics.digits_classifier import (DigitsCNN, DigitsFeatureExtractor, classify, ensure_digits_classifier,
                                             load_digits_classifier)
 from fcdm.metrics.fidelity import (ImageArrayDataset, compute_metrics, extractor_weights_digest,

@@ -30,6 +30,7 @@ from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from fcdm.data.digits import digits_arrays
+from fcdm.errors import MetricsError
 
 EXTRACTOR_NAME = "digits-classifier"
 WEIGHTS_FILE = "digits_classifier.pt"
@@ -196,7 +197,6 @@ def load_digits_classifier(cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR) -> 
 
 def check_weights_file(path: str | os.PathLike) -> Path:
     """`path` if it holds digits-classifier weights (as `ensure_digits_classifier` writes them), else MetricsError."""
-    from fcdm.metrics import MetricsError
 
     path = Path(path).expanduser()
     problem = None

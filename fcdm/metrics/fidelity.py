@@ -44,8 +44,8 @@ from torch_fidelity.utils import (create_feature_extractor, extract_featuresdict
                                   get_cacheable_input_name, resolve_feature_layer_for_metric)
 
 from fcdm.data.digits import IMAGE_SIZES, digits_arrays
-from fcdm.metrics import MetricsError
-from fcdm.metrics import digits_classifier as dc
+from fcdm.errors import MetricsError
+import fcdm.metrics.digits_classifier as dc
 
 DIGITS_REFERENCES = {"digits-train": "train", "digits-test": "test", "digits-all": "all"}
 EXTRACTORS = ("digits-classifier", "inception-v3-compat")

@@ -1,4 +1,5 @@
-"""The FCDM and DiT model families and a registry of their published presets.
+"""The FCDM and DiT model families and their registry: published presets, and which constructor
+arguments each family takes (every one of them is an ablation axis).
 
     from fcdm.models import create_model
     model = create_model("FCDM-XL")                           # the paper's preset
@@ -9,8 +10,11 @@
 """
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
+
+from fcdm.errors import did_you_mean
 
 from fcdm.models.dit import DiT
 from fcdm.models.fcdm import CONDITIONING_TYPES, FCDM, LABEL_DROPOUT_TYPES, FCDMBlock, GRN
@@ -58,20 +62,54 @@ def preset_kwargs(name: str, **overrides) -> dict:
     return {**PRESETS[name][1], **overrides}
 
 
+def constructor_args(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword arguments the family of preset `name` takes, with their signature defaults."""
+    cls = FAMILIES[family_of(name)]
+    return {k: p for k, p in inspect.signature(cls.__init__).parameters.items()
+            if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def check_model_args(name: str, args: dict[str, Any]) -> None:
+    """ValueError (a config validation message) for a preset or an argument the family does not know."""
+    if name not in PRESETS:
+        raise ValueError(f"model.name={name!r} is not a known preset; {did_you_mean(name, PRESETS)}allowed values: "
+                         f"{', '.join(PRESETS)}")
+    allowed = constructor_args(name)
+    for key in args:
+        if key not in allowed:
+            raise ValueError(f"unknown key 'model.args.{key}' for {name}; {did_you_mean(key, allowed, 'model.args.')}"
+                             f"allowed keys: {', '.join(allowed)}")
+
+
+def resolve_kwargs(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Every constructor argument of `name`'s family: `given` over the signature defaults. ValueError names
+    an argument the family does not take, or a required one nobody set."""
+    params = constructor_args(name)
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise ValueError(f"model.args.{unknown[0]}: {name} does not take it; allowed keys: {', '.join(params)}")
+    resolved = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    resolved.update(given)
+    missing = sorted(set(params) - set(resolved))
+    if missing:  # a constructor argument without a default that no preset sets
+        raise ValueError(f"model.args.{missing[0]} is required by {name}; add it to model.args")
+    return resolved
+
+
 def create_model(name: str, **overrides) -> nn.Module:
     """Build a preset of either family by name; keyword overrides replace constructor arguments.
 
     An override the family's constructor does not take raises a ValueError naming the allowed ones.
     """
     kwargs = preset_kwargs(name, **overrides)
-    cls = FAMILIES[PRESETS[name][0]]
-    allowed = list(inspect.signature(cls.__init__).parameters)[1:]
+    allowed = list(constructor_args(name))
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"{name} does not take argument(s) {', '.join(unknown)}; "
                          f"allowed arguments: {', '.join(allowed)}")
-    return cls(**kwargs)
+    return FAMILIES[PRESETS[name][0]](**kwargs)
 
 
 __all__ = ["CONDITIONING_TYPES", "LABEL_DROPOUT_TYPES", "DiT", "FCDM", "FCDMBlock", "GRN", "FCDM_PRESETS", "DIT_PRESETS",
-           "PRESETS", "create_model", "family_of", "list_models", "preset_kwargs"]
+           "PRESETS", "check_model_args", "constructor_args", "create_model", "family_of", "list_models",
+           "preset_kwargs", "resolve_kwargs"]

@@ -1,0 +1,165 @@
+"""Sample quality of a denoiser: draw samples, decode them, measure them, log them under the right name.
+
+One curve, one protocol. A protocol is everything besides the weights that determines the numbers:
+samples, seed, sampler, steps, guidance scale and channels, precision, extractor and the digest of its
+weights, reference and what FID is measured against, VAE. A run's first evaluation records its protocol
+as `eval.*` tags with the digest `eval.protocol`; an evaluation under that protocol logs `fid`, `is`, ...
+and any other protocol (`eval.*` changed before a resume, a post-hoc `evaluate` with other settings or
+other `--fid-weights`) logs under a suffixed name, `fid/ddpm-250-cfg1.5-n50000-fp32-seed0-<digest8>`,
+and leaves the recorded tags alone (its own protocol goes to the tag `eval/<suffix>`).
+
+Sample i's noise depends only on (seed, i), and N processes share out whole batches of the one-process
+run, so one process and N processes draw the same samples (bit for bit with the same eval.batch_size;
+another batch size changes a sample only by kernel rounding), and an in-training and a post-hoc
+evaluation with an equal protocol share a curve. Evaluations and sample
+grids never touch the global RNG streams (`preserved_rng`), so a run resumed from an evaluation step
+continues bit for bit like one that never stopped.
+
+    fcdm-ablate evaluate smoke-5f7d8531-s0 --num-samples 1000 --export-npz samples.npz
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from fcdm.config import RunConfig
+from fcdm.evaluation.protocol import Protocol, log_evaluation
+from fcdm.evaluation.sampling import (
+    gather_samples,
+    generate,
+    is_unconditional,
+    make_decoder,
+    preserved_rng,
+    sample_images,
+    sample_labels,
+    to_uint8,
+)
+
+
+def measure(images: np.ndarray, labels: np.ndarray | None, proto: Protocol, metrics: list[str], cache_dir: Path,
+            fid_weights: str | None = None) -> dict[str, float]:
+    """FID, IS, KID, precision/recall (and class consistency on digits, when labels are given)."""
+    from fcdm.metrics import compute_metrics
+
+    return compute_metrics(images, labels, reference=proto.reference, extractor=proto.extractor,
+                           cache_dir=cache_dir, fid_weights=fid_weights, metrics=tuple(metrics))
+
+
+def check_ready(cfg: RunConfig, proto: Protocol, cache_dir: Path) -> None:
+    """Fail before any work when the evaluation cannot run (no Inception weights, a bad --fid-weights
+    file, no VAE). Writes nothing: the digits classifier is trained at the first evaluation."""
+    if not cfg.eval.metrics:
+        return
+    if proto.extractor == "inception-v3-compat" or cfg.eval.fid_weights:
+        from fcdm.metrics import extractor_weights_path
+
+        extractor_weights_path(proto.extractor, cache_dir, cfg.eval.fid_weights)
+    if proto.vae is not None:
+        from fcdm.data.prepare import load_vae
+
+        load_vae(proto.vae)
+
+
+# -- during training -----------------------------------------------------------------------------
+
+def evaluate_in_training(accelerator, tracker, cfg: RunConfig, protocol, ema: nn.Module, objective, shape,
+                         num_classes: int, step: int, store: Path) -> None:
+    """Every process samples its share; the main process measures and logs at this training step."""
+    from accelerate.utils import gather_object
+
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    conditional = not is_unconditional(cfg)
+    with preserved_rng():
+        share = sample_images(ema, objective, shape, num_classes, protocol, cfg.eval.batch_size, device,
+                              make_decoder(protocol.vae, device), rank=rank, world=world, conditional=conditional)
+        shares = gather_object([share]) if world > 1 else [share]
+        if tracker:
+            proto = protocol.resolved(store / "cache", cfg.eval.fid_weights)
+            images, labels = gather_samples(shares, cfg.eval.batch_size)
+            values = measure(images, labels if conditional else None, proto, cfg.eval.metrics, store / "cache",
+                             cfg.eval.fid_weights)
+            log_evaluation(tracker, proto, values, step, shape[0])
+    accelerator.wait_for_everyone()
+
+
+def log_sample_grid(tracker, cfg: RunConfig, ema: nn.Module, objective, shape, num_classes: int,
+                    step: int, device) -> None:
+    """A grid of EMA samples (grid_per_class per class, up to 10 classes) logged as samples/step_N.png."""
+    import tempfile
+
+    from fcdm.evaluation.sampling import for_display, save_grid, spread_labels
+
+    classes = min(num_classes, 10)
+    if is_unconditional(cfg):
+        labels = sample_labels(classes * cfg.eval.grid_per_class, num_classes, conditional=False)
+    else:
+        labels = spread_labels(classes, num_classes).repeat_interleave(cfg.eval.grid_per_class)
+    with preserved_rng():
+        x = generate(ema, objective, shape, labels, sampler=cfg.sampler, num_steps=cfg.eval.sampling_steps,
+                     cfg_scale=cfg.eval.cfg_scale, guided_channels=cfg.eval.guided_channels,
+                     batch_size=cfg.eval.batch_size, seed=cfg.seed, device=device)
+        x = for_display(x, cfg, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_grid(to_uint8(x), Path(tmp) / f"step_{step:08d}.png", nrow=cfg.eval.grid_per_class,
+                         scale=max(1, 64 // shape[-1]))
+        tracker.log_artifact(path, "samples")
+
+
+# -- after training ------------------------------------------------------------------------------
+
+def evaluate_run(run: str, store=None, tracking_uri: str | None = None, step: int | None = None,
+                 export_npz: Path | None = None, progress: bool = True, **overrides) -> tuple[dict, str]:
+    """Evaluate a run's checkpoint after the fact and log into the same MLflow run at that step.
+
+    overrides: num_samples, cfg_scale, sampler, sampling_steps, guided_channels, seed, fid_weights.
+    The metrics go under the bare names when the protocol equals the run's recorded one, else suffixed.
+    Returns (metrics as logged, the run id).
+    """
+    from fcdm.evaluation.trained import open_run
+    from fcdm.store.layout import resolve_store
+    from fcdm.store.tracking import Tracker
+
+    trained = open_run(run, store, tracking_uri, step)
+    cfg = trained.config
+    fid_weights = overrides.pop("fid_weights", None) or cfg.eval.fid_weights
+    proto = Protocol.from_config(cfg, **overrides)
+    if proto.sampler not in _allowed_samplers(cfg):
+        from fcdm.config import ConfigError
+        raise ConfigError(f"--sampler {proto.sampler!r} does not apply to objective {cfg.objective.name!r}; "
+                          f"allowed values: {', '.join(_allowed_samplers(cfg))}")
+    store = resolve_store(store)
+    cache_dir = store / "cache"
+    check_ready(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"fid_weights": fid_weights})}), proto,
+                cache_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    conditional = not is_unconditional(cfg)
+    with preserved_rng():
+        proto = proto.resolved(cache_dir, fid_weights)  # before sampling: a bad weights file fails at once
+        images, labels = sample_images(trained.ema.to(device), trained.objective, trained.shape, trained.num_classes,
+                                       proto, cfg.eval.batch_size, device, make_decoder(proto.vae, device), progress,
+                                       conditional=conditional)
+        if export_npz is not None:
+            export_adm_npz(images, labels, export_npz)
+        values = measure(images, labels if conditional else None, proto, cfg.eval.metrics, cache_dir, fid_weights)
+    tracker = Tracker(store, tracking_uri)
+    tracker.run_id = trained.run_id
+    return log_evaluation(tracker, proto, values, trained.step, trained.shape[0]), trained.run_id
+
+
+def _allowed_samplers(cfg: RunConfig) -> tuple[str, ...]:
+    from fcdm.diffusion import SAMPLERS
+
+    return SAMPLERS[cfg.objective.name]
+
+
+def export_adm_npz(images: np.ndarray, labels: np.ndarray, path: Path) -> Path:
+    """Samples as ADM's evaluator reads them: `arr_0` uint8 (N, H, W, 3) (grey repeated), plus `labels`."""
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, arr_0=images, labels=labels)
+    return path

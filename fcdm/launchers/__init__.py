@@ -1,0 +1,52 @@
+"""How the runner starts one job's trainer: a local process, `accelerate launch`, or a Slurm job.
+
+    launcher = make_launcher("accelerate", launcher_options("accelerate", spec.launcher, ["num_processes=2"]))
+    handle = launcher.start(job, config_path, log_path, store, tracking_uri, env, claim)
+
+The registry (`LAUNCHERS`) names each implementation; `base` holds what they share (the trainer's
+command line, `Launcher`, `Handle`), `resources` how many jobs run at once and what each gets.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from fcdm.errors import LauncherError
+from fcdm.launchers.accelerate import AccelerateLauncher
+from fcdm.launchers.base import Launcher
+from fcdm.launchers.local import LocalLauncher
+from fcdm.launchers.slurm import SlurmLauncher
+
+LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher, "accelerate": AccelerateLauncher,
+                                        "slurm": SlurmLauncher}
+
+
+def launcher_options(name: str, spec_section: dict | None = None, pairs: list[str] | tuple[str, ...] = (),
+                     **flags: Any) -> dict[str, Any]:
+    """A launcher's options: the spec's `launcher` section (`{slurm: {partition: gpu}, accelerate: {...}}`),
+    then `--launcher-opt key=value` pairs (values read as YAML), then the named CLI flags that are set."""
+    section = (spec_section or {}).get(name) or {}
+    if not isinstance(section, dict):
+        raise LauncherError(f"the spec's launcher.{name} section must be a mapping of options, not {section!r}")
+    options = {k.replace("-", "_"): v for k, v in section.items()}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise LauncherError(f"--launcher-opt {pair!r}: expected key=value, e.g. --launcher-opt partition=gpu")
+        try:
+            options[key.strip().replace("-", "_")] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            options[key.strip().replace("-", "_")] = raw
+    options.update({k: v for k, v in flags.items() if v is not None})
+    return options
+
+
+def make_launcher(name: str, options: dict[str, Any] | None = None) -> Launcher:
+    """The launcher called `name` (local | accelerate | slurm) with its options validated."""
+    if name not in LAUNCHERS:
+        raise LauncherError(f"--launcher {name!r} is unknown; allowed values: {', '.join(LAUNCHERS)}")
+    return LAUNCHERS[name](dict(options or {}))
+
+
+__all__ = ["LAUNCHERS", "LauncherError", "launcher_options", "make_launcher"]

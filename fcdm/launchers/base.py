@@ -1,0 +1,95 @@
+"""What every launcher shares: the trainer's command line, the `Launcher` interface and the `Handle` of a
+started job.
+
+Every launcher runs `fcdm-ablate train <job config> --store S --tracking-uri U --no-progress` in a
+process of its own (so a crash, OOM or NaN in one job cannot take the others down and its memory is
+returned), its stdout and stderr appended to the job's log in the store. A launcher returns a
+`Handle` the runner polls; `interrupt()` asks the trainer to checkpoint and stop (SIGINT: it marks
+its run KILLED and exits 130), `kill()` ends it at once (it resumes from its last checkpoint).
+The implementations are `local`, `accelerate` and `slurm` in this package.
+
+Local children die with the runner: Linux's PR_SET_PDEATHSIG sends them SIGTERM (checkpoint, stop)
+when the runner dies, even by SIGKILL, so no orphan trains on while another runner takes its claim.
+They start in their own session, so a Ctrl-C in the terminal reaches only the runner, which
+forwards it once and then waits for the checkpoints.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fcdm.util.process import spawn
+
+EXIT_CLAIM_LOST = 75  # a cluster job found its claim taken over before it started: it trained nothing
+
+
+def train_argv(config: Path, store: Path, tracking_uri: str) -> list[str]:
+    """The trainer's command line after the interpreter / launcher."""
+    return ["-m", "fcdm.cli", "train", str(config), "--store", str(store), "--tracking-uri", tracking_uri,
+            "--no-progress"]
+
+
+@dataclass
+class Handle:
+    """A started job. poll() is None while it runs, else the trainer's exit code (negative: killed by
+    that signal)."""
+    describe: str
+
+    def poll(self) -> int | None:
+        raise NotImplementedError
+
+    def interrupt(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class ProcessHandle(Handle):
+    proc: subprocess.Popen | None = None
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def interrupt(self) -> None:
+        self._signal(signal.SIGINT)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        try:  # the whole session: accelerate's workers too
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# -- the launchers --------------------------------------------------------------------------------------
+
+@dataclass
+class Launcher:
+    """Starts jobs. `options` are the launcher's own flags (accelerate's, Slurm's), validated up front."""
+    options: dict[str, Any] = field(default_factory=dict)
+    name = "local"
+
+    def __post_init__(self):
+        pass
+
+    def processes_per_job(self) -> int:
+        return 1
+
+    def check(self, jobs) -> None:
+        """Refuse options that contradict the jobs, before anything starts."""
+
+    def start(self, job, config: Path, log: Path, store: Path, tracking_uri: str, env: dict[str, str],
+              claim=None) -> Handle:
+        proc = spawn([sys.executable, *train_argv(config, store, tracking_uri)], log, env)
+        return ProcessHandle(f"pid {proc.pid}", proc)
+
+

@@ -1,0 +1,49 @@
+"""How many jobs run at once on this machine and what each one gets: its GPUs (CUDA_VISIBLE_DEVICES) or
+its share of the CPU threads (OMP_NUM_THREADS and friends). Read without importing torch."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+
+def detect_gpus() -> list[str]:
+    """Visible GPU ids, without importing torch: $CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_parallel(gpus: list[str], cpus: int, num_jobs: int) -> int:
+    """One job per GPU; on CPU only, one single-threaded job per core (measured on 2 cores: the
+    kernel-size smoke spec finishes soonest with 2 jobs of 1 thread, see bench/run.py)."""
+    return max(1, min(len(gpus) if gpus else cpus, num_jobs))
+
+
+def slot_env(slot: int, parallel: int, gpus: list[str], cpus: int, procs: int = 1) -> dict[str, str]:
+    """Environment of concurrency slot `slot` of `parallel`: its share of CPU threads, its GPU(s).
+
+    GPUs are dealt out in contiguous groups (8 GPUs, 4 jobs: 0,1 | 2,3 | ...); with more jobs than
+    GPUs, jobs share GPUs round-robin. `procs` processes of one job (accelerate) split its threads."""
+    threads = max(1, cpus // (parallel * procs))
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if gpus:
+        if parallel <= len(gpus):
+            per = len(gpus) // parallel
+            group = gpus[slot * per:(slot + 1) * per]
+        else:
+            group = [gpus[slot % len(gpus)]]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(group)
+    return env

@@ -1,0 +1,219 @@
+"""`fcdm-ablate plan`: what a spec will run and what it costs, without running or writing anything.
+
+    rows = plan_rows(expand("ablations/kernel_size.yaml", "paper"), store=None)
+    rows[0]["gflops"], rows[0]["train_gflops"], rows[0]["status"]
+
+Each row is one job: name, seed, hash, variant, axis values, parameters, forward GFLOPs (DiT's
+convention), training compute (GFLOPs x 3 x batch x steps) and its status in the store (new / partial at
+step N / finished / failed / running elsewhere), read from files only: no store or database is created.
+`measure_steps` times a few real training steps of each distinct architecture on this machine.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from fcdm.spec.job import Job
+
+COLUMNS = ("name", "seed", "hash", "variant", "axes", "params", "gflops", "train_gflops", "steps", "batch_size",
+           "flops_target", "status")
+NO_DATA = "needs data"  # latent jobs whose files are not on this machine have no hash (it covers the data)
+
+
+def plan_rows(jobs: Sequence[Job], store: str | Path | None = None) -> list[dict[str, Any]]:
+    """One dict per job (keys: COLUMNS). `store`: None means the default store; a store that does not exist
+    means every job is new. Reads nothing but the store's files; writes nothing."""
+    from fcdm.spec.matching import cost
+    from fcdm.store.layout import resolve_store
+
+    store_path = resolve_store(store)
+    rows = []
+    for job in jobs:
+        cfg = job.config
+        c = cost(cfg)
+        h = cfg.try_hash()
+        target = cfg.log.tags.get("fcdm.flops_target")
+        rows.append({"name": job.name, "seed": job.seed, "hash": h, "variant": job.variant or "", "axes": job.axes,
+                     "params": c.params, "gflops": c.gflops,
+                     # fcdm.flops.training_gflops (forward + ~2x backward per image); not imported: see flops_match
+                     "train_gflops": c.gflops * 3 * cfg.train.batch_size * cfg.train.steps,
+                     "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
+                     "flops_target": float(target) if target else None,
+                     "status": _status(store_path, job, h)})
+    return rows
+
+
+def _status(store: Path, job: Job, config_hash: str | None) -> str:
+    if config_hash is None:
+        return NO_DATA
+    if not store.is_dir():
+        return "new"
+    from fcdm.store.jobs import job_status  # the runner's view of the store: claims, progress, checkpoints
+
+    return job_status(store, job).describe()
+
+
+def totals(rows: Sequence[dict]) -> dict[str, Any]:
+    out = {"jobs": len(rows), "train_gflops": sum(r["train_gflops"] for r in rows),
+           "params_max": max((r["params"] for r in rows), default=0)}
+    states: dict[str, int] = {}
+    for r in rows:
+        s = r["status"].split(" at ")[0].split(":")[0].split(" (")[0]  # 'partial at step 3/9' -> 'partial'
+        states[s] = states.get(s, 0) + 1
+    out["status"] = states
+    if rows and "est_seconds" in rows[0]:
+        known = [r["est_seconds"] for r in rows if r["est_seconds"] is not None]
+        out["est_seconds"] = sum(known)
+        out["not_measured"] = len(rows) - len(known)  # too large for this machine's memory
+    return out
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+BYTES_PER_PARAM = 20  # fp32 weights, gradients, two AdamW moments and the EMA copy
+
+
+def measure_steps(jobs: Sequence[Job], steps: int = 3, max_batch: int = 64, budget_gflop: float = 60.0,
+                  device: str | None = None) -> list[float | None]:
+    """Seconds per training step of each job (at its global batch, on one process), in the jobs' order;
+    None for a job whose weights, gradients and optimiser state would not fit in this machine's memory.
+
+    Each distinct (architecture, objective, batch, precision) is timed once: a warm-up step, then
+    `steps` timed steps of forward, loss, backward, clipping, AdamW and the EMA update on random data of
+    the job's shape, at a micro-batch small enough that one step costs about `budget_gflop` GFLOP (at most
+    `max_batch`), scaled linearly to the global batch. Evaluations, checkpoints, data loading and process
+    start-up are not included. Nothing is written.
+    """
+    import torch
+
+    from fcdm.build import build_model, build_objective
+    from fcdm.spec.matching import architecture, cost
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    memory = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else \
+        os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    cache: dict[str, float | None] = {}
+    out = []
+    for job in jobs:
+        cfg = job.config
+        name, kwargs, shape = architecture(cfg)
+        key = json.dumps([name, kwargs, shape, cfg.objective.name, cfg.train.batch_size, cfg.train.mixed_precision],
+                         sort_keys=True, default=str)
+        if key not in cache:
+            c = cost(cfg)
+            micro = max(1, min(cfg.train.batch_size, max_batch, int(budget_gflop / max(3 * c.gflops, 1e-9))))
+            if c.params * BYTES_PER_PARAM > 0.6 * memory:  # an OOM kill would lose the whole plan
+                cache[key] = None
+            else:
+                seconds = _time_steps(cfg, build_model(cfg).to(dev), build_objective(cfg), micro, steps, dev)
+                cache[key] = seconds * cfg.train.batch_size / micro
+        out.append(cache[key])
+    return out
+
+
+def _time_steps(cfg, model, objective, batch: int, steps: int, dev) -> float:
+    import torch
+
+    torch.manual_seed(0)
+    c, h, w = cfg.data_shape
+    ema = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                            betas=cfg.train.betas)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.mixed_precision)
+    if dev.type == "cpu" and dtype is torch.float16:
+        dtype = None
+    model.train()
+    times = []
+    for i in range(steps + 1):
+        x = torch.randn(batch, c, h, w, device=dev)
+        y = torch.randint(0, cfg.num_classes, (batch,), device=dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            t = objective.sample_t(batch, device=dev)
+            loss = objective.training_losses(lambda xt, tt: model(xt, tt, y), x, t)["loss"].mean()
+        loss.backward()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1 - cfg.train.ema_decay)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first step pays for allocation and kernel selection
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+# -- output ------------------------------------------------------------------------------------------
+
+def compute(gflop: float) -> str:
+    """Training compute with an SI prefix: 3.1e6 GFLOP -> '3.10 PFLOP'."""
+    for unit, scale in (("EFLOP", 1e9), ("PFLOP", 1e6), ("TFLOP", 1e3)):
+        if gflop >= scale:
+            return f"{gflop / scale:.2f} {unit}"
+    return f"{gflop:.2f} GFLOP"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def axes_text(axes: dict) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={json.dumps(v) if isinstance(v, (list, dict)) else v}"
+                     for k, v in axes.items())
+
+
+def to_csv(rows: Sequence[dict]) -> str:
+    cols = list(COLUMNS) + (["est_seconds"] if rows and "est_seconds" in rows[0] else [])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: json.dumps(r[k], separators=(",", ":")) if k == "axes" else
+                         ("" if r.get(k) is None else r[k]) for k in cols})
+    return buf.getvalue()
+
+
+def to_json(rows: Sequence[dict], meta: dict) -> str:
+    return json.dumps({**meta, "jobs": list(rows), "totals": totals(rows)}, indent=1)
+
+
+def table(rows: Sequence[dict], title: str):
+    """A rich Table of the rows with a totals line."""
+    from rich.table import Table
+
+    measured = bool(rows) and "est_seconds" in rows[0]
+    matched = any(r["flops_target"] is not None for r in rows)
+    t = Table(title=title, show_footer=True)
+    tot = totals(rows)
+    cols = [("job", f"{tot['jobs']} jobs"), ("seed", ""), ("hash", ""), ("axes", ""), ("params (M)", ""),
+            ("GFLOPs", ""), *([("target", "")] if matched else []), ("train compute", compute(tot["train_gflops"])),
+            *([("est. time", duration(tot["est_seconds"]) + (f" + {tot['not_measured']} too large here"
+                                                              if tot["not_measured"] else ""))] if measured else []),
+            ("status", ", ".join(f"{n} {s}" for s, n in tot["status"].items()))]
+    for name, footer in cols:
+        t.add_column(name, footer=footer, justify="right" if name in ("params (M)", "GFLOPs", "target", "seed",
+                                                                        "train compute", "est. time") else "left")
+    for r in rows:
+        cells = [r["name"], str(r["seed"]), (r["hash"] or NO_DATA)[:12], axes_text(r["axes"]) or "-",
+                 f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.4g}",
+                 *([f"{r['flops_target']:.4g}" if r["flops_target"] is not None else "-"] if matched else []),
+                 compute(r["train_gflops"]),
+                 *([duration(r["est_seconds"]) if r["est_seconds"] is not None else "too large here"] if measured else []),
+                 r["status"]]
+        t.add_row(*cells)
+    return t

@@ -1,0 +1,34 @@
+"""A job: one run configuration of an ablation spec, at one seed, as the runner, `plan`, `sweep` and
+`report` see it. A job's identity is its run's: (configuration hash, seed), never its name, so a
+configuration shared by two specs is one run, trained once, and listed by both."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fcdm.config.schema import RunConfig
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: str  # the spec's name
+    name: str  # "<spec>/<axis=value,...>" (variant first when the spec has variants)
+    config: RunConfig  # fully resolved and validated; config.seed is the job's seed
+    variant: str | None = None
+    axes: dict[str, Any] = field(default_factory=dict)  # dotted key -> value that picked this job
+    profile: str | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def hash(self) -> str:
+        return self.config.hash
+
+    @property
+    def key(self) -> str:
+        """'<hash>-s<seed>': the run's identity, and its folder name in the store."""
+        from fcdm.store.layout import run_key
+
+        return run_key(self.config)

@@ -1,0 +1,133 @@
+"""Reading a spec file: the top-level keys, profiles, and which profile a command uses.
+
+    spec = load_spec("ablations/kernel_size.yaml")   # parse and validate the file (SpecError)
+    resolve_profile(spec, None)                      # the profile a command uses without --profile
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fcdm.errors import SpecError, did_you_mean
+from fcdm.spec.errors import show
+from fcdm.spec.job import Job
+from fcdm.spec.sections import effective, matches, parse_base, parse_launcher, parse_profile, parse_scope
+from fcdm.spec.strict_yaml import load_yaml_file
+
+SPEC_KEYS = ("name", "description", "base", "profiles", "default_profile", "axes", "zip", "variants", "seeds",
+             "exclude", "include", "match_flops", "baseline", "search", "launcher")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+DEFAULT_PROFILE = "smoke"
+
+
+IMPLICIT_PROFILE = "default"  # the only profile of a spec that declares none: base as written
+
+
+@dataclass(frozen=True, eq=False)
+class Spec:
+    """A parsed, validated spec (raw data; `expand` turns it into jobs). `profiles` maps each name to
+    {"config": nested overrides, and any spec-level key it replaces}; `variants` are
+    {"name", "set" (nested overrides), "description", "reference", and "match_flops" when given}."""
+    name: str
+    description: str
+    path: Path | None
+    base: dict
+    profiles: dict[str, dict]
+    default_profile: str | None
+    axes: dict[str, list]
+    zip: list[dict[str, list]]
+    variants: list[dict]
+    seeds: list[int]
+    exclude: list[dict]
+    include: list[dict]
+    match_flops: dict | None
+    search: dict | None
+    launcher: dict | None
+    baseline: dict | None = None
+    source: str = field(default="<spec>", repr=False)
+
+    def variant(self, name: str, profile: str | None = None) -> dict | None:
+        """A variant by name under a profile (profiles may replace the list)."""
+        eff = effective(self, resolve_profile(self, profile))
+        return next((v for v in eff["variants"] if v["name"] == name), None)
+
+    def is_baseline(self, job: Job) -> bool:
+        """Whether a job is (one seed of) the spec's baseline row under its profile."""
+        eff = effective(self, job.profile or resolve_profile(self, None))
+        return eff["baseline"] is not None and matches(eff["baseline"], job.variant, job.axes)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file; raises SpecError (one line) for anything wrong with it."""
+    path = Path(path)
+    raw = load_yaml_file(path, "spec")
+    src = str(path)
+    _check_top(raw, src)
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SpecError(f"{src}: name: {show(name)}: required; letters, digits, '_' and '-' only, e.g. "
+                        f"name: {path.stem if _NAME.match(path.stem) else 'kernel_size'}")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise SpecError(f"{src}: description: {show(description)}: must be text")
+    base = parse_base(raw.get("base", {}), path, "base")
+    scope = parse_scope(raw, path, "")
+    profiles_raw = raw.get("profiles") or {}
+    if not isinstance(profiles_raw, dict):
+        raise SpecError(f"{src}: profiles: {show(profiles_raw)}: must be a mapping of profile names to overrides, "
+                        "e.g. profiles: {smoke: {train.steps: 100}, paper: {base: configs/paper.yaml}}")
+    profiles = {p: parse_profile(p, v, path) for p, v in profiles_raw.items()}
+    default = raw.get("default_profile")
+    if default is not None and default not in profiles:
+        raise SpecError(f"{src}: default_profile: {show(default)}: not a profile of this spec; allowed values: "
+                        f"{', '.join(profiles) or '(none: add a profiles section)'}")
+    search = raw.get("search")
+    if search is not None:
+        _check_search(search, src, list(profiles))
+    spec = Spec(name=name, description=description, path=path, base=base, profiles=profiles,
+                default_profile=default, axes=scope["axes"], zip=scope["zip"], variants=scope["variants"],
+                seeds=scope["seeds"], exclude=scope["exclude"], include=scope["include"],
+                match_flops=scope["match_flops"], search=search, launcher=parse_launcher(raw.get("launcher"), src),
+                baseline=scope["baseline"], source=src)
+    for p in profiles or [IMPLICIT_PROFILE]:
+        effective(spec, p)  # cross-checks every profile now, not only the one a command picks
+    return spec
+
+
+def _check_top(raw: dict, src: str) -> None:
+    for key in raw:
+        if key not in SPEC_KEYS:
+            hint = did_you_mean(key, SPEC_KEYS)
+            where = "a run config section belongs under base or a profile; " if key in (
+                "model", "objective", "data", "train", "eval", "log") else ""
+            raise SpecError(f"{src}: {key}: unknown spec key; {where}{hint}allowed keys: {', '.join(SPEC_KEYS)}")
+
+
+def _check_search(search: Any, src: str, profiles: list[str]) -> None:
+    from fcdm.spec.search import parse_search
+
+    parse_search(search, src, None, profiles)  # every profile's variant of the search space
+
+
+def resolve_profile(spec: Spec, profile: str | None) -> str:
+    """The profile a command uses: the one asked for, else default_profile, else 'smoke', else the only one
+    (a spec without profiles has the implicit profile 'default': its base as written)."""
+    names = list(spec.profiles) or [IMPLICIT_PROFILE]
+    if profile is None:
+        profile = spec.default_profile or (DEFAULT_PROFILE if DEFAULT_PROFILE in names else None)
+        if profile is None:
+            if len(names) == 1:
+                return names[0]
+            raise SpecError(f"{spec.source}: profiles: no --profile given and the spec has no default_profile and "
+                            f"no '{DEFAULT_PROFILE}' profile; pass --profile with one of: {', '.join(names)}")
+    if profile not in names:
+        hint = did_you_mean(profile, names)
+        raise SpecError(f"{spec.source}: profiles: {profile!r}: no such profile; {hint}allowed values: "
+                        f"{', '.join(names)}")
+    return profile

@@ -1,0 +1,399 @@
+"""Parsing and checking the sections of a spec (fcdm.spec): override mappings, axes, zip groups,
+variants, seeds, exclude/include, match_flops, baseline, profiles, launcher. Every problem is a
+one-line SpecError "<file>: <key path>: <value>: <what is allowed / the fix>".
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from fcdm.errors import did_you_mean
+from fcdm.spec.errors import SpecError, show, unknown_key
+from fcdm.spec.strict_yaml import load_yaml_file, parse_yaml
+
+# Spec-level keys a profile may replace, and the keys of the grid the assignments below may name.
+PROFILE_KEYS = ("base", "seeds", "axes", "zip", "variants", "exclude", "include", "match_flops", "baseline")
+ASSIGNMENT_KEYS = ("exclude", "include", "baseline")
+SCOPE_KEYS = ("axes", "zip", "variants", "seeds", "exclude", "include", "match_flops", "baseline")
+_VARIANT_KEYS = ("name", "set", "description", "reference", "match_flops")
+_MATCH_KEYS = ("target", "solve", "tolerance")
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+/-]*$")  # no ',' '=' or spaces: job names join them
+_LAUNCHERS = ("local", "accelerate", "slurm")
+_SLURM = {"partition": str, "time": (str, int), "gpus_per_node": int, "cpus_per_task": int, "mem_gb": int,
+          "nodes": int, "account": str, "qos": str, "constraint": str, "additional_parameters": dict}
+
+
+# -- run-config keys and override mappings -------------------------------------------------------------
+
+def check_key(key: Any, src: str, where: str, also: Sequence[str] = ()) -> None:
+    """A dotted run-config key such as 'train.lr' or 'model.args.kernel_size'."""
+    from pydantic import BaseModel
+
+    from fcdm.config import RunConfig
+
+    label = f"{src}: {where}: {show(key)}" if where else src  # where '': src already names the key
+    if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+        raise SpecError(f"{label}: not a dotted config key; write e.g. train.lr or "
+                        "model.args.kernel_size")
+    parts = key.split(".")
+    if parts[0] in ("name", "seed"):
+        raise SpecError(f"{label}: set by the spec itself (jobs are named after their axis values and "
+                        "seeded from 'seeds'); remove it, or list seeds under seeds")
+    model: type[BaseModel] = RunConfig
+    for i, part in enumerate(parts):
+        fields = [f for f in model.model_fields if model is not RunConfig or f not in ("name", "seed")]
+        if part not in fields:
+            prefix = ".".join(parts[:i])
+            options = fields + list(also) if i == 0 else fields
+            hint = did_you_mean(part, options, "".join(p + "." for p in parts[:i]))
+            return_msg = f"allowed keys{' in ' + prefix if prefix else ''}: {', '.join(options)}"
+            raise SpecError(f"{label}: unknown config key; {hint}{return_msg}")
+        annotation = model.model_fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+            continue
+        rest = parts[i + 1:]
+        free_form = (model.__name__, part) in (("ModelConfig", "args"), ("LogConfig", "tags"))
+        if rest and not (free_form and len(rest) == 1):
+            head, fix = ".".join(parts[: i + 1]), ".".join(parts[: i + 1 + free_form])
+            raise SpecError(f"{label}: '{head}' holds a value, not a section; use {fix}")
+        return
+
+
+def merge(a: dict, b: dict) -> dict:
+    """Deep merge: b's values win; nested mappings merge."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def nest(mapping: dict, where: str, src: str = "<spec>", check: bool = True, also: Sequence[str] = ()) -> dict:
+    """Top-level dotted keys to nested sections ({'train.lr': 1} -> {'train': {'lr': 1}})."""
+    out: dict = {}
+    for key, value in mapping.items():
+        if check:
+            check_key(key, src, f"{where}{key}" if not where.endswith(": ") else key, also)
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"{src}: {where}{key}: {show(value)}: '{part}' is set twice (as a value and as a "
+                                "section); keep one")
+        leaf = parts[-1]
+        if leaf in node and not (isinstance(node[leaf], dict) and isinstance(value, dict)):
+            raise SpecError(f"{src}: {where}{key}: {show(value)}: set twice (as a dotted key and inside a mapping); "
+                            "keep one")
+        node[leaf] = merge(node[leaf], value) if leaf in node else value
+    return out
+
+
+def parse_overrides(raw: Any, src: str, where: str, also: Sequence[str] = ()) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{src}: {where}: {show(raw)}: must be a mapping of config keys to values, e.g. "
+                        "{model.args.grn: false}")
+    return nest(raw, f"{where}." if where else "", src, also=also)
+
+
+def parse_base(raw: Any, spec_path: Path, where: str) -> dict:
+    """`base`: a run-config mapping, or a path (relative to the spec) to a run-config file."""
+    src = str(spec_path)
+    if isinstance(raw, str):
+        path = (spec_path.parent / raw) if not Path(raw).is_absolute() else Path(raw)
+        if not path.is_file():
+            raise SpecError(f"{src}: {where}: {raw}: no such run config file (paths are relative to the spec's "
+                            f"folder, {spec_path.parent}/); fix the path or give the config inline")
+        data = load_yaml_file(path, "run config")
+        data.pop("name", None), data.pop("seed", None)  # a config file's own name and seed: the spec sets both
+        return nest(data, f"{where}({raw}).", src)
+    if not isinstance(raw, dict):
+        raise SpecError(f"{src}: {where}: {show(raw)}: must be a run config mapping (model, objective, data, train, "
+                        "eval, log) or a path to a run config file such as configs/smoke.yaml")
+    return nest(raw, f"{where}.", src)
+
+
+def parse_sets(overrides: Sequence[str], src: str) -> tuple[dict, dict[str, str]]:
+    """`--set key=value` strings -> (nested overrides, dotted key -> '--set key')."""
+    flat, where = {}, {}
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r}: expected key.path=value, e.g. --set train.steps=100")
+        key, text = (s.strip() for s in item.split("=", 1))
+        check_key(key, f"--set {item}", "")
+        flat[key] = parse_yaml(text, f"--set {key}") if text else None
+        where[key] = f"--set {key}"
+    return nest(flat, "--set ", src, check=False), where
+
+
+# -- the grid: axes, zip, variants, seeds, assignments ---------------------------------------------------
+
+def _values(raw: Any, src: str, where: str) -> list:
+    if not isinstance(raw, list):
+        raise SpecError(f"{src}: {where}: {show(raw)}: must be a list of values, e.g. [3, 5, 7]")
+    if not raw:
+        raise SpecError(f"{src}: {where}: []: an axis needs at least one value; list the values to try")
+    seen = set()
+    for v in raw:
+        text = json.dumps(v, sort_keys=True, default=str)
+        if text in seen:
+            raise SpecError(f"{src}: {where}: {show(raw)}: lists {show(v)} twice; list each value once")
+        seen.add(text)
+    return raw
+
+
+def parse_axes(raw: Any, src: str, where: str) -> dict[str, list]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{src}: {where}: {show(raw)}: must map dotted config keys to lists of values, e.g. "
+                        "axes: {model.args.kernel_size: [3, 5, 7]}")
+    for key, values in raw.items():
+        check_key(key, src, f"{where}.{key}")
+        _values(values, src, f"{where}.{key}")
+    return dict(raw)
+
+
+def parse_zip(raw: Any, src: str, where: str) -> list[dict[str, list]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise SpecError(f"{src}: {where}: {show(raw)}: must be a list of groups, each mapping keys to equal-length "
+                        "lists, e.g. zip: [{model.name: [FCDM-S, DiT-S/2], train.lr: [1.0e-3, 1.0e-4]}]")
+    groups = []
+    for i, group in enumerate(raw):
+        w = f"{where}[{i}]"
+        if not isinstance(group, dict) or not group:
+            raise SpecError(f"{src}: {w}: {show(group)}: a zip group maps config keys to equal-length lists")
+        lengths = {}
+        for key, values in group.items():
+            check_key(key, src, f"{w}.{key}")
+            lengths[key] = len(_values(values, src, f"{w}.{key}"))
+        if len(set(lengths.values())) > 1:
+            sizes = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+            raise SpecError(f"{src}: {w}: {sizes}: the lists of one zip group move together and need equal lengths")
+        groups.append(dict(group))
+    return groups
+
+
+def parse_match(raw: Any, src: str, where: str) -> dict | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{src}: {where}: {show(raw)}: must be a mapping, e.g. match_flops: {{target: base}}")
+    for key in raw:
+        if key not in _MATCH_KEYS:
+            raise unknown_key(src, f"{where}.", key, _MATCH_KEYS)
+    target = raw.get("target", "base")
+    ok_number = isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target < float("inf")
+    if not (ok_number or (isinstance(target, str) and target)):
+        raise SpecError(f"{src}: {where}.target: {show(target)}: allowed values: base (the profile's base config), "
+                        "a positive number of GFLOPs, or a variant's name")
+    solve = raw.get("solve", "model.args.hidden_size")
+    if not isinstance(solve, str) or not solve.startswith("model.args.") or solve.count(".") != 2:
+        raise SpecError(f"{src}: {where}.solve: {show(solve)}: must be one model constructor argument, e.g. "
+                        "model.args.hidden_size")
+    tol = raw.get("tolerance", 0.02)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
+        raise SpecError(f"{src}: {where}.tolerance: {show(tol)}: must be a fraction between 0 and 1, e.g. 0.02 (2%)")
+    return {"target": target, "solve": solve, "tolerance": float(tol)}
+
+
+def parse_variants(raw: Any, src: str, where: str) -> list[dict]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise SpecError(f"{src}: {where}: {show(raw)}: must be a list of {{name, set}} mappings, e.g. "
+                        "variants: [{name: no-grn, set: {model.args.grn: false}}]")
+    out, names = [], set()
+    for i, v in enumerate(raw):
+        w = f"{where}[{i}]"
+        if not isinstance(v, dict):
+            raise SpecError(f"{src}: {w}: {show(v)}: a variant is a mapping {{name: ..., set: {{...}}}}")
+        for key in v:
+            if key not in _VARIANT_KEYS:
+                raise unknown_key(src, f"{w}.", key, _VARIANT_KEYS)
+        name = v.get("name")
+        if not isinstance(name, str) or not _VARIANT_NAME.match(name):
+            raise SpecError(f"{src}: {w}.name: {show(name)}: required; letters, digits and _ . @ + / - (no spaces, "
+                            "',' or '=': it becomes part of job names)")
+        if name in names or name == "base":
+            raise SpecError(f"{src}: {w}.name: {name}: " + ("'base' is reserved for match_flops targets; pick another "
+                            "name" if name == "base" else "two variants share this name; names must be unique"))
+        names.add(name)
+        w = f"{where}[{name}]"
+        variant = {"name": name, "set": parse_overrides(v.get("set"), src, f"{w}.set"),
+                   "description": v.get("description") or "", "reference": v.get("reference", False)}
+        if not isinstance(variant["reference"], bool):
+            raise SpecError(f"{src}: {w}.reference: {show(variant['reference'])}: must be true or false (true marks a "
+                            "labelled reference row, e.g. the unconditional model)")
+        if "match_flops" in v:
+            variant["match_flops"] = parse_match(v["match_flops"], src, f"{w}.match_flops")
+        out.append(variant)
+    return out
+
+
+def parse_seeds(raw: Any, src: str, where: str) -> list[int]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                      for s in raw):
+        raise SpecError(f"{src}: {where}: {show(raw)}: must be a non-empty list of non-negative integers, e.g. "
+                        "[0, 1, 2]")
+    if len(set(raw)) != len(raw):
+        raise SpecError(f"{src}: {where}: {show(raw)}: lists a seed twice; list each seed once")
+    return list(raw)
+
+
+def parse_assignments(raw: Any, src: str, where: str) -> list[dict]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise SpecError(f"{src}: {where}: {show(raw)}: must be a list of partial assignments, e.g. "
+                        f"{where.split('.')[-1]}: [{{model.args.kernel_size: 3}}]")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not item:
+            raise SpecError(f"{src}: {where}[{i}]: {show(item)}: must be a mapping of config keys (and 'variant') to "
+                            "single values, e.g. {model.args.kernel_size: 3}")
+        for key in item:
+            if key != "variant":
+                check_key(key, src, f"{where}[{i}].{key}")
+        out.append(dict(item))
+    return out
+
+
+def parse_scope(raw: dict, spec_path: Path, prefix: str) -> dict:
+    """The grid-defining keys of the spec (prefix '') or of one profile (prefix 'profiles.NAME.')."""
+    src = str(spec_path)
+    scope = {"axes": parse_axes(raw.get("axes"), src, f"{prefix}axes"),
+             "zip": parse_zip(raw.get("zip"), src, f"{prefix}zip"),
+             "variants": parse_variants(raw.get("variants"), src, f"{prefix}variants"),
+             "seeds": parse_seeds(raw.get("seeds", [0]), src, f"{prefix}seeds"),
+             "exclude": parse_assignments(raw.get("exclude"), src, f"{prefix}exclude"),
+             "include": parse_assignments(raw.get("include"), src, f"{prefix}include"),
+             "match_flops": parse_match(raw.get("match_flops"), src, f"{prefix}match_flops"),
+             "baseline": None}
+    if raw.get("baseline") is not None:
+        b = raw["baseline"]
+        if not isinstance(b, dict) or not b:
+            raise SpecError(f"{src}: {prefix}baseline: {show(b)}: must be a partial assignment naming one row, e.g. "
+                            "baseline: {model.args.kernel_size: 7} or baseline: {variant: default}")
+        scope["baseline"] = dict(b)
+    return {k: v for k, v in scope.items() if k in raw or prefix == ""}
+
+
+def parse_profile(name: Any, raw: Any, spec_path: Path) -> dict:
+    src = str(spec_path)
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_-]+$", name):
+        raise SpecError(f"{src}: profiles: {show(name)}: a profile name uses letters, digits, '_' and '-'")
+    where = f"profiles.{name}"
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise SpecError(f"{src}: {where}: {show(raw)}: must be a mapping of overrides, e.g. {{train.steps: 100}}")
+    config = {k: v for k, v in raw.items() if k not in PROFILE_KEYS}
+    out = parse_scope(raw, spec_path, f"{where}.")
+    out["config"] = nest(config, f"{where}.", src, also=PROFILE_KEYS)
+    if "base" in raw:
+        out["base"] = parse_base(raw["base"], spec_path, f"{where}.base")
+    return out
+
+
+def parse_launcher(raw: Any, src: str) -> dict | None:
+    """`launcher`: defaults for `run` (name, jobs) and the accelerate / slurm settings it passes on."""
+    if raw is None:
+        return None
+    allowed = ("name", "jobs", "accelerate", "slurm")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{src}: launcher: {show(raw)}: must be a mapping with keys {', '.join(allowed)}")
+    for key in raw:
+        if key not in allowed:
+            raise unknown_key(src, "launcher.", key, allowed)
+    if raw.get("name", "local") not in _LAUNCHERS:
+        raise SpecError(f"{src}: launcher.name: {show(raw['name'])}: allowed values: {', '.join(_LAUNCHERS)}")
+    jobs = raw.get("jobs")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise SpecError(f"{src}: launcher.jobs: {show(jobs)}: must be a positive integer (jobs at once)")
+    acc = raw.get("accelerate") or {}
+    if not isinstance(acc, dict) or any(isinstance(v, (dict, list)) for v in acc.values()):
+        raise SpecError(f"{src}: launcher.accelerate: {show(acc)}: must map `accelerate launch` flags to single "
+                        "values, e.g. {num_processes: 8, mixed_precision: bf16}")
+    slurm = raw.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise SpecError(f"{src}: launcher.slurm: {show(slurm)}: must be a mapping, e.g. {{partition: gpu, time: 1440}}")
+    for key, value in slurm.items():
+        if key not in _SLURM:
+            raise unknown_key(src, "launcher.slurm.", key, list(_SLURM))
+        if isinstance(value, bool) or not isinstance(value, _SLURM[key]):
+            raise SpecError(f"{src}: launcher.slurm.{key}: {show(value)}: wrong type; expected "
+                            f"{getattr(_SLURM[key], '__name__', 'text or minutes')}")
+    return dict(raw)
+
+
+# -- one profile's view of the spec --------------------------------------------------------------------
+
+def label_keys(keys: Sequence[str]) -> dict[str, str]:
+    """Axis labels for job names: the last dotted component, or the whole key where two would collide."""
+    unique = list(dict.fromkeys(keys))
+    last = [k.rsplit(".", 1)[-1] for k in unique]
+    return {k: (short if last.count(short) == 1 else k) for k, short in zip(unique, last)}
+
+
+def effective(spec, profile: str) -> dict:
+    """The spec as a profile sees it: base config with the profile's overrides, and the grid keys (the
+    profile's where it replaces them). Cross-checks keys that refer to each other."""
+    p = spec.profiles.get(profile, {})
+    eff = {k: (p[k] if k in p else getattr(spec, k)) for k in SCOPE_KEYS}
+    pre = {k: (f"profiles.{profile}." if k in p else "") for k in SCOPE_KEYS}
+    eff.update(source=spec.source, pre=pre, profile_config=p.get("config", {}),
+               base=p.get("base", spec.base), profile_name=profile)
+    eff["config"] = merge(eff["base"], eff["profile_config"])
+    src = spec.source
+    owner: dict[str, str] = {}
+    for key in eff["axes"]:
+        owner[key] = f"{pre['axes']}axes"
+    for i, group in enumerate(eff["zip"]):
+        for key in group:
+            if key in owner:
+                raise SpecError(f"{src}: {pre['zip']}zip[{i}].{key}: set by {owner[key]} too; each key belongs to "
+                                "one axis or one zip group")
+            owner[key] = f"{pre['zip']}zip[{i}]"
+    names = [v["name"] for v in eff["variants"]]
+    for section in ASSIGNMENT_KEYS:
+        items = eff[section] if section != "baseline" else ([eff["baseline"]] if eff["baseline"] else [])
+        for i, item in enumerate(items):
+            w = f"{pre[section]}{section}" + (f"[{i}]" if section != "baseline" else "")
+            if "variant" in item and item["variant"] not in names:
+                raise SpecError(f"{src}: {w}.variant: {show(item['variant'])}: no such variant; allowed values: "
+                                f"{', '.join(names) or '(the spec has no variants)'}")
+            if section != "include":
+                for key in item:
+                    if key != "variant" and key not in owner:
+                        raise SpecError(f"{src}: {w}.{key}: not a key of axes or zip; {section} entries name grid "
+                                        f"keys ({', '.join(owner) or 'none'}) or variant")
+    for w, mf in [(f"{pre['match_flops']}match_flops", eff["match_flops"])] + [
+            (f"{pre['variants']}variants[{v['name']}].match_flops", v.get("match_flops")) for v in eff["variants"]]:
+        if mf and isinstance(mf["target"], str) and mf["target"] != "base" and mf["target"] not in names:
+            raise SpecError(f"{src}: {w}.target: {mf['target']}: not 'base' and not a variant; allowed values: base, "
+                            f"a number of GFLOPs{', ' + ', '.join(names) if names else ''}")
+    eff["points_keys"] = [list(owner)] + [[k for k in inc if k != "variant"] for inc in eff["include"]]
+    return eff
+
+
+def matches(pattern: dict, variant: str | None, assign: dict) -> bool:
+    for k, v in pattern.items():
+        have = variant if k == "variant" else assign.get(k, _MISSING)
+        if have is _MISSING or canonical_text(have) != canonical_text(v):
+            return False
+    return True
+
+
+_MISSING = object()
+
+
+def canonical_text(v: Any) -> str:
+    from fcdm.config import canonical
+
+    return json.dumps(canonical(v), sort_keys=True)

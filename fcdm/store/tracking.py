@@ -1,0 +1,125 @@
+"""The MLflow run of each configuration: one per (configuration hash, seed), tagged `fcdm.config_hash`
+and `fcdm.seed`, so re-running a config finds its run again and a resumed run continues it.
+
+    tracker = Tracker(store, tracking_uri); run_id, existed = tracker.open(cfg, tags)
+    tracker.log_metrics({"loss": 0.1}, step); tracker.end("FINISHED")
+    find_run("smoke-3d8b3abe-s0", store)      # by run id or run name
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fcdm.errors import RunNotFoundError
+from fcdm.store.layout import resolve_tracking_uri, run_name
+
+if TYPE_CHECKING:
+    from fcdm.config import RunConfig
+
+TAG_HASH, TAG_SEED, TAG_CKPT = "fcdm.config_hash", "fcdm.seed", "fcdm.checkpoint_dir"
+
+
+class Tracker:
+    """Thin layer over MlflowClient for one run; only the main process creates one."""
+
+    def __init__(self, store: Path, tracking_uri: str | None = None):
+        from mlflow import MlflowClient
+
+        self.store = store
+        self.uri = resolve_tracking_uri(store, tracking_uri)
+        if self.uri.startswith("sqlite:"):
+            store.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.run_id: str | None = None
+        self._pending: list = []
+
+    # -- finding and opening runs -----------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        # Keep artifacts in the store; MLflow's default is ./mlruns of whatever directory we run in.
+        location = (self.store / "artifacts").as_uri() if self.uri.startswith("sqlite:") else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def find(self, config_hash: str, seed: int):
+        """The newest run tagged with this configuration hash and seed, in any experiment, or None."""
+        ids = [e.experiment_id for e in self.client.search_experiments()]
+        if not ids:
+            return None
+        runs = self.client.search_runs(
+            ids, filter_string=f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_SEED}` = '{seed}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
+    def open(self, cfg: RunConfig, tags: dict[str, str]) -> tuple[str, bool]:
+        """Continue the run of (cfg.hash, cfg.seed) or create it in experiment cfg.log.experiment (default:
+        cfg.name); `tags` and cfg.log.tags are set either way. Returns (run_id, existed)."""
+        from mlflow.entities import Param, RunTag
+
+        tags = {**{k: str(v) for k, v in tags.items()}, **cfg.log.tags}
+        existing = self.find(cfg.hash, cfg.seed)
+        if existing is not None:
+            self.run_id = existing.info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            return self.run_id, True
+        run = self.client.create_run(self.experiment_id(cfg.log.experiment or cfg.name), run_name=run_name(cfg),
+                                     tags={**tags, TAG_HASH: cfg.hash, TAG_SEED: str(cfg.seed)})
+        self.run_id = run.info.run_id
+        # MLflow params are immutable: logged once, when the run is created.
+        params = [Param(k, str(v)) for k, v in cfg.flat().items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+        self.client.log_text(self.run_id, cfg.to_yaml(), "config.yaml")
+        return self.run_id, False
+
+    # -- logging ----------------------------------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float], step: int, flush: bool = True) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending and self.run_id:
+            self.client.log_batch(self.run_id, metrics=self._pending)
+            self._pending = []
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str) -> None:
+        """status: FINISHED, FAILED or KILLED."""
+        self.flush()
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def find_run(run: str, store: Path, tracking_uri: str | None = None):
+    """An MLflow run by id or by run name (newest first); RunNotFoundError when none matches."""
+    from mlflow.exceptions import MlflowException
+
+    uri = resolve_tracking_uri(store, tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise RunNotFoundError(f"no run with id or name {run!r}: the store {store} has no runs yet; train one "
+                               "with `fcdm-ablate train CONFIG`, or pass --store DIR / --tracking-uri URI")
+    tracker = Tracker(store, tracking_uri)
+    try:
+        return tracker.client.get_run(run)
+    except MlflowException:
+        pass
+    ids = [e.experiment_id for e in tracker.client.search_experiments()]
+    found = tracker.client.search_runs(ids, filter_string=f"attributes.run_name = '{run}'",
+                                       order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    if not found:
+        raise RunNotFoundError(f"no run with id or name {run!r} in {tracker.uri}; list runs with "
+                               f"`mlflow ui --backend-store-uri {tracker.uri}` or pass --store DIR")
+    return found[0]

@@ -1,0 +1,81 @@
+"""A run's identity check on resume and its evaluation ledger: which evaluations are due, which are
+logged, and which checkpoints must be kept until they are."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch.nn as nn
+
+from fcdm.config.identity import identity_differences
+from fcdm.config.schema import RunConfig
+from fcdm.errors import CheckpointError
+from fcdm.store.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint
+from fcdm.store.progress import read_progress, write_progress
+
+
+def check_identity(state: dict, identity: dict, cfg: RunConfig, path: Path) -> None:
+    """Stop when a checkpoint was trained on another configuration or other data than `cfg` says."""
+    stored = state.get("identity")
+    if stored is None:
+        raise CheckpointError(f"{path}: checkpoint records no run identity (written by an older fcdm-ablate, "
+                              f"before schema {identity['schema']}); resuming could mix two runs: delete "
+                              f"{path.parent} to train {cfg.name} from scratch")
+    diffs = identity_differences(stored, identity)
+    if diffs:
+        shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        raise CheckpointError(f"{path}: checkpoint was trained with a different configuration or data than "
+                              f"{cfg.name} (hash {cfg.hash}) describes ({shown}); training on would mix two runs: "
+                              f"restore the original data/config, or delete {path.parent} to train from scratch")
+
+
+class EvalLedger:
+    """Which evaluation steps are due and which are logged, kept in every checkpoint and in progress.json.
+
+    An evaluation runs after the checkpoint of its step, so a kill during it leaves that checkpoint
+    without it: a rerun finds it pending and performs it first. Its checkpoint is protected from pruning
+    until then. `done` joins the checkpoint's record with the sidecar's (written once the metrics are
+    logged, possibly after the newest checkpoint).
+    """
+
+    def __init__(self, cfg: RunConfig, ckpt_dir: Path, state: dict | None):
+        self.cfg, self.ckpt_dir = cfg, ckpt_dir
+        self.due = cfg.eval_steps() if cfg.eval.metrics else []
+        start = int(state["step"]) if state else 0
+        done = set(state.get("evals_done", ())) if state else set()
+        try:
+            side = read_progress(ckpt_dir)
+        except CheckpointError:
+            side = None
+        if side and side.get("config_hash") == cfg.hash and side.get("seed") == cfg.seed:
+            done |= set(side.get("evals_done", ()))
+        self.done = {s for s in done if s <= start}  # later ones belong to deleted checkpoints: redo them
+        have = {s for s, _ in list_checkpoints(ckpt_dir)}
+        lost = [s for s in self.pending(start) if s not in have]
+        if lost:  # e.g. eval.at or eval.metrics changed after those checkpoints were pruned
+            print(f"warning: evaluation at step(s) {lost} of {cfg.name} cannot run: no checkpoint is left at that "
+                  f"step; measure a later one with `fcdm-ablate evaluate RUN --step N`")
+            self.due = [s for s in self.due if s not in lost]
+
+    def pending(self, upto: int) -> list[int]:
+        return [s for s in self.due if s <= upto and s not in self.done]
+
+    def protected(self) -> set[int]:
+        return set(self.due) - self.done
+
+    def write(self, **fields) -> None:
+        write_progress(self.ckpt_dir, config_hash=self.cfg.hash, seed=self.cfg.seed, steps=self.cfg.train.steps,
+                       evals_due=self.due, evals_done=sorted(self.done), **fields)
+
+
+def _ema_at(ema: nn.Module, ckpt_dir: Path, at: int, state: dict, identity: dict, cfg: RunConfig) -> nn.Module:
+    """The EMA weights of step `at` (from its checkpoint) in a copy of `ema`'s architecture."""
+    if int(state["step"]) == at:
+        snapshot = state
+    else:
+        path = checkpoint_path(ckpt_dir, at)
+        snapshot = load_checkpoint(path)
+        check_identity(snapshot, identity, cfg, path)
+    weights = copy.deepcopy(ema)
+    weights.load_state_dict(snapshot["ema"])
+    return weights

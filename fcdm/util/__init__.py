@@ -1,0 +1,3 @@
+"""Small operating-system helpers every layer uses: atomic file writes and file digests (`files`),
+signal handlers installed for a block (`signals`), a free TCP port (`net`). They know nothing of
+diffusion, runs or specs and import nothing from the rest of fcdm."""

@@ -1,0 +1,41 @@
+"""Child processes that die with their parent: `spawn` starts a command in its own session with its output
+appended to a log, and Linux's PR_SET_PDEATHSIG sends it SIGTERM (checkpoint, stop) when the spawning
+thread's process dies, even by SIGKILL, so no orphan runs on."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int):
+    libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+    def preexec() -> None:  # runs in the child between fork and exec: no allocation-heavy work
+        if libc is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the runner died before prctl took effect
+            os._exit(143)
+    return preexec
+
+
+def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `argv` with its output appended to `log`; it gets SIGTERM when this thread's process dies.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked exits: call this from a thread that outlives
+    the child (the runner's loop, or a thread blocked waiting on it)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as f:
+        f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()} pid {os.getpid()}: "
+                f"{' '.join(argv)}\n".encode())
+        f.flush()
+        return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
