@@ -8,6 +8,8 @@ figures, report.md / report.html, beside the published numbers (`reference/publi
 
 Modules: store (bulk MLflow reads), collect (jobs -> frame), aggregate (one metric under one protocol,
 baselines), stats (t-intervals, Welch, steps-to-match), tables, render (md/tex/csv/html/rich), figures,
-published, report (writing a report), html, specs (spec discovery, logging the report run), synthetic
-(stores of known values for tests and bench/report.py). Nothing here trains or imports the trainer.
+published, report (writing a report), html, specs (what `fcdm-ablate report` does: spec discovery,
+report_spec, report_many), mlflow_log (logging a report to its MLflow run, from a helper process).
+Stores of known values for tests and bench/report.py are tests/synthetic.py. Nothing here trains or
+imports the trainer (pyproject.toml's import contracts check it).
 """

@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis.collect import MISSING, higher_is_better, metric_name
 from analysis.stats import Summary, summarize
+from fcdm.errors import UserError
 
 EVAL_DESCRIBE = ("eval.num_samples", "eval.reference", "eval.extractor", "eval.sampler", "eval.sampling_steps",
                  "eval.cfg_scale", "eval.guided_channels", "eval.precision", "eval.seed")
@@ -63,7 +64,7 @@ def describe_protocol(rows: pd.DataFrame, metric: str) -> str:
     return "; ".join(parts) + (f" [protocol `{tag}`]" if isinstance(tag, str) and tag else "")
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """The report cannot be made as asked (unknown metric or baseline, a step never evaluated, ...)."""
 
 

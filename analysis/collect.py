@@ -1,10 +1,11 @@
 """Jobs -> their MLflow runs -> one tidy DataFrame, one row per (run, evaluation step).
 
 A spec's results are found by expanding it and looking each job up by (configuration hash, seed),
-never by a parent-run tag, so a configuration shared by two specs shows in both (DESIGN.md 3).
+never by a parent-run tag: a job's identity is its run's, so a configuration shared by two specs is one
+run, trained once, and shows in both.
 
     frame = collect_spec("ablations/kernel_size.yaml", "smoke", "sqlite:///runs/mlflow.db")
-    frame = collect(jobs, tracking_uri)          # jobs: list[fcdm.jobs.Job]
+    frame = collect(jobs, tracking_uri)          # jobs: list[fcdm.spec.Job]
 
 Columns (FRAME_COLUMNS, then one per evaluation metric key, then `eval.*` protocol tags):
 - identity: spec, profile, config (the row label: variant and axis values), variant, axes (dict),
@@ -23,13 +24,14 @@ Columns (FRAME_COLUMNS, then one per evaluation metric key, then `eval.*` protoc
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from analysis.store import TAG_HASH, TAG_SEED, TRAINING_METRICS, read_store
+from analysis.store import TRAINING_METRICS, read_store
+from fcdm.spec import Spec, expand, load_spec, resolve_profile
+from fcdm.store.tracking import TAG_HASH, TAG_SEED
 
 FRAME_COLUMNS = ["spec", "profile", "config", "variant", "axes", "hash", "seed", "job", "run_id", "experiment_id",
                  "run_name", "status", "last_step", "train_steps", "model", "params", "gflops", "batch_size",
@@ -81,7 +83,7 @@ def _short(value: Any) -> str:
 
 
 def collect(jobs: list, tracking_uri: str) -> pd.DataFrame:
-    """The tidy frame of `jobs` (fcdm.jobs.Job) as recorded at `tracking_uri`; see the module docstring.
+    """The tidy frame of `jobs` (fcdm.spec.Job) as recorded at `tracking_uri`; see the module docstring.
 
     A (hash, seed) with several MLflow runs uses the newest, as the trainer does when it resumes.
     """
@@ -184,53 +186,18 @@ def collect_spec(spec, profile: str | None, tracking_uri: str, overrides: tuple[
 
     Raises fcdm.spec.SpecError for a bad spec, analysis.store.StoreError for an unreadable store.
     """
-    from fcdm.spec import Spec, expand, load_spec, resolve_profile  # lazily: they import the models
-
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     profile = resolve_profile(spec, profile)
     jobs = expand(spec, profile=profile, overrides=tuple(overrides))
+    view = spec.view(profile)
     frame = collect(jobs, tracking_uri)
     frame.attrs.update(spec=spec.name, profile=profile,
                        experiment=(jobs[0].config.log.experiment if jobs else None) or spec.name)
     labels = _unique_labels(jobs)
-    chosen = [labels[(j.hash, j.seed)] for j in jobs if spec.is_baseline(j)]
+    chosen = [labels[(j.hash, j.seed)] for j in jobs if view.is_baseline(j.variant, j.axes)]
     if chosen:
         frame.attrs["baseline"] = list(dict.fromkeys(chosen))
-        frame.attrs["baseline_given"] = dict(getattr(spec, "baseline", None) or {})
+        frame.attrs["baseline_given"] = dict(spec.baseline or {})  # the spec's own key, not a profile's
     else:
-        frame.attrs["axis_defaults"] = axis_defaults(spec, profile, jobs)
+        frame.attrs["axis_defaults"] = view.axis_defaults(jobs)
     return frame
-
-
-def axis_defaults(spec, profile: str, jobs: list) -> dict[str, Any]:
-    """The value each axis key takes in the spec's base config under `profile`: written there, else (for
-    `model.args.*`) the preset's or constructor's default. Keys with neither are left out."""
-    from fcdm.config.identity import resolved_model_kwargs
-    from fcdm.spec.sections import effective
-
-    try:
-        base = effective(spec, profile)["config"]
-    except Exception:  # the spec module's internals moved: fall back to the defaults alone
-        base = {}
-    out: dict[str, Any] = {}
-    for key in dict.fromkeys(k for j in jobs for k in j.axes):
-        node: Any = base
-        for part in key.split("."):
-            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
-        if node is not _ABSENT:
-            out[key] = node
-        elif key.startswith("model.args.") and jobs:
-            arg = key.removeprefix("model.args.")
-            cfg = next(j.config for j in jobs if key in j.axes)
-            args = {k: v for k, v in cfg.model.args.items() if k != arg}
-            try:
-                resolved = resolved_model_kwargs(cfg.model_copy(update={"model": cfg.model.model_copy(
-                    update={"args": args})}))
-            except ValueError:
-                continue
-            if arg in resolved:
-                out[key] = resolved[arg]
-    return out
-
-
-_ABSENT = object()

@@ -17,6 +17,9 @@ import matplotlib
 matplotlib.use("Agg")  # never a display: reports are written on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from analysis.aggregate import View  # noqa: E402
 from analysis.stats import summarize  # noqa: E402
@@ -53,8 +56,6 @@ def _legend(ax, n: int) -> None:
 
 def _plain_ticks(ax, xs=()) -> None:
     """'200', not '2 x 10^2', on log axes; with few distinct x values (evaluation steps), a tick at each."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-
     fmt = FuncFormatter(lambda x, _: f"{x:,.0f}" if x >= 10 else f"{x:.3g}")
     distinct = sorted(set(xs))
     if 0 < len(distinct) <= 12:
@@ -83,6 +84,18 @@ def save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
+def _finish(fig, ax, view: View, xs: list[float], xlabel: str, title: str, caption: str) -> None:
+    """What every plot against a log x axis has: plain ticks, axis labels, title, grid, legend, caption."""
+    ax.set_xscale("log")
+    _plain_ticks(ax, xs)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(_ylabel(view))
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    _legend(ax, len(view.configs))
+    _caption(fig, caption)
+
+
 def _ylabel(view: View) -> str:
     return f"{metric_name(view.metric)} ({'higher' if view.higher_better else 'lower'} is better; unitless)"
 
@@ -107,16 +120,10 @@ def _curve_plot(view: View, protocol_text: str, x_of, xlabel: str, what: str):
         lo, hi = np.array([curve[s].ci_low for s in steps]), np.array([curve[s].ci_high for s in steps])
         if bands and np.isfinite(lo).any():
             ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.15, linewidth=0)
-    ax.set_xscale("log")
-    _plain_ticks(ax, all_x)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(_ylabel(view))
-    ax.set_title(f"{metric_name(view.metric)} vs {what}")
-    ax.grid(True, which="both", alpha=0.3)
-    _legend(ax, len(view.configs))
-    _caption(fig, f"Lines: mean over seeds; shaded: 95% confidence interval of the mean (Student's t)"
-                  f"{'' if bands else f' (not drawn for more than {LEGEND_MAX} configurations; see the tables)'}. "
-                  f"Protocol: {protocol_text}.")
+    _finish(fig, ax, view, all_x, xlabel, f"{metric_name(view.metric)} vs {what}",
+            f"Lines: mean over seeds; shaded: 95% confidence interval of the mean (Student's t)"
+            f"{'' if bands else f' (not drawn for more than {LEGEND_MAX} configurations; see the tables)'}. "
+            f"Protocol: {protocol_text}.")
     return fig
 
 
@@ -163,16 +170,11 @@ def gflops_figure(view: View, protocol_text: str, step: int | None = None):
         if len(pts) <= LEGEND_MAX:
             ax.annotate(c, (x, summ.mean), fontsize=7, xytext=(6, 6), textcoords="offset points")
     ax.margins(x=0.15, y=0.15)  # room for the largest bubbles
-    ax.set_xscale("log")
-    _plain_ticks(ax, [p[0] for p in pts])
-    ax.set_xlabel("forward GFLOPs per image (batch 1, multiply-add = 1 FLOP; log scale)")
-    ax.set_ylabel(_ylabel(view))
     at = "final evaluation" if step is None else f"step {step:,}"
-    ax.set_title(f"{metric_name(view.metric)} vs GFLOPs at {at}")
-    ax.grid(True, which="both", alpha=0.3)
-    _legend(ax, len(view.configs))
-    _caption(fig, f"Bubble area proportional to parameters; error bars: 95% confidence interval over seeds "
-                  f"(Student's t). Protocol: {protocol_text}.")
+    _finish(fig, ax, view, [p[0] for p in pts], "forward GFLOPs per image (batch 1, multiply-add = 1 FLOP; log scale)",
+            f"{metric_name(view.metric)} vs GFLOPs at {at}",
+            f"Bubble area proportional to parameters; error bars: 95% confidence interval over seeds "
+            f"(Student's t). Protocol: {protocol_text}.")
     return fig
 
 
@@ -182,9 +184,6 @@ def montage(grids: list[tuple[str, Path]], caption: str):
 
     Drawn with PIL, not matplotlib: it is raster anyway, and resampling it through an axes was a
     second of CPU per file. Tiles are scaled by an integer factor (nearest) to ~192 px wide."""
-    from PIL import Image, ImageDraw, ImageFont
-    from matplotlib import font_manager
-
     font_path = font_manager.findfont("DejaVu Sans")
     font, small = ImageFont.truetype(font_path, 13), ImageFont.truetype(font_path, 11)
     shown = grids[:MAX_MONTAGE]

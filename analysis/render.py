@@ -1,4 +1,4 @@
-"""Write analysis.tables.Table as Markdown, LaTeX (booktabs), CSV and HTML.
+"""Write analysis.tables.Table as Markdown, LaTeX (booktabs), CSV and HTML, and for the terminal (rich).
 
 A Summary cell reads 'mean ± std [ci_low, ci_high]' (one seed: the value alone; fewer seeds than the
 configuration has: '(n=k)' appended). CSV keeps the numbers, not the text: a column of Summaries
@@ -11,6 +11,9 @@ import html
 import io
 import math
 import re
+
+from rich.markup import escape
+from rich.table import Table as RichTable
 
 from analysis.stats import Summary
 from analysis.tables import Cell, Table
@@ -140,9 +143,6 @@ WRITERS = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
 def to_rich(t: Table):
     """A rich.table.Table for the terminal: mean ± std without the interval (the files have it), bold
     kept, caption and notes under it."""
-    from rich.markup import escape
-    from rich.table import Table as RichTable
-
     rt = RichTable(title=t.title, caption=" ".join([t.caption, *t.notes]), caption_justify="left")
     for i, c in enumerate(t.columns):
         rt.add_column(c, justify="left" if i == 0 else "right", overflow="fold")
@@ -150,3 +150,9 @@ def to_rich(t: Table):
         rt.add_row(*[f"[bold]{escape(cell_text(c, ci=False))}[/bold]" if c.bold else escape(cell_text(c, ci=False))
                      for c in row])
     return rt
+
+
+def rich_line(text: str) -> str:
+    """A Markdown sentence of the summary as rich markup for the terminal: **bold** stays bold, the rest is
+    escaped."""
+    return re.sub(r"\*\*(.+?)\*\*", r"[bold]\1[/bold]", escape(text))

@@ -1,8 +1,7 @@
-"""`fcdm-ablate report`: a spec's tables, figures, report.md and a self-contained report.html, from
-what its runs recorded in MLflow, logged back as artifacts of a report run.
+"""Writing a report: a collected frame's tables, figures, report.md and a self-contained report.html
+(analysis.specs collects a spec and calls this; analysis.mlflow_log logs the folder to MLflow).
 
-    from analysis.report import report_spec
-    rep = report_spec("ablations/kernel_size.yaml", profile="smoke")   # -> runs/reports/kernel_size-smoke/
+    rep = build_report(frame, "runs/reports/kernel_size-smoke", "kernel_size", "smoke")
     rep.summary, rep.main, rep.files
 
 Everything is written to a temporary folder beside the output and moved into place at the end, so
@@ -13,21 +12,25 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pandas as pd
 
 from analysis import figures, tables
 from analysis.aggregate import ReportError, View, describe_protocol, protocol_keys, protocols
 from analysis.collect import MISSING, metric_columns
+from analysis.html import to_html_document
 from analysis.published import published_table
 from analysis.render import WRITERS, to_markdown
 from analysis.stats import welch
 
 FORMATS = ("md", "tex", "csv", "html")
-REPORT_TAG = "fcdm.report"  # "<spec>-<profile>" on the report run (never fcdm.config_hash: it is no job)
 
 
 @dataclass
@@ -52,13 +55,10 @@ def build_report(frame: pd.DataFrame, out: Path, spec: str, profile: str, metric
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out}: exists and is not a folder; pass a folder path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "tables").mkdir(parents=True)
-    (tmp / "figures").mkdir()
     rep = Report(spec, profile, out, counts=_counts(frame))
-    try:
+    with _staged(out) as tmp:
+        (tmp / "tables").mkdir()
+        (tmp / "figures").mkdir()
         sections = _sections(frame, rep, tmp, metric, step, baseline, published_sources)
         for t in rep.tables:
             for fmt in formats:
@@ -68,15 +68,27 @@ def build_report(frame: pd.DataFrame, out: Path, spec: str, profile: str, metric
         md = _markdown(rep, frame, sections, metric, title)
         (tmp / "report.md").write_text(md)
         if "html" in formats:
-            from analysis.html import to_html_document
-
             (tmp / "report.html").write_text(to_html_document(rep, sections, tmp, title or _title(rep)))
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     rep.files = sorted(p for p in out.rglob("*") if p.is_file())
     return rep
+
+
+@contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A new folder beside `out` that replaces `out` as a whole when the block succeeds; removed otherwise."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed report's; gone already when it replaced `out`
 
 
 def _check_request(frame: pd.DataFrame, metric: str, step: int | None) -> None:
@@ -227,15 +239,11 @@ def _newest_grid(artifact_uri: str | None, run_id: str, tracking_uri: str | None
     if not artifact_uri:
         return None
     if artifact_uri.startswith("file://") or "://" not in artifact_uri:
-        from urllib.parse import urlparse
-
         folder = Path(urlparse(artifact_uri).path if "://" in artifact_uri else artifact_uri) / "samples"
         grids = sorted(folder.glob("step_*.png")) if folder.is_dir() else []
         return grids[-1] if grids else None
     try:  # a remote artifact store: list, then download the newest
-        import tempfile
-
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # heavy (seconds): only for a remote artifact store
 
         client = MlflowClient(tracking_uri=tracking_uri)
         names = sorted(a.path for a in client.list_artifacts(run_id, "samples") if a.path.endswith(".png"))
@@ -244,14 +252,6 @@ def _newest_grid(artifact_uri: str | None, run_id: str, tracking_uri: str | None
         return Path(client.download_artifacts(run_id, names[-1], tempfile.mkdtemp(prefix="fcdm-grid-")))
     except Exception:  # a grid we cannot fetch must not stop the report; the montage just lacks it
         return None
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _title(rep: Report) -> str:

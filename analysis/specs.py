@@ -1,18 +1,31 @@
-"""Reports of specs: expand, collect, write, and log the files to a report run in MLflow; and finding
-every spec that has runs in a store (what `fcdm-ablate report` with no SPEC reports).
+"""Reports of specs, as `fcdm-ablate report` makes them: expand, collect, write, and log the files to a
+report run in MLflow (analysis.mlflow_log); finding every spec that has runs in a store; and the command's
+whole job, several specs at once (report_many).
 
     rep = report_spec("ablations/kernel_size.yaml", "smoke", store="runs")
     for path, profile in specs_in_store(uri)[0]: ...
+    failed = report_many([], store="runs", on_report=print, on_warning=print, on_error=print)
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from analysis.aggregate import ReportError
+from analysis.collect import collect_spec
+from analysis.mlflow_log import LogError, ReportLogger
 from analysis.report import FORMATS, Report, build_report
-from analysis.store import read_tags, spec_names
+from analysis.store import StoreError, read_tags, spec_names
+from fcdm.config import ConfigError
+from fcdm.spec import SpecError, load_spec
+from fcdm.spec.job import TAG_PROFILE
+from fcdm.store.layout import resolve_store, resolve_tracking_uri
 
-REPORT_TAG = "fcdm.report"  # "<spec>-<profile>" on the report run; it has no fcdm.config_hash: it is no job
 ROOT_ABLATIONS = Path(__file__).resolve().parents[1] / "ablations"
+# What one spec's report fails with when a user got something wrong (a spec, a config, the request, the
+# store): UserErrors, each one line (the CLI prints it and exits with 2).
+REPORT_ERRORS = (SpecError, ConfigError, ReportError, StoreError)
+Target = tuple[Path, str | None]  # a spec file and the profile to report (None: the spec's default)
 
 
 def default_spec_dirs() -> list[Path]:
@@ -23,8 +36,6 @@ def default_spec_dirs() -> list[Path]:
 
 def find_spec_file(name: str, dirs: list[Path]) -> Path | None:
     """The spec file whose `name:` is `name`: `<dir>/<name>.yaml` first, else any spec in the folders."""
-    from fcdm.spec import SpecError, load_spec
-
     candidates = [d / f"{name}{ext}" for d in dirs for ext in (".yaml", ".yml")]
     candidates += [p for d in dirs for p in sorted(d.glob("*.y*ml")) if p not in candidates]
     for path in candidates:
@@ -38,7 +49,7 @@ def find_spec_file(name: str, dirs: list[Path]) -> Path | None:
     return None
 
 
-def specs_in_store(tracking_uri: str, dirs: list[Path] | None = None) -> tuple[list[tuple[Path, str | None]], list[str]]:
+def specs_in_store(tracking_uri: str, dirs: list[Path] | None = None) -> tuple[list[Target], list[str]]:
     """([(spec file, profile)], [warnings]) for every spec some run in the store is tagged with
     (`fcdm.spec`, `fcdm.specs`), one entry per profile its runs were tagged with (`fcdm.profile`; None:
     untagged, the spec's default). A spec whose file is not found is a warning, not an error."""
@@ -46,7 +57,7 @@ def specs_in_store(tracking_uri: str, dirs: list[Path] | None = None) -> tuple[l
     found: dict[str, set] = {}
     for tags in read_tags(tracking_uri):
         for name in spec_names(tags):
-            found.setdefault(name, set()).add(tags.get("fcdm.profile") or None)
+            found.setdefault(name, set()).add(tags.get(TAG_PROFILE) or None)
     out, warnings = [], []
     for name in sorted(found):
         path = find_spec_file(name, dirs)
@@ -63,15 +74,11 @@ def report_spec(spec, profile: str | None = None, store=None, tracking_uri: str 
                 overrides: tuple[str, ...] = (), log: bool = True) -> Report:
     """Collect `spec` (path or Spec) under `profile` from the store and write its report into `out`
     (default `<store>/reports/<spec>-<profile>/`); with `log`, log the files to the spec's experiment."""
-    from fcdm.store.layout import resolve_store, resolve_tracking_uri
-
-    from analysis.collect import collect_spec
-
     store = resolve_store(store)
     uri = resolve_tracking_uri(store, tracking_uri)
     # Never create a store by reporting on it: without its database this is the collect's StoreError.
     exists = not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
-    logger = _Logger(uri, store) if log and exists else None
+    logger = ReportLogger(uri, store) if log and exists else None
     try:
         frame = collect_spec(spec, profile, uri, overrides)
         name, profile = frame.attrs["spec"], frame.attrs["profile"]
@@ -86,94 +93,64 @@ def report_spec(spec, profile: str | None = None, store=None, tracking_uri: str 
     return rep
 
 
-class _Logger:
-    """log_report in a helper process started before the report is made: MLflow's import and its SQL
-    store's set-up are ~3 s of CPU (measured, bench/report.py) that this overlaps with expanding,
-    reading and drawing on a second core. Protocol: one JSON line in (uri, store), one JSON line in (what
-    to log), one JSON line out ({"run_id"} or {"error"})."""
-
-    def __init__(self, uri: str, store: Path):
-        import json
-        import subprocess
-        import sys
-
-        self.proc = subprocess.Popen([sys.executable, "-m", "analysis.specs"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.proc.stdin.write(json.dumps({"uri": uri, "store": str(store)}) + "\n")
-        self.proc.stdin.flush()
-
-    def log(self, rep: Report, experiment: str) -> str:
-        import json
-
-        self.proc.stdin.write(json.dumps({"out": str(rep.out), "spec": rep.spec, "profile": rep.profile,
-                                          "summary": rep.summary, "experiment": experiment}) + "\n")
-        self.proc.stdin.flush()
-        answer = json.loads(self.proc.stdout.readline() or '{"error": "the logging process died"}')
-        if "error" in answer:
-            raise LogError(f"the report was written to {rep.out} but logging it to MLflow failed: "
-                           f"{answer['error']}; rerun with --no-log to skip logging")
-        return answer["run_id"]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # never asked to log (the report failed first), or done
-        self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout):
-            f.close()
+def parse_formats(text: str) -> tuple[str, ...]:
+    """'md,csv' -> ('md', 'csv'); ReportError for an unknown or empty list."""
+    chosen = tuple(f.strip() for f in text.split(",") if f.strip())
+    bad = [f for f in chosen if f not in FORMATS]
+    if bad or not chosen:
+        raise ReportError(f"--format {text!r}: {bad[0] if bad else 'empty'} is not a report format; allowed values "
+                          f"(comma-separated): {', '.join(FORMATS)}")
+    return chosen
 
 
-class LogError(RuntimeError):
-    """The report's files were written, but logging them to MLflow failed."""
+def report_targets(specs: Sequence[Path] | None, profile: str | None, store: Path,
+                   tracking_uri: str | None) -> tuple[list[Target], list[str]]:
+    """([(spec file, profile)], [warnings]) to report: the given specs under `profile`, or with none, every
+    spec with runs in the store and each profile its runs were tagged with (only `profile`'s when given).
+    ReportError when the store has no spec's runs, StoreError when it cannot be read."""
+    if specs:
+        return [(Path(p), profile) for p in specs], []
+    uri = resolve_tracking_uri(store, tracking_uri)
+    found, warnings = specs_in_store(uri)
+    targets = [(p, prof) for p, prof in found if profile is None or (prof or profile) == profile]
+    if not targets:
+        raise ReportError(f"no runs in {uri} are tagged with a spec" + (f" and profile {profile!r}" if profile else "")
+                          + "; run one first (fcdm-ablate run ablations/kernel_size.yaml) or pass SPEC")
+    return targets, warnings
 
 
-def _log_worker() -> None:
-    """The helper process of _Logger: set MLflow up at once, then log when told to."""
-    import json
-    import sys
+def report_many(specs: Sequence[Path] | None, profile: str | None = None, store=None, tracking_uri: str | None = None,
+                out: Path | None = None, formats: str = ",".join(FORMATS), *, metric: str = "fid",
+                step: int | None = None, overrides: tuple[str, ...] = (), log: bool = True,
+                on_report: Callable[[Report], None], on_warning: Callable[[str], None],
+                on_error: Callable[[str], None]) -> int:
+    """`fcdm-ablate report`: the report of each spec file in `specs`, or with none, of every spec (and
+    profile) with runs in the store (report_targets); returns how many failed.
 
-    try:
-        first = json.loads(sys.stdin.readline())
-        from mlflow import MlflowClient
-
-        MlflowClient(tracking_uri=first["uri"]).search_experiments(max_results=1)  # imports + opens the store
-        job = json.loads(sys.stdin.readline())
-        rep = Report(job["spec"], job["profile"], Path(job["out"]), summary=job["summary"])
-        run_id = log_report(rep, first["uri"], Path(first["store"]), job["experiment"])
-        print(json.dumps({"run_id": run_id}), flush=True)
-    except Exception as e:  # one line back to the parent, which says it in its own words
-        print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
-
-
-def log_report(rep: Report, tracking_uri: str, store: Path, experiment: str) -> str:
-    """Log the report folder as artifacts of the report run `<spec>-<profile>` in `experiment` (created, with
-    its artifacts in the store, as the trainer creates experiments); the same run is reused each time."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        location = (Path(store) / "artifacts").as_uri() if tracking_uri.startswith("sqlite:") else None
-        exp_id = client.create_experiment(experiment, artifact_location=location)
-    else:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        exp_id = exp.experiment_id
-    key = f"{rep.spec}-{rep.profile}"
-    found = client.search_runs([exp_id], filter_string=f"tags.`{REPORT_TAG}` = '{key}'", max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-    else:
-        run_id = client.create_run(exp_id, run_name=f"report-{key}", tags={
-            REPORT_TAG: key, "fcdm.report_spec": rep.spec, "fcdm.report_profile": rep.profile}).info.run_id
-    client.log_artifacts(run_id, str(rep.out), "report")
-    note = "\n".join(f"- {s}" for s in rep.summary)
-    if len(note) > 7000:  # MLflow truncates tag values at 8000 characters, with a warning
-        note = note[:note.rfind("\n", 0, 7000)] + "\n- ... (the rest in report/report.md)"
-    client.set_tag(run_id, "mlflow.note.content", f"Report of {key} (artifacts: report/report.html)\n\n{note}")
-    client.set_terminated(run_id, status="FINISHED")
-    return run_id
-
-
-if __name__ == "__main__":
-    _log_worker()
+    Each report goes to `out`, or with several, to `out/<spec file stem>-<profile>/` (default: each in
+    `<store>/reports/<spec>-<profile>/`), and is passed to `on_report` when written. Raises one of
+    REPORT_ERRORS when nothing can be reported (bad formats, a missing spec file, an unreadable store, no
+    runs) or the only report fails; with several, a failing one goes to `on_error` and the others are still
+    made. A report written but not logged (LogError) goes to `on_error` either way."""
+    chosen = parse_formats(formats)
+    for path in specs or []:
+        if not Path(path).is_file():
+            raise ReportError(f"{path}: no such spec file; pass the path of a spec such as ablations/kernel_size.yaml")
+    store = resolve_store(store)
+    targets, warnings = report_targets(specs, profile, store, tracking_uri)
+    for w in warnings:
+        on_warning(w)
+    failed = 0
+    for path, prof in targets:
+        dest = out if out is None or len(targets) == 1 else Path(out) / f"{path.stem}-{prof or 'default'}"
+        try:
+            rep = report_spec(path, prof, store, tracking_uri, dest, metric=metric, step=step, formats=chosen,
+                              overrides=tuple(overrides), log=log)
+        except (*REPORT_ERRORS, LogError) as e:  # LogError: the files are there; only MLflow did not take them
+            if len(targets) == 1 and not isinstance(e, LogError):
+                raise
+            on_error(str(e))
+            failed += 1
+            continue
+        on_report(rep)
+    return failed

@@ -13,12 +13,19 @@ frames (tested against one store).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 
-TAG_HASH, TAG_SEED, TAG_SPEC, TAG_SPECS = "fcdm.config_hash", "fcdm.seed", "fcdm.spec", "fcdm.specs"
+from fcdm.errors import UserError
+from fcdm.spec.job import TAG_SPEC
+from fcdm.store.tracking import TAG_HASH, TAG_SPECS
+
 # Logged every log.every steps by the trainer; every other metric key is an evaluation metric.
 TRAINING_METRICS = ("loss", "steps_per_sec", "lr", "train_gflops")
 # Read for the throughput column; loss, lr and train_gflops histories are not needed (and are most rows).
@@ -29,7 +36,7 @@ RUN_COLUMNS = ["run_id", "experiment_id", "run_name", "status", "start_time", "e
 METRIC_COLUMNS = ["run_id", "key", "step", "value", "timestamp"]
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The tracking URI cannot be read (no database there, no server answering)."""
 
 
@@ -52,7 +59,7 @@ def read_store(uri: str, hashes: set[str] | None = None, spec: str | None = None
         except Exception as e:  # an MLflow schema this reader does not know: the client still works
             warnings.warn(f"direct read of {uri} failed ({type(e).__name__}: {e}); reading through MlflowClient "
                           "(slower)", stacklevel=2)
-    return _read_client(uri, hashes, spec)
+    return read_via_client(uri, hashes, spec)
 
 
 def _select(runs: pd.DataFrame, hashes: set[str] | None, spec: str | None) -> pd.DataFrame:
@@ -73,37 +80,42 @@ def spec_names(tags: dict) -> set[str]:
 
 # -- SQL (SQLAlchemy store) ----------------------------------------------------------------------------
 
-def _read_sql(uri: str, hashes: set[str] | None, spec: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    import sqlalchemy as sa
-
+@contextmanager
+def _connection(uri: str) -> Iterator[sa.Connection]:
+    """A connection to the MLflow database at `uri`; StoreError when there is none or it cannot be read."""
     _check_sqlite(uri)
     engine = sa.create_engine(uri)
     try:
         with engine.connect() as con:
-            runs = pd.read_sql_query(sa.text(
-                "SELECT r.run_uuid AS run_id, r.experiment_id, r.name AS run_name, r.status, r.start_time, "
-                "r.end_time, r.artifact_uri FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
-                "WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'"), con)
-            # Tags of every run (a few dozen per run): cheaper than an IN list over thousands of ids.
-            tags = pd.read_sql_query(sa.text("SELECT run_uuid AS run_id, key, value FROM tags"), con)
-            grouped = {rid: dict(zip(g["key"], g["value"])) for rid, g in tags.groupby("run_id", sort=False)}
-            runs["tags"] = runs["run_id"].map(lambda r: grouped.get(r, {}))
-            runs["experiment_id"] = runs["experiment_id"].astype(str)
-            runs = _select(runs[RUN_COLUMNS], hashes, spec)
-            if runs.empty:
-                return runs, pd.DataFrame(columns=METRIC_COLUMNS)
-            skipped = [k for k in TRAINING_METRICS if k not in READ_TRAINING]
-            query = sa.text("SELECT run_uuid AS run_id, key, step, value, timestamp, is_nan FROM metrics "
-                            "WHERE key NOT IN :skip AND run_uuid IN :ids").bindparams(
-                sa.bindparam("skip", expanding=True), sa.bindparam("ids", expanding=True))
-            ids = runs["run_id"].tolist()
-            # Chunks keep the IN list under every backend's bound-parameter limit (SQLite: 32766).
-            parts = [pd.read_sql_query(query, con, params={"skip": skipped, "ids": ids[i:i + 5000]})
-                     for i in range(0, len(ids), 5000)]
+            yield con
     except sa.exc.OperationalError as e:
         raise StoreError(f"cannot read the MLflow database {uri}: {e.orig}; check --store / --tracking-uri") from None
     finally:
         engine.dispose()
+
+
+def _read_sql(uri: str, hashes: set[str] | None, spec: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    with _connection(uri) as con:
+        runs = pd.read_sql_query(sa.text(
+            "SELECT r.run_uuid AS run_id, r.experiment_id, r.name AS run_name, r.status, r.start_time, "
+            "r.end_time, r.artifact_uri FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
+            "WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'"), con)
+        # Tags of every run (a few dozen per run): cheaper than an IN list over thousands of ids.
+        tags = pd.read_sql_query(sa.text("SELECT run_uuid AS run_id, key, value FROM tags"), con)
+        grouped = {rid: dict(zip(g["key"], g["value"])) for rid, g in tags.groupby("run_id", sort=False)}
+        runs["tags"] = runs["run_id"].map(lambda r: grouped.get(r, {}))
+        runs["experiment_id"] = runs["experiment_id"].astype(str)
+        runs = _select(runs[RUN_COLUMNS], hashes, spec)
+        if runs.empty:
+            return runs, pd.DataFrame(columns=METRIC_COLUMNS)
+        skipped = [k for k in TRAINING_METRICS if k not in READ_TRAINING]
+        query = sa.text("SELECT run_uuid AS run_id, key, step, value, timestamp, is_nan FROM metrics "
+                        "WHERE key NOT IN :skip AND run_uuid IN :ids").bindparams(
+            sa.bindparam("skip", expanding=True), sa.bindparam("ids", expanding=True))
+        ids = runs["run_id"].tolist()
+        # Chunks keep the IN list under every backend's bound-parameter limit (SQLite: 32766).
+        parts = [pd.read_sql_query(query, con, params={"skip": skipped, "ids": ids[i:i + 5000]})
+                 for i in range(0, len(ids), 5000)]
     metrics = pd.concat(parts, ignore_index=True)
     metrics.loc[metrics["is_nan"].astype(bool), "value"] = np.nan  # MLflow stores NaN as 0 + is_nan
     return runs, _tidy_metrics(metrics.drop(columns="is_nan"))
@@ -117,8 +129,10 @@ def _tidy_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
 
 # -- MlflowClient (any tracking server) ----------------------------------------------------------------
 
-def _read_client(uri: str, hashes: set[str] | None, spec: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from mlflow import MlflowClient
+def read_via_client(uri: str, hashes: set[str] | None = None,
+                    spec: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """read_store through MlflowClient, for any tracking server (read_store's fallback; the same frames)."""
+    from mlflow import MlflowClient  # heavy (seconds): only for a tracking server, not for the SQL read
     from mlflow.entities import ViewType
 
     client = MlflowClient(tracking_uri=uri)
@@ -156,28 +170,16 @@ def _read_client(uri: str, hashes: set[str] | None, spec: str | None) -> tuple[p
 def read_tags(uri: str) -> list[dict[str, str]]:
     """The tags of every active run carrying a configuration hash (finding specs needs nothing else)."""
     if not is_sql_uri(uri):
-        return list(_read_client(uri, None, None)[0]["tags"]) if uri else []
-    import sqlalchemy as sa
-
-    _check_sqlite(uri)
-    engine = sa.create_engine(uri)
-    try:
-        with engine.connect() as con:
-            tags = pd.read_sql_query(sa.text(
-                "SELECT t.run_uuid AS run_id, t.key, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid "
-                "WHERE r.lifecycle_stage = 'active'"), con)
-    except sa.exc.OperationalError as e:
-        raise StoreError(f"cannot read the MLflow database {uri}: {e.orig}; check --store / --tracking-uri") from None
-    finally:
-        engine.dispose()
+        return list(read_via_client(uri, None, None)[0]["tags"]) if uri else []
+    with _connection(uri) as con:
+        tags = pd.read_sql_query(sa.text(
+            "SELECT t.run_uuid AS run_id, t.key, t.value FROM tags t JOIN runs r ON r.run_uuid = t.run_uuid "
+            "WHERE r.lifecycle_stage = 'active'"), con)
     grouped = [dict(zip(g["key"], g["value"])) for _, g in tags.groupby("run_id", sort=False)]
     return [t for t in grouped if TAG_HASH in t]
 
 
 def _check_sqlite(uri: str) -> None:
-    if uri.startswith("sqlite:///"):
-        from pathlib import Path
-
-        if not Path(uri.removeprefix("sqlite:///")).is_file():
-            raise StoreError(f"no MLflow database at {uri.removeprefix('sqlite:///')}: nothing has run in this store "
-                             "yet; run a spec first (`fcdm-ablate run SPEC`), or pass --store DIR / --tracking-uri URI")
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise StoreError(f"no MLflow database at {uri.removeprefix('sqlite:///')}: nothing has run in this store "
+                         "yet; run a spec first (`fcdm-ablate run SPEC`), or pass --store DIR / --tracking-uri URI")

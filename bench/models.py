@@ -22,10 +22,10 @@ from contextlib import nullcontext
 
 import psutil
 import torch
-
-from fcdm.models.flops import preset_gflops
-from fcdm.models import create_model
 from _common import RESULTS, load1, machine, record
+
+from fcdm.models import create_model
+from fcdm.models.flops import preset_gflops
 
 PAIRS = {"cpu": ("FCDM-S", "DiT-S/2"), "cuda": ("FCDM-XL", "DiT-XL/2")}
 DEFAULTS = {"cpu": dict(batch=8, warmup=2, iters=3, repeats=6), "cuda": dict(batch=32, warmup=10, iters=20, repeats=6)}

@@ -55,6 +55,7 @@ def build(store: Path) -> tuple[Path, float]:
     """The spec file and the seconds it took to build the store (0 when reused)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic store is test support
     from synthetic import build_store
+
     from fcdm.spec import expand
 
     spec = store.parent / "bench_report.yaml"
@@ -88,8 +89,8 @@ def import_cost() -> tuple[float, float]:
 def breakdown(spec: Path, store: Path) -> list[tuple[str, float, float]]:
     """In-process: each step of `report` on its own, (what, wall s, CPU s)."""
     from analysis.collect import collect_spec
+    from analysis.mlflow_log import log_report
     from analysis.report import build_report
-    from analysis.specs import log_report
 
     rows = [("imports (python, torch, mlflow, pandas, scipy, matplotlib; a fresh process)", *import_cost())]
     uri = f"sqlite:///{store / 'mlflow.db'}"

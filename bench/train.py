@@ -44,12 +44,12 @@ import time
 from pathlib import Path
 
 import torch
+from _common import add_common_args, load1, machine, record, wait_for_load
 
-from fcdm.config import load_config
 from fcdm.build import build_dataset, build_model, build_objective
+from fcdm.config import load_config
 from fcdm.train import train
 from fcdm.train.state import StepBatchSampler, ema_decay, update_ema
-from _common import add_common_args, load1, machine, record, wait_for_load
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "ablations" / "configs" / "smoke.yaml"

@@ -1,32 +1,54 @@
 """The `fcdm-ablate` command line: a thin layer over functions a notebook can call.
 
-Heavy libraries (torch, mlflow) are imported inside the commands so `--help` answers at once.
+Heavy libraries (torch, mlflow, optuna) and the packages that load them are imported inside the commands
+(each such block says `# lazy: keeps --help fast`), so `--help` answers at once. Every error a user can
+cause is a fcdm.errors.UserError: `_Commands` prints it as one line `error: <message>` and exits 2.
 """
+from contextlib import suppress
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
+
+from fcdm.errors import DataError, UserError
+from fcdm.launchers import LAUNCHERS, launcher_options
+from fcdm.spec.search import PRUNERS, SAMPLERS
+from fcdm.store.layout import run_name
+
+
+def _fail(message: str, code: int = 2) -> None:
+    """One clear message on stderr and a non-zero exit, no traceback."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+class _Commands(TyperGroup):
+    """The command group: a UserError from any command is one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            _fail(str(e))
+
 
 app = typer.Typer(help="Controlled ablations of fully convolutional diffusion models (FCDM) against DiT.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_Commands)
 
 
-@app.callback()
-def _root() -> None:
-    """Controlled ablations of fully convolutional diffusion models (FCDM) against DiT."""
-
-
-class TableFormat(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
+# Typer takes choices as an Enum; the names are defined once, by the launcher registry and the search language.
+TableFormat = Enum("TableFormat", {n: n for n in ("table", "csv", "json")}, type=str)
+LauncherName = Enum("LauncherName", {n: n for n in LAUNCHERS}, type=str)
+SweepSampler = Enum("SweepSampler", {n: n for n in SAMPLERS}, type=str)
+SweepPruner = Enum("SweepPruner", {n: n for n in PRUNERS}, type=str)
 
 
 @app.command()
 def models(fmt: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table):
     """List every FCDM and DiT preset with parameters and GFLOPs at 256 and 512 px."""
-    from fcdm.models import table as model_table
+    from fcdm.models import table as model_table  # lazy: keeps --help fast
 
     rows = model_table.preset_rows()
     if fmt is TableFormat.csv:
@@ -34,7 +56,7 @@ def models(fmt: Annotated[TableFormat, typer.Option("--format", help="Output for
     elif fmt is TableFormat.json:
         typer.echo(model_table.to_json(rows))
     else:
-        from rich.console import Console
+        from rich.console import Console  # lazy: only for the terminal table
         from rich.table import Table
 
         table = Table(title="Presets (GFLOPs: forward, batch 1, multiply-add = 1 FLOP, as in DiT)")
@@ -46,15 +68,13 @@ def models(fmt: Annotated[TableFormat, typer.Option("--format", help="Output for
         Console().print(table)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    """One clear message on stderr and a non-zero exit, no traceback."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 StoreOption = Annotated[Path | None, typer.Option("--store", help="Store directory (default: $FCDM_STORE or ./runs).")]
 TrackingOption = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow server instead of the store's "
                                                      "SQLite file (default: $MLFLOW_TRACKING_URI).")]
+RunArgument = Annotated[str, typer.Argument(help="MLflow run id or run name.")]
+StepOption = Annotated[int | None, typer.Option(help="Checkpoint step (default: newest).")]
+SpecArgument = Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablations/kernel_size.yaml.")]
+ProfileOption = Annotated[str | None, typer.Option(help="Spec profile (default: the spec's default_profile, else smoke).")]
 
 
 @app.command()
@@ -63,17 +83,13 @@ def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. abl
           store: StoreOption = None, tracking_uri: TrackingOption = None,
           progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True):
     """Train one run configuration; rerunning it resumes (or skips a finished run)."""
-    from fcdm.store.checkpoints import CheckpointError
-    from fcdm.config import ConfigError, load_config
-    from fcdm.data import DataError
-    from fcdm.metrics import MetricsError
-    from fcdm.train import TrainingDiverged, TrainingInterrupted, train as run_training
+    from fcdm.config import load_config  # lazy: keeps --help fast
+    from fcdm.train import TrainingDiverged, TrainingInterrupted
+    from fcdm.train import train as run_training
 
     try:
         cfg = load_config(config, set_ or [])
         result = run_training(cfg, store=store, tracking_uri=tracking_uri, progress=progress)
-    except (ConfigError, CheckpointError, MetricsError) as e:
-        _fail(str(e))
     except DataError as e:
         _fail(f"{config}: data: {e}")
     except TrainingDiverged as e:
@@ -85,40 +101,31 @@ def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. abl
     if result.status == "SKIPPED":
         typer.echo(f"{cfg.name}: already finished at step {result.step} ({result.checkpoint_dir})")
     else:
-        from fcdm.store.layout import run_name
-
         typer.echo(f"{cfg.name}: {result.status} at step {result.step}, loss {result.final_loss:.4f}, "
                    f"run {run_name(cfg)} ({result.run_id})")
 
 
 @app.command()
-def sample(run: Annotated[str, typer.Argument(help="MLflow run id or run name.")],
+def sample(run: RunArgument,
            num: Annotated[int, typer.Option("--num", min=1, help="Number of samples.")] = 100,
            out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("samples"),
-           step: Annotated[int | None, typer.Option(help="Checkpoint step (default: newest).")] = None,
+           step: StepOption = None,
            seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
            store: StoreOption = None, tracking_uri: TrackingOption = None):
     """Draw class-conditional samples (classes evenly spread) from a run's EMA weights.
 
     Writes OUT/samples.npz (arr_0: uint8 N x H x W x C, labels: the classes) and OUT/grid.png.
     """
-    from fcdm.store.checkpoints import CheckpointError
-    from fcdm.config import ConfigError
+    from fcdm.evaluation.sampling import write_samples  # lazy: keeps --help fast
     from fcdm.evaluation.trained import open_run
-    from fcdm.evaluation.sampling import write_samples
-    from fcdm.store.tracking import RunNotFoundError
 
-    try:
-        trained = open_run(run, store, tracking_uri, step)
-        path = write_samples(trained, num, out, seed=seed)
-    except (RunNotFoundError, CheckpointError, ConfigError) as e:
-        _fail(str(e))
+    trained = open_run(run, store, tracking_uri, step)
+    path = write_samples(trained, num, out, seed=seed)
     typer.echo(f"wrote {num} samples of run {trained.run_id} (step {trained.step}) to {path}")
 
 
 @app.command()
-def evaluate(run: Annotated[str, typer.Argument(help="MLflow run id or run name.")],
-             step: Annotated[int | None, typer.Option(help="Checkpoint step (default: newest).")] = None,
+def evaluate(run: RunArgument, step: StepOption = None,
              num_samples: Annotated[int | None, typer.Option(min=1, help="Samples (default: the run's eval.num_samples).")] = None,
              cfg_scale: Annotated[float | None, typer.Option(min=1.0, help="Guidance scale.")] = None,
              sampler: Annotated[str | None, typer.Option(help="ddpm|ddim (ddpm runs), euler|euler-sde (flow runs).")] = None,
@@ -129,20 +136,11 @@ def evaluate(run: Annotated[str, typer.Argument(help="MLflow run id or run name.
              export_npz: Annotated[Path | None, typer.Option(help="Also write the samples as ADM's evaluator reads them.")] = None,
              store: StoreOption = None, tracking_uri: TrackingOption = None):
     """Measure FID, IS, KID and precision/recall of a run's checkpoint and log them into the same run."""
-    from fcdm.store.checkpoints import CheckpointError
-    from fcdm.config import ConfigError
-    from fcdm.data import DataError
-    from fcdm.evaluation.evaluate import evaluate_run
-    from fcdm.metrics import MetricsError
-    from fcdm.store.tracking import RunNotFoundError
+    from fcdm.evaluation.evaluate import evaluate_run  # lazy: keeps --help fast
 
-    try:
-        values, run_id = evaluate_run(run, store, tracking_uri, step, export_npz, num_samples=num_samples,
-                                      cfg_scale=cfg_scale, sampler=sampler, sampling_steps=sampling_steps,
-                                      guided_channels=guided_channels, seed=seed,
-                                      fid_weights=str(fid_weights) if fid_weights else None)
-    except (RunNotFoundError, CheckpointError, ConfigError, MetricsError, DataError) as e:
-        _fail(str(e))
+    values, run_id = evaluate_run(run, store, tracking_uri, step, export_npz, num_samples=num_samples, seed=seed,
+                                  cfg_scale=cfg_scale, sampler=sampler, sampling_steps=sampling_steps,
+                                  guided_channels=guided_channels, fid_weights=str(fid_weights) if fid_weights else None)
     for k, v in values.items():
         typer.echo(f"{k} = {v:.4f}")
     typer.echo(f"logged into run {run_id}" + (f"; samples written to {export_npz}" if export_npz else ""))
@@ -157,66 +155,51 @@ def prepare_latents(image_dir: Annotated[Path, typer.Argument(help="Image folder
                     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
                     flip: Annotated[bool, typer.Option(help="Store horizontal flips as a second copy.")] = True):
     """Encode an image folder into SD-VAE latents (x 0.18215) for the paper profile."""
-    from fcdm.data import DataError, prepare_latents as _prepare
+    from fcdm.data import prepare_latents as _prepare  # lazy: keeps --help fast
 
-    try:
-        path = _prepare(image_dir, out, vae, resolution=resolution, batch_size=batch_size, device=device, flip=flip)
-    except DataError as e:
-        _fail(str(e))
+    path = _prepare(image_dir, out, vae, resolution=resolution, batch_size=batch_size, device=device, flip=flip)
     typer.echo(f"wrote latents to {path}")
 
 
 @app.command()
-def plan(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablations/kernel_size.yaml.")],
-         profile: Annotated[str | None, typer.Option(help="Spec profile (default: the spec's default_profile, else smoke).")] = None,
+def plan(spec: SpecArgument, profile: ProfileOption = None,
          measure: Annotated[bool, typer.Option("--measure", help="Time a few training steps of each distinct "
                                                "architecture here and estimate wall time per job and in total.")] = False,
          fmt: Annotated[TableFormat, typer.Option("--format", help="Output format.")] = TableFormat.table,
          set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key in every job: --set data.path=DIR.")] = None,
          store: StoreOption = None):
     """Show a spec's jobs, their GFLOPs, training compute and status, without running or writing anything."""
-    from fcdm.spec import SpecError, expand, load_spec, resolve_profile
+    from fcdm.spec import expand, load_spec, resolve_profile  # lazy: keeps --help fast
 
-    try:
-        parsed = load_spec(spec)
-        chosen = resolve_profile(parsed, profile)
-        job_list = expand(parsed, chosen, set_ or [])
-        from fcdm.runner import plan as planning
+    parsed = load_spec(spec)
+    chosen = resolve_profile(parsed, profile)
+    job_list = expand(parsed, chosen, set_ or [])
+    from fcdm.runner import plan as planning  # lazy: torch, for the FLOPs count, only once the spec is valid
 
-        rows = planning.plan_rows(job_list, store)
-    except SpecError as e:
-        _fail(str(e))
-    how = "as asked" if profile else ("the spec's default_profile" if parsed.default_profile else "the default")
-    others = [p for p in parsed.profiles if p != chosen]
-    typer.echo(f"{parsed.name}: profile '{chosen}' ({how}" + (f"; others: {', '.join(others)})" if others else ")"),
-               err=fmt is not TableFormat.table)
+    rows = planning.plan_rows(job_list, store)
+    typer.echo(planning.profile_line(parsed, chosen, asked=bool(profile)), err=fmt is not TableFormat.table)
     if measure:
-        for row, seconds in zip(rows, planning.measure_steps(job_list)):
-            row["est_seconds"] = None if seconds is None else seconds * row["steps"]
-    meta = {"spec": parsed.name, "profile": chosen}
+        planning.add_estimates(rows, job_list)
     if fmt is TableFormat.csv:
         typer.echo(planning.to_csv(rows), nl=False)
     elif fmt is TableFormat.json:
-        typer.echo(planning.to_json(rows, meta))
+        typer.echo(planning.to_json(rows, {"spec": parsed.name, "profile": chosen}))
     else:
-        from rich.console import Console
-
-        title = f"{parsed.name} ({chosen}): GFLOPs per forward (batch 1); training compute = GFLOPs x 3 x batch x steps"
-        Console(width=max(Console().width, 140)).print(planning.table(rows, title))
-        if any(r["hash"] is None for r in rows):
-            typer.echo(f"'{planning.NO_DATA}': the hash covers the latent data's fingerprint; set --set data.path=... "
-                       "to a prepared dataset to see hashes and status")
+        planning.print_table(rows, parsed.name, chosen)
 
 
-class LauncherName(str, Enum):
-    local = "local"
-    accelerate = "accelerate"
-    slurm = "slurm"
+def _launcher(parsed, launcher: LauncherName | None, pairs: list[str] | None, num_processes: int | None,
+              config_file: Path | None = None) -> tuple[str, dict]:
+    """The launcher a command uses and its options: --launcher, else the spec's launcher.name, else local;
+    options from the spec's launcher section, then --launcher-opt pairs, then --num-processes / config file."""
+    defaults = parsed.launcher or {}  # the spec's launcher section: name, jobs, accelerate, slurm
+    kind = launcher.value if launcher else defaults.get("name", "local")
+    return kind, launcher_options(kind, defaults, pairs or [], num_processes=num_processes,
+                                  config_file=str(config_file) if config_file else None)
 
 
 @app.command()
-def run(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablations/kernel_size.yaml.")],
-        profile: Annotated[str | None, typer.Option(help="Spec profile (default: the spec's default_profile, else smoke).")] = None,
+def run(spec: SpecArgument, profile: ProfileOption = None,
         jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Jobs at once, each with its share of CPU "
                                                  "threads or its own GPU(s) (default: one per GPU; CPU only: one per core).")] = None,
         launcher: Annotated[LauncherName | None, typer.Option(help="local (default): a process per job; accelerate: "
@@ -234,28 +217,18 @@ def run(spec: Annotated[Path, typer.Argument(help="Ablation spec, e.g. ablations
         store: StoreOption = None, tracking_uri: TrackingOption = None,
         progress: Annotated[bool, typer.Option(help="Show the live progress view.")] = True):
     """Run every job of an ablation spec: skip finished, resume partial, share the work with other runners."""
-    from fcdm.config import ConfigError
-    from fcdm.launchers import LauncherError, launcher_options
-    from fcdm.runner import run_jobs
-    from fcdm.spec import SpecError, expand, load_spec
+    from fcdm.runner import run_jobs  # lazy: keeps --help fast
+    from fcdm.spec import expand, load_spec
 
-    try:
-        parsed = load_spec(spec)
-        job_list = expand(parsed, profile, set_ or [])
-        defaults = parsed.launcher or {}  # the spec's launcher section: name, jobs, accelerate, slurm
-        kind = launcher.value if launcher else defaults.get("name", "local")
-        options = launcher_options(kind, defaults, launcher_opt or [], num_processes=num_processes,
-                                   config_file=str(accelerate_config) if accelerate_config else None)
-        summary = run_jobs(job_list, store, tracking_uri, parallel=jobs or defaults.get("jobs"), launcher=kind,
-                           launcher_options=options, force=force, fail_fast=fail_fast, progress=progress,
-                           wait_elsewhere=wait)
-    except (SpecError, ConfigError, LauncherError) as e:
-        _fail(str(e))
+    parsed = load_spec(spec)
+    job_list = expand(parsed, profile, set_ or [])
+    kind, options = _launcher(parsed, launcher, launcher_opt, num_processes, accelerate_config)
+    summary = run_jobs(job_list, store, tracking_uri, parallel=jobs or (parsed.launcher or {}).get("jobs"),
+                       launcher=kind, launcher_options=options, force=force, fail_fast=fail_fast, progress=progress,
+                       wait_elsewhere=wait)
     typer.echo(summary.render())
-    if summary.interrupted:
-        raise typer.Exit(130)
-    if not summary.ok:
-        raise typer.Exit(1)
+    if summary.interrupted or not summary.ok:  # 130: interrupted (rerun to resume); 1: a job failed
+        raise typer.Exit(130 if summary.interrupted else 1)
 
 
 @app.command()
@@ -268,61 +241,24 @@ def ui(port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0
                                                    "optuna.db).")] = None):
     """Start the MLflow UI on the store (127.0.0.1) and print the URL of each spec's training-runs table."""
     if optuna_:
-        from fcdm.sweep import SweepError, open_dashboard
+        from fcdm.sweep import open_dashboard  # lazy: keeps --help fast
 
-        try:
+        with suppress(KeyboardInterrupt):
             open_dashboard(storage, port, store, log=typer.echo)
-        except SweepError as e:
-            _fail(str(e))
-        except KeyboardInterrupt:
-            pass
         return
-    from fcdm.store.ui import UIError, start_ui
+    from fcdm.spec import load_spec  # lazy: keeps --help fast
+    from fcdm.store.ui import start_ui
 
-    name = spec
-    if spec and spec.endswith((".yaml", ".yml")):
-        from fcdm.spec import SpecError, load_spec
-
-        try:
-            name = load_spec(spec).name
-        except SpecError as e:
-            _fail(str(e))
-    try:
-        server = start_ui(store, port, name)
-    except UIError as e:
-        _fail(str(e))
-    with server:
-        shown = {name: server.experiments[name]} if name else server.experiments
-        typer.echo(f"MLflow UI on {server.url} (store {server.store}; log {server.log}); Ctrl-C stops it")
-        for exp, exp_id in shown.items():
-            typer.echo(f"  {exp}: {server.experiment_url(exp_id)}")
-        typer.echo("  (a run shared by several specs lives in the experiment that trained it first; to list every run "
-                   "of a spec, select all experiments and search tags.`fcdm.specs` LIKE '%,<spec>,%')")
-        try:
-            server.proc.wait()
-        except KeyboardInterrupt:
-            pass
-
-
-class SweepSampler(str, Enum):
-    tpe = "tpe"
-    random = "random"
-    grid = "grid"
-    nsga2 = "nsga2"
-    cmaes = "cmaes"
-
-
-class SweepPruner(str, Enum):
-    median = "median"
-    hyperband = "hyperband"
-    none = "none"
-    always = "always"
+    name = load_spec(spec).name if spec and spec.endswith((".yaml", ".yml")) else spec
+    with start_ui(store, port, name) as server, suppress(KeyboardInterrupt):
+        typer.echo(server.banner(name))
+        server.proc.wait()
 
 
 @app.command()
 def sweep(spec: Annotated[Path, typer.Argument(help="Spec with a `search` section.")] = Path("ablations/sweep.yaml"),
           optuna_: Annotated[bool, typer.Option("--optuna", help="Search with Optuna (the engine; required).")] = False,
-          profile: Annotated[str | None, typer.Option(help="Spec profile (default: the spec's default_profile, else smoke).")] = None,
+          profile: ProfileOption = None,
           trials: Annotated[int | None, typer.Option(min=1, help="The study's TOTAL trials, finished + pruned + running "
                                                      "(default: search.trials, else 20); rerun with more to add trials.")] = None,
           timeout: Annotated[float | None, typer.Option(min=0, help="Start no new trial after this many seconds.")] = None,
@@ -348,30 +284,21 @@ def sweep(spec: Annotated[Path, typer.Argument(help="Spec with a `search` sectio
           store: StoreOption = None, tracking_uri: TrackingOption = None):
     """Search a spec's design space with Optuna: each trial trains as a job (pruned, deduplicated, resumable)."""
     if not optuna_:
-        _fail("choose a search engine: --optuna (the only one so far: Optuna samplers tpe|random|grid|nsga2|cmaes, "
-              "pruners median|hyperband|none), e.g. fcdm-ablate sweep --optuna --trials 20")
-    from fcdm.config import ConfigError
-    from fcdm.launchers import LauncherError, launcher_options
-    from fcdm.spec import SpecError, load_spec
-    from fcdm.sweep import SweepError, format_summary, run_sweep
+        _fail(f"choose a search engine: --optuna (the only one so far: Optuna samplers {'|'.join(SAMPLERS)}, "
+              f"pruners {'|'.join(p for p in PRUNERS if p != 'always')}), e.g. fcdm-ablate sweep --optuna --trials 20")
+    from fcdm.spec import load_spec  # lazy: keeps --help fast
+    from fcdm.sweep import format_summary, run_sweep
 
-    try:
-        parsed = load_spec(spec)
-        defaults = parsed.launcher or {}
-        kind = launcher.value if launcher else defaults.get("name", "local")
-        options = launcher_options(kind, defaults, launcher_opt or [], num_processes=num_processes)
-        summary = run_sweep(parsed, profile=profile, trials=trials, timeout=timeout, storage=storage,
-                            study_name=study, workers=workers, sampler=sampler.value if sampler else None,
-                            pruner=pruner.value if pruner else None, launcher=kind, launcher_options=options,
-                            store=store, tracking_uri=tracking_uri, heartbeat=heartbeat, sets=set_ or [],
-                            log=typer.echo)
-    except (SpecError, SweepError, ConfigError, LauncherError) as e:
-        _fail(str(e))
+    parsed = load_spec(spec)
+    kind, options = _launcher(parsed, launcher, launcher_opt, num_processes)
+    summary = run_sweep(parsed, profile=profile, trials=trials, timeout=timeout, storage=storage,
+                        study_name=study, workers=workers, sampler=sampler.value if sampler else None,
+                        pruner=pruner.value if pruner else None, launcher=kind, launcher_options=options,
+                        store=store, tracking_uri=tracking_uri, heartbeat=heartbeat, sets=set_ or [],
+                        log=typer.echo)
     typer.echo(format_summary(summary))
-    if summary.interrupted:
-        raise typer.Exit(130)
-    if not summary.best:
-        raise typer.Exit(1)
+    if summary.interrupted or not summary.best:  # 130: interrupted (rerun to resume); 1: no trial completed
+        raise typer.Exit(130 if summary.interrupted else 1)
 
 
 @app.command()
@@ -391,69 +318,29 @@ def report(specs: Annotated[list[Path] | None, typer.Argument(help="Spec files (
                                              "spec's MLflow experiment.")] = True,
            store: StoreOption = None, tracking_uri: TrackingOption = None):
     """Tables, figures, report.md and report.html of a spec's runs, with seed statistics."""
-    import re
+    from rich.console import Console  # lazy: keeps --help fast
 
-    from rich.console import Console
-    from rich.markup import escape
+    from analysis.render import rich_line, to_rich  # lazy: keeps --help fast (pandas, matplotlib)
+    from analysis.specs import report_many
 
-    from analysis.aggregate import ReportError
-    from analysis.render import to_rich
-    from analysis.report import FORMATS
-    from analysis.specs import LogError, report_spec, specs_in_store
-    from analysis.store import StoreError
-    from fcdm.config import ConfigError
-    from fcdm.spec import SpecError
-    from fcdm.store.layout import resolve_store, resolve_tracking_uri
-
-    chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
-    bad = [f for f in chosen if f not in FORMATS]
-    if bad or not chosen:
-        _fail(f"--format {formats!r}: {bad[0] if bad else 'empty'} is not a report format; allowed values (comma-"
-              f"separated): {', '.join(FORMATS)}")
-    for path in specs or []:
-        if not path.is_file():
-            _fail(f"{path}: no such spec file; pass the path of a spec such as ablations/kernel_size.yaml")
     console = Console()
-    store_dir = resolve_store(store)
-    if specs:
-        targets = [(p, profile) for p in specs]
-    else:
-        try:
-            targets, warnings = specs_in_store(resolve_tracking_uri(store_dir, tracking_uri))
-        except StoreError as e:
-            _fail(str(e))
-        for w in warnings:
-            typer.echo(f"warning: {w}", err=True)
-        targets = [(p, prof) for p, prof in targets if profile is None or (prof or profile) == profile]
-        if not targets:
-            _fail(f"no runs in {resolve_tracking_uri(store_dir, tracking_uri)} are tagged with a spec"
-                  + (f" and profile {profile!r}" if profile else "") + "; run one first (fcdm-ablate run "
-                  "ablations/kernel_size.yaml) or pass SPEC")
-    failed = 0
-    for path, prof in targets:
-        dest = out if out is None or len(targets) == 1 else out / f"{path.stem}-{prof or 'default'}"
-        try:
-            rep = report_spec(path, prof, store_dir, tracking_uri, dest, metric=metric, step=step, formats=chosen,
-                              overrides=tuple(set_ or ()), log=log)
-        except (SpecError, ConfigError, ReportError, StoreError) as e:
-            if len(targets) == 1:
-                _fail(str(e))
-            typer.echo(f"error: {e}", err=True)
-            failed += 1
-            continue
-        except LogError as e:  # the files are there; only MLflow did not take them
-            typer.echo(f"error: {e}", err=True)
-            failed += 1
-            continue
+
+    def show(rep) -> None:  # the main table, the first 20 comparisons, and where the files went
         if rep.main is not None:
             console.print(to_rich(rep.main))
-        for line in rep.summary[:20]:  # **bold** of the Markdown summary as terminal bold
-            console.print("- " + re.sub(r"\*\*(.+?)\*\*", r"[bold]\1[/bold]", escape(line)))
+        for line in rep.summary[:20]:
+            console.print("- " + rich_line(line))
         if len(rep.summary) > 20:
             console.print(f"- ... {len(rep.summary) - 20} more comparisons in {rep.out / 'report.md'}", markup=False)
         counts = ", ".join(f"{v} {'not run' if k == 'MISSING' else k.lower()}" for k, v in sorted(rep.counts.items()))
         console.print(f"{rep.spec} ({rep.profile}): {counts}; wrote {len(rep.files)} files to {rep.out}"
                       + (f"; logged to MLflow run {rep.run_id}" if rep.run_id else ""), markup=False)
+
+    # A UserError (nothing to report, or the only report failed) is `error: ...` and exit 2, as in every command.
+    failed = report_many(specs, profile, store, tracking_uri, out, formats, metric=metric, step=step,
+                         overrides=tuple(set_ or ()), log=log, on_report=show,
+                         on_warning=lambda w: typer.echo(f"warning: {w}", err=True),
+                         on_error=lambda e: typer.echo(f"error: {e}", err=True))
     if failed:
         raise typer.Exit(1)
 

@@ -1,8 +1,7 @@
 """Shared fixtures: the smoke config trained once, a tiny variant of it, one torch thread. Plain helpers
 (paths, the tiny overrides, MLflow readers) live in helpers.py."""
 import pytest
-
-from helpers import ROOT, SMOKE, TINY, all_runs, client, make_config  # noqa: F401  (until every test imports helpers)
+from helpers import SMOKE, make_config
 
 
 @pytest.fixture(scope="session")

@@ -9,21 +9,23 @@ at evaluation steps; optionally a sample grid `samples/step_XXXXXXXX.png` per ev
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from helpers import make_config
 
+from analysis.collect import collect
 from fcdm.spec.job import Job
-
-TAG_HASH, TAG_SEED = "fcdm.config_hash", "fcdm.seed"  # as fcdm.tracking (not imported: it is light, but keep
-# analysis/ free of the trainer's modules)
+from fcdm.store.tracking import TAG_HASH, TAG_SEED
 
 
 def protocol_tags(num_samples: int = 500, sampler: str = "euler", steps: int = 50, cfg_scale: float = 2.0,
                   digest: str | None = None) -> dict[str, str]:
-    """`eval.*` tags as `fcdm.evaluate.Protocol.tags` writes them for a digits run."""
+    """`eval.*` tags as `fcdm.evaluation.protocol.Protocol.tags` writes them for a digits run."""
     return {"eval.protocol": digest or f"FID-{num_samples / 1000:g}K vs digits-test, digits-classifier",
             "eval.extractor": "digits-classifier", "eval.reference": "digits-test",
             "eval.num_samples": str(num_samples), "eval.sampler": sampler, "eval.sampling_steps": str(steps),
@@ -49,7 +51,7 @@ def log_run(client, experiment_id: str, job: Job, evals: dict[int, dict[str, flo
     last evaluation step); `loss`, `steps_per_sec`, `lr`, `train_gflops` are logged every log.every
     steps up to it. grids: log a tiny sample-grid PNG at each evaluation step.
     """
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     cfg = job.config
     tags = {TAG_HASH: cfg.hash, TAG_SEED: str(cfg.seed), "fcdm.params": str(params), "fcdm.gflops": f"{gflops:.6g}",
@@ -184,8 +186,6 @@ def known_store_copy(template: Path, dest: Path, make_config) -> tuple[list[Job]
     """known_jobs + known_store, built once into `template` and copied to `dest` for each user: creating
     an MLflow SQLite database runs its migrations, seconds per store on a busy 2-core machine. The copy's
     experiment keeps its artifact location in the template (read-only use is what the tests make of it)."""
-    import shutil
-
     template, dest = Path(template), Path(dest)
     jobs = known_jobs(make_config)
     if not (template / "done").exists():
@@ -195,3 +195,11 @@ def known_store_copy(template: Path, dest: Path, make_config) -> tuple[list[Job]
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(template / "mlflow.db", dest / "mlflow.db")
     return jobs, f"sqlite:///{dest / 'mlflow.db'}"
+
+
+def known_for_tests(tmp_path_factory) -> tuple[list[Job], str, pd.DataFrame]:
+    """known_store_copy for a test module, and its collected frame: the template in pytest's base temporary
+    folder (one per session), the copy in a new folder, the jobs on the tiny smoke config (helpers.make_config)."""
+    jobs, uri = known_store_copy(tmp_path_factory.getbasetemp() / "known-template", tmp_path_factory.mktemp("known"),
+                                 make_config)
+    return jobs, uri, collect(jobs, uri)

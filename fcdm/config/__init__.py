@@ -14,8 +14,19 @@ overrides, error messages). Validation errors are ConfigErrors naming the file, 
 """
 from fcdm.config.identity import canonical, identity_differences, model_kwargs, resolved_model_kwargs
 from fcdm.config.loading import load_config, merge, validate_config
-from fcdm.config.schema import (DERIVED_MODEL_ARGS, DIGITS_SIZES, LATENT_CHANNELS, SCHEMA_VERSION, DataConfig,
-                                EvalConfig, LogConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig)
+from fcdm.config.schema import (
+    DERIVED_MODEL_ARGS,
+    DIGITS_SIZES,
+    LATENT_CHANNELS,
+    SCHEMA_VERSION,
+    DataConfig,
+    EvalConfig,
+    LogConfig,
+    ModelConfig,
+    ObjectiveConfig,
+    RunConfig,
+    TrainConfig,
+)
 from fcdm.errors import ConfigError
 
 __all__ = ["ConfigError", "DERIVED_MODEL_ARGS", "DIGITS_SIZES", "DataConfig", "EvalConfig", "LATENT_CHANNELS",

@@ -15,14 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fcdm.config.identity import canonical, digest, flatten, resolved_model_kwargs
-from fcdm.errors import ConfigError  # noqa: F401  (the config's error, re-exported by fcdm.config)
-
+from fcdm.errors import DataError
 
 # Bump whenever a code default that changes the trained weights changes (a model or objective default,
 # the data split, the flip RNG), so a new default never attaches to an old run's checkpoints.
 # 2: resolved, canonical identity; data fingerprints; per-item flip seeds from (seed, step, index).
 SCHEMA_VERSION = 2
-LATENT_CHANNELS = 4  # SD-VAE latents (DESIGN.md section 1)
+LATENT_CHANNELS = 4  # SD-VAE latents: 4 channels at 1/8 of the image side
 DIGITS_SIZES = (8, 16)
 # Constructor arguments fixed by other sections; the config refuses them in model.args.
 DERIVED_MODEL_ARGS = {"in_channels": "data", "num_classes": "data.num_classes", "input_size": "data.image_size",
@@ -72,7 +71,7 @@ class TrainConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = Field(None, gt=0)
     ema_decay: float = Field(0.9999, ge=0, lt=1)
-    # decay_n = min(decay, (1 + n) / (10 + n)): a plain 0.999+ EMA is useless for short runs (DESIGN 5).
+    # decay_n = min(decay, (1 + n) / (10 + n)): a plain 0.999+ EMA of a short run is mostly its initial weights.
     ema_warmup: bool = True
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
@@ -225,7 +224,7 @@ class RunConfig(_Section):
         For latent data this reads the dataset's fingerprint (headers, meta.json, a few rows; cached), so
         missing files raise fcdm.data.DataError; `try_hash` answers None instead.
         """
-        from fcdm.data.identity import data_identity
+        from fcdm.data.identity import data_identity  # numpy: only when a hash is asked for
         from fcdm.models import family_of  # the model families import torch: only when a hash is asked for
 
         d = self.data
@@ -246,8 +245,6 @@ class RunConfig(_Section):
 
     def try_hash(self) -> str | None:
         """The hash, or None when it needs data files that are missing or unreadable (e.g. `plan` on a laptop)."""
-        from fcdm.data import DataError
-
         try:
             return self.hash
         except DataError:
@@ -261,9 +258,3 @@ class RunConfig(_Section):
 @lru_cache(maxsize=4096)
 def _digits_hash(serialised: str) -> str:
     return digest(RunConfig.model_validate(json.loads(serialised)).identity())
-
-
-# -- loading ----------------------------------------------------------------------------------------
-
-
-

@@ -1,19 +1,21 @@
-"""Training data: the bundled digits smoke set and precomputed SD-VAE latents.
+"""Training data: the bundled digits smoke set (`fcdm.data.digits`), precomputed SD-VAE latents
+(`fcdm.data.latents`) and the encoder that writes them (`fcdm.data.prepare`), and what a dataset is for a
+run's hash (`fcdm.data.identity`, torch-free).
 
 Every dataset yields ``(x, y)`` with ``x: (C, S, S) float32`` and ``y: () int64`` and exposes
 ``num_classes``, ``channels`` and ``image_size`` (the spatial side S the denoiser sees: pixels for
 digits, latent cells for latents) so a trainer can build the matching model::
 
     ds = build_dataset("digits", split="train", image_size=8)
-    model = build_model(in_channels=ds.channels, input_size=ds.image_size, num_classes=ds.num_classes)
+    model = create_model("FCDM-S", in_channels=ds.channels, num_classes=ds.num_classes)  # fcdm.models
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from fcdm.errors import DataError
-
 
 # The dataset classes import torch: load them on first use (PEP 562), so `fcdm.data.identity` (the
 # data part of a run's hash) and DataError import in milliseconds.
@@ -23,8 +25,6 @@ _DATASETS = {"digits": "DigitsDataset", "latent-folder": "LatentFolderDataset", 
 
 
 def __getattr__(name: str):
-    import importlib
-
     if name == "DATASETS":
         return {k: __getattr__(v) for k, v in _DATASETS.items()}
     if name in _LAZY:

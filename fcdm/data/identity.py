@@ -1,4 +1,4 @@
-"""What a dataset *is*, independent of where it lies: the data part of a run's hash.
+"""What a dataset *is*, independent of where it lies: the data part of a run's hash (fcdm.config.identity).
 
     data_identity("digits", None, 8, False)             # fixed: dataset, split rule version, size, flips
     data_identity("latent-array", "/data/in256", 32, False)   # a fingerprint read from the files
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fcdm.errors import DataError
+from fcdm.util.files import sha256_file
 
 # Version of the digits split rule (fcdm.data.digits: stratified 80/20, seed 0, our own permutation).
 # Bump it whenever split_indices or the pixel scaling changes.
@@ -52,14 +53,6 @@ def _stat_key(root: Path, names) -> tuple:
         except OSError:
             out.append((n, None, None))
     return tuple(out)
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def _rows_digest(arrays) -> str:
@@ -102,13 +95,13 @@ def _array_fingerprint(root: str, _stats: tuple) -> tuple:
         "scale_factor": meta.get("scale_factor"), "flip_copies": int(meta.get("flip_copies", 1)),
         "num_classes": meta.get("num_classes"), "resolution": meta.get("resolution"),
         "meta_sha": hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16],
-        "labels_sha": _file_digest(path / "labels.npy"), "labels_count": int(labels.shape[0]),
+        "labels_sha": sha256_file(path / "labels.npy")[:16], "labels_count": int(labels.shape[0]),
         "rows_sha": _rows_digest(latents[i] for i in _sample(len(latents))),
     }.items())
 
 
 def _folder_dirs(root: Path) -> tuple[str, str]:
-    from fcdm.data.latents import FOLDER_LAYOUTS
+    from fcdm.data.latents import FOLDER_LAYOUTS  # lazy: latents imports torch; a run's hash is taken without it
 
     for f, l in FOLDER_LAYOUTS:
         if (root / f).is_dir() and (root / l).is_dir():

@@ -1,4 +1,4 @@
-"""Encode an image folder into SD-VAE latents in the ``latent-array`` format (see ``latents.py``).
+"""Encode an image folder into SD-VAE latents in the ``latent-array`` format (see fcdm.data.latents).
 
     prepare_latents("imagenet/train", "runs/data/in256", vae="/models/sd-vae-ft-ema")
 
@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
+from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
 
 from fcdm.errors import DataError
@@ -139,12 +140,7 @@ def prepare_latents(
     complete. Returns OUT.
     """
     out = Path(out_dir)
-    if posterior not in ("sample", "mean"):
-        raise ValueError(f"posterior must be 'sample' or 'mean', got {posterior!r}")
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-    if out.exists() and not overwrite:
-        raise DataError(f"output {out} already exists; choose another OUT or pass overwrite=True")
+    _check_options(out, posterior, dtype, overwrite)
     model = load_vae(vae)  # first: a missing VAE should fail before a slow scan of the image folder
     factor = 2 ** (len(model.config.block_out_channels) - 1)
     if resolution % factor:
@@ -164,19 +160,7 @@ def prepare_latents(
     try:
         latents = np.lib.format.open_memmap(tmp / "latents.npy", mode="w+", dtype=dtype, shape=shape)
         with _progress(progress, n, f"encoding {n} images from {image_dir}") as advance:
-            start = 0
-            for x in loader:
-                b = len(x)
-                x = x.to(device)
-                if flip:
-                    x = torch.cat([x, x.flip(-1)])
-                dist = model.encode(x).latent_dist
-                z = dist.sample(generator=generator) if posterior == "sample" else dist.mean
-                z = (z * scale_factor).float().cpu().numpy()
-                for k in range(copies):
-                    latents[k * n + start:k * n + start + b] = z[k * b:(k + 1) * b]
-                start += b
-                advance(b)
+            _encode(model, loader, latents, generator, copies, posterior, scale_factor, device, advance)
         latents.flush()
         del latents
         np.save(tmp / "labels.npy", np.tile(labels, copies))
@@ -197,6 +181,35 @@ def prepare_latents(
     return out
 
 
+def _check_options(out: Path, posterior: str, dtype: str, overwrite: bool) -> None:
+    """ValueError for an unknown posterior or dtype; DataError when OUT exists and may not be replaced."""
+    if posterior not in ("sample", "mean"):
+        raise ValueError(f"posterior must be 'sample' or 'mean', got {posterior!r}")
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    if out.exists() and not overwrite:
+        raise DataError(f"output {out} already exists; choose another OUT or pass overwrite=True")
+
+
+def _encode(model, loader: DataLoader, latents: np.ndarray, generator: torch.Generator, copies: int,
+            posterior: str, scale_factor: float, device: str, advance) -> None:
+    """Encode every batch of images into `latents` (F * N rows): row k * N + i is copy k of image i, copy 1
+    (when F = 2) its mirror image, encoded in the same forward pass. Calls `advance(batch size)` per batch."""
+    n, start = len(latents) // copies, 0
+    for x in loader:
+        b = len(x)
+        x = x.to(device)
+        if copies == 2:
+            x = torch.cat([x, x.flip(-1)])
+        dist = model.encode(x).latent_dist
+        z = dist.sample(generator=generator) if posterior == "sample" else dist.mean
+        z = (z * scale_factor).float().cpu().numpy()
+        for k in range(copies):
+            latents[k * n + start:k * n + start + b] = z[k * b:(k + 1) * b]
+        start += b
+        advance(b)
+
+
 def _publish(tmp: Path, out: Path) -> None:
     """Rename the finished temp dir onto OUT (same filesystem, so the rename is atomic)."""
     if out.exists():  # overwrite=True: move the old one aside first, delete it only once replaced
@@ -214,8 +227,6 @@ def _progress(enabled: bool, total: int, description: str):
     if not enabled:
         yield lambda k: None
         return
-    from rich.progress import Progress
-
     with Progress() as bar:
         task = bar.add_task(description, total=total)
         yield lambda k: bar.advance(task, k)

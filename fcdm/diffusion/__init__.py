@@ -1,4 +1,6 @@
-"""Training objectives and samplers: Gaussian diffusion (DDPM/DDIM) and flow matching (Euler ODE/SDE).
+"""Training objectives and samplers: Gaussian diffusion (DDPM/DDIM, `fcdm.diffusion.gaussian`, respaced
+by `respace`) and flow matching (Euler ODE/SDE, `flow`), what both share (`common`), classifier-free
+guidance (`guidance`), and the registry below that builds an objective by name.
 
     obj = create_objective("ddpm", num_timesteps=1000, learn_sigma=True, fixed_variance="large", clip_x0=False)
     obj = create_objective("flow", learn_sigma=False, time_scale=1000.0, clip_x0=False)
@@ -16,9 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fcdm.diffusion.common import ModelFn
 from fcdm.diffusion.flow import FlowMatching
 from fcdm.diffusion.gaussian import GaussianDiffusion, linear_beta_schedule
-from fcdm.diffusion.common import ModelFn
 from fcdm.diffusion.guidance import guided_model_fn
 from fcdm.diffusion.respace import respace, space_timesteps
 

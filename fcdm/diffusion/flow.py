@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fcdm.diffusion.common import ModelFn, mean_flat, progress_iter, randn, resolve_device
+from fcdm.diffusion.common import ModelFn, check_output, generator_draw, initial_noise, mean_flat, progress_iter, randn
 
 
 class FlowMatching:
@@ -57,15 +57,8 @@ class FlowMatching:
     def velocity(self, model_fn: ModelFn, x: Tensor, t: Tensor) -> Tensor:
         """Model velocity at x (B, C, H, W), t (B,) in [0, 1] -> (B, C, H, W)."""
         out = model_fn(x, t * self.time_scale)
-        C = x.shape[1]
-        expected = 2 * C if self.learn_sigma else C
-        if out.shape[0] != x.shape[0] or out.shape[1] != expected or out.shape[2:] != x.shape[2:]:
-            raise ValueError(
-                f"model output has shape {tuple(out.shape)} for input {tuple(x.shape)}; with "
-                f"learn_sigma={self.learn_sigma} the flow objective expects {expected} channels. "
-                "Set the model's out_channels / learn_sigma to match the objective."
-            )
-        return out[:, :C]
+        check_output(out, x, self.learn_sigma, "the flow objective expects {} channels")
+        return out[:, :x.shape[1]]
 
     def sampling_velocity(self, model_fn: ModelFn, x: Tensor, t: Tensor) -> Tensor:
         """The velocity the samplers step with: the model's, or with ``clip_x0`` the one whose implied
@@ -86,9 +79,8 @@ class FlowMatching:
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Uniform training times: (batch_size,) float in [0, 1)."""
-        device = resolve_device(None, generator, device)
-        draw_device = generator.device if generator is not None else device
-        return torch.rand((batch_size,), generator=generator, device=draw_device).to(device)
+        return generator_draw(lambda d: torch.rand((batch_size,), generator=generator, device=d),
+                                        generator, device)
 
     # ---- training --------------------------------------------------------------------------------
 
@@ -123,13 +115,6 @@ class FlowMatching:
         v = self.sampling_velocity(model_fn, x, t)
         return v + diffusion_norm * (self._bcast(t, x) * v - x)
 
-    def _init(self, shape, noise, generator, device) -> Tensor:
-        device = resolve_device(noise, generator, device)
-        x = noise.to(device) if noise is not None else randn(shape, generator, device)
-        if tuple(x.shape) != tuple(shape):
-            raise ValueError(f"noise has shape {tuple(x.shape)}, expected {tuple(shape)}.")
-        return x
-
     def euler_ode_sample(
         self, model_fn: ModelFn, shape: Sequence[int], num_steps: int, noise: Tensor | None = None,
         generator: torch.Generator | None = None, progress: bool = False, *,
@@ -139,7 +124,7 @@ class FlowMatching:
         (``num_steps`` model evaluations). Returns (B, C, H, W)."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
-        x = self._init(shape, noise, generator, device)
+        x = initial_noise(shape, noise, generator, device)
         ts = torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)
         with torch.no_grad():
             for i in progress_iter(range(num_steps), num_steps, "Euler ODE", progress):
@@ -169,7 +154,7 @@ class FlowMatching:
                              "step plus the final deterministic step.")
         if not 0.0 < last_step_size < 1.0:
             raise ValueError(f"last_step_size must lie in (0, 1), got {last_step_size}.")
-        x = self._init(shape, noise, generator, device)
+        x = initial_noise(shape, noise, generator, device)
         t1 = 1.0 - last_step_size
         ts = torch.linspace(0.0, t1, num_steps, dtype=torch.float64)
         dt = float(ts[1] - ts[0])

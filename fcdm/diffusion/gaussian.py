@@ -10,7 +10,7 @@ Conventions (Ho et al. 2020; Nichol & Dhariwal 2021; Peebles & Xie 2023):
 
 A denoiser is any callable ``model_fn(x, t) -> out`` with x: (B, C, H, W), t: (B,) long; out is
 (B, C, H, W), or (B, 2C, H, W) with learned sigma. The diffusion calls the model with
-``timestep_map[t]`` so a respaced diffusion (see ``respace.py``) feeds the model the ORIGINAL
+``timestep_map[t]`` so a respaced diffusion (see ``fcdm.diffusion.respace``) feeds the model the ORIGINAL
 timestep indices it was trained on.
 """
 
@@ -22,7 +22,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fcdm.diffusion.common import Generators, ModelFn, mean_flat, progress_iter, randn, resolve_device
+from fcdm.diffusion.common import (
+    Generators,
+    ModelFn,
+    check_output,
+    generator_draw,
+    initial_noise,
+    mean_flat,
+    progress_iter,
+    randn,
+)
 
 FIXED_VARIANCES = ("small", "large")
 
@@ -163,10 +172,9 @@ class GaussianDiffusion:
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Uniform training timesteps: (batch_size,) long in [0, T)."""
-        device = resolve_device(None, generator, device)
-        draw_device = generator.device if generator is not None else device
-        t = torch.randint(0, self.num_timesteps, (batch_size,), generator=generator, device=draw_device)
-        return t.to(device)
+        return generator_draw(
+            lambda d: torch.randint(0, self.num_timesteps, (batch_size,), generator=generator, device=d),
+            generator, device)
 
     # ---- forward process -------------------------------------------------------------------------
 
@@ -199,15 +207,9 @@ class GaussianDiffusion:
 
     def _split_output(self, out: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Model output -> (eps (B, C, H, W), v (B, C, H, W) or None), checking the channel count."""
+        check_output(out, x, self.learn_sigma,
+                     f"it must have {{}} channels ({'eps then variance value v' if self.learn_sigma else 'eps'})")
         C = x.shape[1]
-        expected = 2 * C if self.learn_sigma else C
-        if out.shape[0] != x.shape[0] or out.shape[1] != expected or out.shape[2:] != x.shape[2:]:
-            raise ValueError(
-                f"model output has shape {tuple(out.shape)} for input {tuple(x.shape)}; with "
-                f"learn_sigma={self.learn_sigma} it must have {expected} channels "
-                f"({'eps then variance value v' if self.learn_sigma else 'eps'}). Set the model's "
-                "out_channels / learn_sigma to match the objective."
-            )
         if self.learn_sigma:
             return out[:, :C], out[:, C:]
         return out, None
@@ -310,10 +312,8 @@ class GaussianDiffusion:
         return mean + nonzero * sigma * randn(x.shape, generator, x.device)
 
     def _loop(self, step, shape, noise, generator, progress, device, desc) -> Tensor:
-        device = resolve_device(noise, generator, device)
-        x = noise.to(device) if noise is not None else randn(shape, generator, device)
-        if tuple(x.shape) != tuple(shape):
-            raise ValueError(f"noise has shape {tuple(x.shape)}, expected {tuple(shape)}.")
+        x = initial_noise(shape, noise, generator, device)
+        device = x.device
         steps = range(self.num_timesteps - 1, -1, -1)
         with torch.no_grad():
             for i in progress_iter(steps, self.num_timesteps, desc, progress):
@@ -327,7 +327,7 @@ class GaussianDiffusion:
         clip_denoised: bool | None = None, device: torch.device | str | None = None,
     ) -> Tensor:
         """DDPM ancestral sampling over all of this diffusion's steps -> x_0 of ``shape``.
-        For 250-step sampling use ``respace(diffusion, 250).p_sample_loop(...)`` (respace.py)."""
+        For 250-step sampling use ``respace(diffusion, 250).p_sample_loop(...)`` (fcdm.diffusion.respace)."""
         step = lambda x, t: self.p_sample(model_fn, x, t, generator, clip_denoised)  # noqa: E731
         return self._loop(step, shape, noise, generator, progress, device, "DDPM")
 

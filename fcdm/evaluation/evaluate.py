@@ -19,15 +19,20 @@ continues bit for bit like one that never stopped.
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from accelerate.utils import gather_object
 
-from fcdm.config import RunConfig
+from fcdm.config import ConfigError, RunConfig
+from fcdm.data.prepare import load_vae
+from fcdm.diffusion import SAMPLERS
 from fcdm.evaluation.protocol import Protocol, log_evaluation
 from fcdm.evaluation.sampling import (
+    for_display,
     gather_samples,
     generate,
     is_unconditional,
@@ -35,14 +40,19 @@ from fcdm.evaluation.sampling import (
     preserved_rng,
     sample_images,
     sample_labels,
+    save_grid,
+    spread_labels,
     to_uint8,
 )
+from fcdm.evaluation.trained import open_run
+from fcdm.store.layout import resolve_store
+from fcdm.store.tracking import Tracker
 
 
 def measure(images: np.ndarray, labels: np.ndarray | None, proto: Protocol, metrics: list[str], cache_dir: Path,
             fid_weights: str | None = None) -> dict[str, float]:
     """FID, IS, KID, precision/recall (and class consistency on digits, when labels are given)."""
-    from fcdm.metrics import compute_metrics
+    from fcdm.metrics import compute_metrics  # heavy: torch_fidelity (seconds), only when metrics are measured
 
     return compute_metrics(images, labels, reference=proto.reference, extractor=proto.extractor,
                            cache_dir=cache_dir, fid_weights=fid_weights, metrics=tuple(metrics))
@@ -54,12 +64,10 @@ def check_ready(cfg: RunConfig, proto: Protocol, cache_dir: Path) -> None:
     if not cfg.eval.metrics:
         return
     if proto.extractor == "inception-v3-compat" or cfg.eval.fid_weights:
-        from fcdm.metrics import extractor_weights_path
+        from fcdm.metrics import extractor_weights_path  # heavy: torch_fidelity, only when metrics are measured
 
         extractor_weights_path(proto.extractor, cache_dir, cfg.eval.fid_weights)
     if proto.vae is not None:
-        from fcdm.data.prepare import load_vae
-
         load_vae(proto.vae)
 
 
@@ -68,8 +76,6 @@ def check_ready(cfg: RunConfig, proto: Protocol, cache_dir: Path) -> None:
 def evaluate_in_training(accelerator, tracker, cfg: RunConfig, protocol, ema: nn.Module, objective, shape,
                          num_classes: int, step: int, store: Path) -> None:
     """Every process samples its share; the main process measures and logs at this training step."""
-    from accelerate.utils import gather_object
-
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     conditional = not is_unconditional(cfg)
     with preserved_rng():
@@ -88,10 +94,6 @@ def evaluate_in_training(accelerator, tracker, cfg: RunConfig, protocol, ema: nn
 def log_sample_grid(tracker, cfg: RunConfig, ema: nn.Module, objective, shape, num_classes: int,
                     step: int, device) -> None:
     """A grid of EMA samples (grid_per_class per class, up to 10 classes) logged as samples/step_N.png."""
-    import tempfile
-
-    from fcdm.evaluation.sampling import for_display, save_grid, spread_labels
-
     classes = min(num_classes, 10)
     if is_unconditional(cfg):
         labels = sample_labels(classes * cfg.eval.grid_per_class, num_classes, conditional=False)
@@ -118,18 +120,14 @@ def evaluate_run(run: str, store=None, tracking_uri: str | None = None, step: in
     The metrics go under the bare names when the protocol equals the run's recorded one, else suffixed.
     Returns (metrics as logged, the run id).
     """
-    from fcdm.evaluation.trained import open_run
-    from fcdm.store.layout import resolve_store
-    from fcdm.store.tracking import Tracker
-
     trained = open_run(run, store, tracking_uri, step)
     cfg = trained.config
     fid_weights = overrides.pop("fid_weights", None) or cfg.eval.fid_weights
     proto = Protocol.from_config(cfg, **overrides)
-    if proto.sampler not in _allowed_samplers(cfg):
-        from fcdm.config import ConfigError
+    allowed = SAMPLERS[cfg.objective.name]
+    if proto.sampler not in allowed:
         raise ConfigError(f"--sampler {proto.sampler!r} does not apply to objective {cfg.objective.name!r}; "
-                          f"allowed values: {', '.join(_allowed_samplers(cfg))}")
+                          f"allowed values: {', '.join(allowed)}")
     store = resolve_store(store)
     cache_dir = store / "cache"
     check_ready(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"fid_weights": fid_weights})}), proto,
@@ -147,12 +145,6 @@ def evaluate_run(run: str, store=None, tracking_uri: str | None = None, step: in
     tracker = Tracker(store, tracking_uri)
     tracker.run_id = trained.run_id
     return log_evaluation(tracker, proto, values, trained.step, trained.shape[0]), trained.run_id
-
-
-def _allowed_samplers(cfg: RunConfig) -> tuple[str, ...]:
-    from fcdm.diffusion import SAMPLERS
-
-    return SAMPLERS[cfg.objective.name]
 
 
 def export_adm_npz(images: np.ndarray, labels: np.ndarray, path: Path) -> Path:

@@ -39,6 +39,7 @@ class Protocol:
     def resolved(self, cache_dir: Path, fid_weights: str | None = None) -> Protocol:
         """This protocol completed with what only the files tell: the digest of the extractor weights
         (`fid_weights`, else the default file) and whether FID uses stored statistics or images."""
+        # heavy: fcdm.metrics imports torch_fidelity (seconds); a run without metrics never resolves a protocol
         from fcdm.metrics import extractor_weights_digest, extractor_weights_path, fid_reference_kind
 
         weights = extractor_weights_path(self.extractor, cache_dir, fid_weights)
@@ -63,7 +64,7 @@ class Protocol:
 
     def tags(self, num_channels: int) -> dict[str, str]:
         """The `eval.*` tags that record this protocol as a run's own."""
-        from fcdm.metrics import protocol
+        from fcdm.metrics import protocol  # heavy: torch_fidelity, only once an evaluation is logged
 
         tags = protocol(self.extractor, self.reference, self.num_samples, fid_reference=self.fid_reference)
         tags.update({f"eval.{k}": str(v) for k, v in asdict(self).items()

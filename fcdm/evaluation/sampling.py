@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -15,7 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
+from rich.progress import Progress
 
+from fcdm.data.prepare import SD_VAE_SCALE, load_vae
 from fcdm.diffusion import guided_model_fn, sample
 from fcdm.evaluation.protocol import Protocol
 
@@ -101,8 +105,6 @@ class _SampleProgress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import Progress
-
             self.bar = Progress()
             self.bar.start()
             self.task = self.bar.add_task("sampling", total=self.total)
@@ -113,8 +115,6 @@ class _SampleProgress:
             self.bar.advance(self.task, n)
 
     def note(self, message: str) -> None:
-        import sys
-
         print(message, file=sys.stderr)
 
     def __exit__(self, *exc) -> None:
@@ -136,8 +136,6 @@ def make_decoder(vae: str | None, device) -> Callable[[torch.Tensor], torch.Tens
     """
     if vae is None:
         return lambda x: x
-    from fcdm.data.prepare import SD_VAE_SCALE, load_vae
-
     model = load_vae(vae).to(device).eval()
 
     @torch.no_grad()
@@ -166,8 +164,6 @@ def latent_preview(x: torch.Tensor) -> torch.Tensor:
 
 def save_grid(images: np.ndarray, path: Path, nrow: int, scale: int = 1) -> Path:
     """Write (N, H, W, C) uint8 images as one PNG grid of `nrow` images per row."""
-    from PIL import Image
-
     n, h, w, c = images.shape
     rows = -(-n // nrow)
     grid = np.zeros((rows * (h + 1) + 1, nrow * (w + 1) + 1, c), dtype=np.uint8)

@@ -6,7 +6,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch.nn as nn
+import yaml
 
+from fcdm.build import build_model, build_objective
 from fcdm.config import RunConfig, validate_config
 from fcdm.store.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from fcdm.store.layout import resolve_store
@@ -27,10 +29,6 @@ class TrainedRun:
 def open_run(run: str, store: str | Path | None = None, tracking_uri: str | None = None,
              step: int | None = None) -> TrainedRun:
     """The run with this MLflow id or name, loaded at its newest checkpoint (or at `step`)."""
-    import yaml
-
-    from fcdm.build import build_model, build_objective
-
     found = find_run(run, resolve_store(store), tracking_uri)
     ckpt_dir = Path(found.data.tags.get(TAG_CKPT, ""))
     checkpoints = dict(list_checkpoints(ckpt_dir))

@@ -9,7 +9,6 @@ from fcdm.launchers.base import Handle, Launcher, ProcessHandle, train_argv
 from fcdm.util.net import free_port
 from fcdm.util.process import spawn
 
-
 _ACCELERATE_REFUSED = {"cpu": "the trainer picks the CPU itself when no GPU is visible"}
 
 
@@ -52,7 +51,7 @@ class AccelerateLauncher(Launcher):
         opts.setdefault("dynamo_backend", "no")
         opts.setdefault("num_cpu_threads_per_process", env.get("OMP_NUM_THREADS", "1"))
         if procs > 1 and "config_file" not in opts and not any(k in opts for k in ("multi_gpu", "use_cpu")):
-            # DESIGN.md 5: `--cpu --num_processes 2` silently runs ONE process; --multi_gpu starts gloo on CPU.
+            # `--cpu --num_processes 2` silently runs ONE process; --multi_gpu starts gloo on CPU.
             opts["multi_gpu"] = True
         opts["mixed_precision"] = job.config.train.mixed_precision  # what the trainer uses anyway
         flags = []

@@ -91,5 +91,3 @@ class Launcher:
               claim=None) -> Handle:
         proc = spawn([sys.executable, *train_argv(config, store, tracking_uri)], log, env)
         return ProcessHandle(f"pid {proc.pid}", proc)
-
-

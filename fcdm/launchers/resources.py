@@ -47,3 +47,9 @@ def slot_env(slot: int, parallel: int, gpus: list[str], cpus: int, procs: int = 
             group = [gpus[slot % len(gpus)]]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(group)
     return env
+
+
+def slot_envs(parallel: int, gpus: list[str], cpus: int, procs: int = 1, cluster: bool = False) -> list[dict[str, str]]:
+    """The environment of each of `parallel` concurrency slots (slot_env); empty ones for a `cluster`
+    launcher (Slurm), whose jobs get their resources from the cluster."""
+    return [{} if cluster else slot_env(i, parallel, gpus, cpus, procs) for i in range(parallel)]

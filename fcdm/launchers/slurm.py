@@ -20,8 +20,8 @@ from typing import Any
 from fcdm.errors import LauncherError
 from fcdm.launchers.accelerate import AccelerateLauncher
 from fcdm.launchers.base import EXIT_CLAIM_LOST, Handle, Launcher, train_argv
+from fcdm.store import claims
 from fcdm.util.process import spawn
-
 
 # Friendly option names -> submitit's (generic ones work on every submitit cluster, slurm_* on Slurm only).
 _SLURM_NAMES = {"time": "timeout_min", "partition": "slurm_partition", "account": "slurm_account",
@@ -68,7 +68,7 @@ class SlurmLauncher(Launcher):
 
     def executor(self, store: Path):
         if self._executor is None:
-            import submitit
+            import submitit  # heavy: only when a Slurm job is submitted
 
             folder = Path(self.folder) if self.folder else Path(store) / "slurm"
             ex = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster)
@@ -133,8 +133,6 @@ class SlurmHandle(Handle):
 
 def cluster_entry(argv: list[str], log: str, env: dict[str, str], claim_path: str | None, token: str | None) -> int:
     """What a Slurm job runs: adopt the runner's claim, train in a child, heartbeat until it ends."""
-    from fcdm.store import claims
-
     claim, beat = None, None
     if claim_path:
         claim = claims.adopt(Path(claim_path), token, note=f"slurm job {os.environ.get('SLURM_JOB_ID', '?')}")

@@ -31,6 +31,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from fcdm.data.digits import digits_arrays
 from fcdm.errors import MetricsError
+from fcdm.util.files import atomic_writer, sha256_file
 
 EXTRACTOR_NAME = "digits-classifier"
 WEIGHTS_FILE = "digits_classifier.pt"
@@ -39,6 +40,7 @@ NATIVE_SIZE = 8  # load_digits images are 8x8; larger inputs are area-resized do
 # Bump when the architecture or the training recipe changes: a cached file of another version is retrained.
 RECIPE_VERSION = 1
 SEED = 0
+
 
 def _split_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     """Content hash of a training split: a cached classifier trained on other data is retrained."""
@@ -177,11 +179,9 @@ def ensure_digits_classifier(cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR) -
         ):
             return path
     model, meta = _train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write-then-rename: two processes training at once both leave a complete (identical) file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"state_dict": model.state_dict(), "meta": meta}, tmp)
-    os.replace(tmp, path)
+    # Atomic and durable: two processes training at once both leave a complete (identical) file.
+    with atomic_writer(path) as f:
+        torch.save({"state_dict": model.state_dict(), "meta": meta}, f)
     return path
 
 
@@ -197,7 +197,6 @@ def load_digits_classifier(cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR) -> 
 
 def check_weights_file(path: str | os.PathLike) -> Path:
     """`path` if it holds digits-classifier weights (as `ensure_digits_classifier` writes them), else MetricsError."""
-
     path = Path(path).expanduser()
     problem = None
     if not path.is_file():
@@ -228,7 +227,7 @@ def load_weights(path: str | os.PathLike) -> DigitsCNN:
 
 def weights_fingerprint(path: str | os.PathLike) -> str:
     """Short content hash of a weights file; keys cached reference features to the exact weights."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:10]
+    return sha256_file(path)[:10]
 
 
 def state_digest(path: str | os.PathLike) -> str:

@@ -3,7 +3,7 @@
 Two protocols share one code path:
 
 - ``extractor="digits-classifier"`` (default, CPU profile): features of the project's own digits CNN
-  (`digits_classifier.py`), reference = a digits split, plus `class_consistency` for conditional samples;
+  (fcdm.metrics.digits_classifier), reference = a digits split, plus `class_consistency` for conditional samples;
 - ``extractor="inception-v3-compat"`` (paper profile): torch-fidelity's TF-compatible Inception-v3, as in
   FID-50K of DiT/ADM; the weights must already be on disk (`fid_weights` or torch-fidelity's cache),
   since nothing here may download.
@@ -16,7 +16,8 @@ Two protocols share one code path:
 An ADM reference batch (`VIRTUAL_imagenet256_labeled.npz`) stores `mu`/`sigma`, the Inception pool3
 statistics of the whole training set, beside 10K images in `arr_0`. As in ADM's evaluator (which every
 DiT/SiT/FCDM number uses), FID is then taken against the stored statistics and the images serve
-precision/recall, KID and IS only (`fid_reference_kind` says which FID reference a reference gives).
+precision/recall, KID and IS only (fcdm.metrics.references.fid_reference_kind says which FID reference a
+reference gives).
 
 Reference features and FID statistics are cached by torch-fidelity under `<cache_dir>/fidelity`, keyed
 by reference, image size and extractor weights; sample features are never cached.
@@ -24,7 +25,6 @@ by reference, image size and extractor weights; sample features are never cached
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -35,23 +35,36 @@ import torch.hub
 import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-from torch_fidelity.metric_fid import (fid_featuresdict_to_statistics, fid_featuresdict_to_statistics_cached,
-                                       fid_input_id_to_statistics_cached, fid_statistics_to_metric)
+from torch_fidelity.metric_fid import (
+    fid_featuresdict_to_statistics,
+    fid_featuresdict_to_statistics_cached,
+    fid_input_id_to_statistics_cached,
+    fid_statistics_to_metric,
+)
 from torch_fidelity.metric_isc import isc_featuresdict_to_metric
 from torch_fidelity.metric_kid import kid_featuresdict_to_metric
 from torch_fidelity.metric_prc import prc_featuresdict_to_metric
-from torch_fidelity.utils import (create_feature_extractor, extract_featuresdict_from_input_id_cached,
-                                  get_cacheable_input_name, resolve_feature_layer_for_metric)
+from torch_fidelity.utils import (
+    create_feature_extractor,
+    extract_featuresdict_from_input_id_cached,
+    get_cacheable_input_name,
+    resolve_feature_layer_for_metric,
+)
 
-from fcdm.data.digits import IMAGE_SIZES, digits_arrays
-from fcdm.errors import MetricsError
 import fcdm.metrics.digits_classifier as dc
+from fcdm.errors import MetricsError
+from fcdm.metrics.references import (
+    as_nhwc_uint8,
+    fid_reference_kind,
+    load_reference,
+    load_stored_statistics,
+    npz_reference,
+)
+from fcdm.util.files import sha256_file
 
-DIGITS_REFERENCES = {"digits-train": "train", "digits-test": "test", "digits-all": "all"}
 EXTRACTORS = ("digits-classifier", "inception-v3-compat")
 METRICS = ("fid", "is", "kid", "prc")
 INCEPTION_WEIGHTS_FILE = os.path.basename(urlparse(URL_INCEPTION_V3).path)
-IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default; shrunk to the sample count for small evaluations
 ISC_SPLITS = 10  # the Inception Score's customary 10 splits (Salimans et al.)
 PRC_NEIGHBORHOOD = 3  # torch-fidelity's default k, as in Kynkaanniemi et al. (2019)
@@ -90,110 +103,8 @@ class ImageArrayDataset(Dataset):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Inputs: samples, references, weights
+# The extractor's weights
 # ----------------------------------------------------------------------------------------------------
-
-
-def _as_nhwc_uint8(images, what: str) -> np.ndarray:
-    """Validate/normalise to uint8 (N, H, W, C) with C in {1, 3}; (N, H, W) gains C = 1."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise MetricsError(
-            f"{what} must be uint8 images of shape (N, H, W, C) with C = 1 or 3; got dtype {images.dtype} and "
-            f"shape {images.shape}. Convert with np.clip(np.rint(x * 255), 0, 255).astype(np.uint8) from [0, 1]."
-        )
-    if len(images) < 2:
-        raise MetricsError(f"{what} holds {len(images)} image(s); FID/KID need at least 2.")
-    return images
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fingerprint_file(path: Path) -> str:
-    return _sha256_file(path)[:10]
-
-
-def _load_image_dir(path: Path, channels: int) -> np.ndarray:
-    """A folder of .png/.jpg files (sorted by name, not recursive) -> uint8 (N, H, W, channels)."""
-    from PIL import Image
-
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise MetricsError(f"reference folder {path} holds no {'/'.join(IMAGE_EXTS)} images.")
-    mode = "L" if channels == 1 else "RGB"
-    arrays = [np.asarray(Image.open(f).convert(mode)) for f in files]
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        odd = next(f for f, a in zip(files, arrays) if a.shape != arrays[0].shape)
-        raise MetricsError(
-            f"reference folder {path} mixes image sizes ({sorted(shapes)}, e.g. {odd.name}); resize them to one size."
-        )
-    out = np.stack(arrays)
-    return out[..., None] if out.ndim == 3 else out
-
-
-def _npz_reference(reference: str) -> Path | None:
-    path = Path(reference).expanduser()
-    return path if path.is_file() and path.suffix == ".npz" else None
-
-
-def _load_reference(reference: str, image_size: int, channels: int) -> tuple[np.ndarray, str]:
-    """Reference name or path -> (uint8 (M, H, W, C), cache key naming its content)."""
-    if reference in DIGITS_REFERENCES:
-        if image_size not in IMAGE_SIZES:
-            raise MetricsError(
-                f"reference {reference!r} exists at sizes {IMAGE_SIZES} px, but the samples are {image_size} px; "
-                f"generate at one of those sizes or pass an .npz/folder reference."
-            )
-        images, _ = digits_arrays(DIGITS_REFERENCES[reference], image_size)
-        # Content hash: if the data module's split ever changes, cached statistics are not reused.
-        return images, f"{reference}-{image_size}px-{hashlib.sha256(images.tobytes()).hexdigest()[:8]}"
-    path = _npz_reference(reference)
-    if path is not None:
-        with np.load(path) as npz:
-            if "arr_0" not in npz.files:
-                raise MetricsError(f"reference {path} has no 'arr_0' array (ADM-style batches store images there).")
-            images = npz["arr_0"]
-        return _as_nhwc_uint8(images, f"reference {path} arr_0"), f"{path.stem}-{_fingerprint_file(path)}"
-    path = Path(reference).expanduser()
-    if path.is_dir():
-        images = _as_nhwc_uint8(_load_image_dir(path, channels), f"reference folder {path}")
-        listing = "\n".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(path.iterdir()))
-        return images, f"{path.name}-{hashlib.sha256(listing.encode()).hexdigest()[:10]}"
-    raise MetricsError(
-        f"reference {reference!r} is neither a digits split ({', '.join(DIGITS_REFERENCES)}) nor an existing "
-        f".npz file (ADM-style, images in 'arr_0') nor a folder of images."
-    )
-
-
-def fid_reference_kind(reference: str) -> str:
-    """What FID is measured against: "stored-statistics" for an .npz carrying `mu` and `sigma` (ADM's
-    reference batches), else "images" (the reference images' own features)."""
-    path = _npz_reference(reference)
-    if path is None:
-        return "images"
-    with np.load(path) as npz:  # reads the zip directory only, not the arrays
-        return "stored-statistics" if {"mu", "sigma"} <= set(npz.files) else "images"
-
-
-def load_stored_statistics(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The FID statistics an ADM reference .npz stores: {"mu": (D,), "sigma": (D, D)}, float64."""
-    with np.load(path) as npz:
-        mu, sigma = np.asarray(npz["mu"]), np.asarray(npz["sigma"])
-    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise MetricsError(
-            f"reference {path}: 'mu' {mu.shape} and 'sigma' {sigma.shape} are not FID statistics (finite mu (D,) "
-            f"and sigma (D, D)); regenerate the file, or drop 'mu' and 'sigma' from it to measure FID on its images."
-        )
-    return {"mu": mu.astype(np.float64), "sigma": sigma.astype(np.float64)}
 
 
 def inception_weights_path(fid_weights: str | os.PathLike | None = None) -> Path:
@@ -243,7 +154,7 @@ def extractor_weights_digest(extractor: str, path: str | os.PathLike) -> str:
     st = path.stat()
     key = (extractor, str(path), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        _DIGESTS[key] = dc.state_digest(path) if extractor == "digits-classifier" else f"sha256:{_sha256_file(path)[:12]}"
+        _DIGESTS[key] = dc.state_digest(path) if extractor == "digits-classifier" else f"sha256:{sha256_file(path)[:12]}"
     return _DIGESTS[key]
 
 
@@ -277,7 +188,33 @@ def compute_metrics(
     (fraction of samples the digits classifier puts in their conditioning class) when labels are given
     and the extractor is the digits classifier.
     """
-    samples = _as_nhwc_uint8(samples, "samples")
+    samples = as_nhwc_uint8(samples, "samples")
+    _check_request(samples, labels, metrics, extractor)
+    cache_dir = Path(cache_dir)
+    # Weights first: a missing Inception file must fail here, in milliseconds, not inside torch-fidelity.
+    weights = extractor_weights_path(extractor, cache_dir, fid_weights)
+    # Keys cached reference features to the exact weights (a retrained classifier never reads stale ones).
+    weights_tag = extractor_weights_digest(extractor, weights).removeprefix("sha256:")
+
+    out: dict[str, float] = {}
+    if metrics:
+        stored = None
+        if "fid" in metrics and reference_images is None and fid_reference_kind(reference) == "stored-statistics":
+            stored = load_stored_statistics(npz_reference(reference))
+        kwargs = _fidelity_inputs(samples, set(metrics), stored, reference, reference_images, extractor, weights,
+                                  weights_tag, cache_dir, batch_size, cuda)
+        result = _fidelity_metrics(set(metrics), stored, reference, **kwargs)
+        out.update({ours: float(result[theirs]) for theirs, ours in _KEYS.items() if theirs in result})
+
+    if labels is not None and extractor == "digits-classifier":
+        predicted = dc.classify(samples, dc.load_weights(weights))
+        out["class_consistency"] = float((predicted == np.asarray(labels)).mean())
+    return out
+
+
+def _check_request(samples: np.ndarray, labels: np.ndarray | None, metrics: tuple[str, ...], extractor: str) -> None:
+    """MetricsError for an unknown metric or extractor, labels that do not match the samples, or too few
+    samples for precision/recall."""
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise MetricsError(f"metrics {sorted(unknown)} are unknown; choose from {list(METRICS)}.")
@@ -290,50 +227,40 @@ def compute_metrics(
             f"precision/recall uses the {PRC_NEIGHBORHOOD}-th nearest neighbour and needs more than "
             f"{PRC_NEIGHBORHOOD} samples; got {len(samples)}. Drop 'prc' from metrics or add samples."
         )
-    cache_dir = Path(cache_dir)
-    # Weights first: a missing Inception file must fail here, in milliseconds, not inside torch-fidelity.
-    weights = extractor_weights_path(extractor, cache_dir, fid_weights)
-    # Keys cached reference features to the exact weights (a retrained classifier never reads stale ones).
-    weights_tag = extractor_weights_digest(extractor, weights).removeprefix("sha256:")
+
+
+def _fidelity_inputs(samples: np.ndarray, metrics: set[str], stored: dict | None, reference: str,
+                     reference_images: np.ndarray | None, extractor: str, weights: Path, weights_tag: str,
+                     cache_dir: Path, batch_size: int, cuda: bool | None) -> dict:
+    """torch-fidelity's keyword arguments: the samples as input1 and, when a metric needs its images (KID,
+    precision/recall, FID without `stored` statistics), the reference as input2 with its cache name."""
     rgb = extractor == "inception-v3-compat"
-
-    out: dict[str, float] = {}
-    if metrics:
-        stored = None
-        if "fid" in metrics and reference_images is None and fid_reference_kind(reference) == "stored-statistics":
-            stored = load_stored_statistics(_npz_reference(reference))
-        kwargs = dict(
-            input1=ImageArrayDataset(samples, rgb=rgb),
-            feature_extractor=extractor,
-            feature_extractor_weights_path=str(weights),
-            isc_splits=min(ISC_SPLITS, len(samples)),
-            prc_neighborhood=PRC_NEIGHBORHOOD,
-            batch_size=batch_size,
-            cuda=torch.cuda.is_available() if cuda is None else cuda,
-            cache_root=str(cache_dir / "fidelity"),
-            # No DataLoader worker processes (the arrays are in memory) and blockwise
-            # precision/recall distances instead of one N x M matrix.
-            save_cpu_ram=True,
-            verbose=False,
+    kwargs = dict(
+        input1=ImageArrayDataset(samples, rgb=rgb),
+        feature_extractor=extractor,
+        feature_extractor_weights_path=str(weights),
+        isc_splits=min(ISC_SPLITS, len(samples)),
+        prc_neighborhood=PRC_NEIGHBORHOOD,
+        batch_size=batch_size,
+        cuda=torch.cuda.is_available() if cuda is None else cuda,
+        cache_root=str(cache_dir / "fidelity"),
+        # No DataLoader worker processes (the arrays are in memory) and blockwise
+        # precision/recall distances instead of one N x M matrix.
+        save_cpu_ram=True,
+        verbose=False,
+    )
+    if {"kid", "prc"} & metrics or ("fid" in metrics and stored is None):
+        if reference_images is not None:
+            ref, ref_key = as_nhwc_uint8(reference_images, "reference_images"), None
+        else:
+            ref, ref_key = load_reference(reference, samples.shape[1], samples.shape[-1])
+        kwargs.update(
+            input2=ImageArrayDataset(ref, rgb=rgb),
+            # torch-fidelity appends "-<extractor>-features-<layer>".
+            input2_cache_name=None if ref_key is None else f"{ref_key}-{weights_tag}",
+            kid_subset_size=min(KID_SUBSET_SIZE, len(samples), len(ref)),
         )
-        if {"kid", "prc"} & set(metrics) or ("fid" in metrics and stored is None):
-            if reference_images is not None:
-                ref, ref_key = _as_nhwc_uint8(reference_images, "reference_images"), None
-            else:
-                ref, ref_key = _load_reference(reference, samples.shape[1], samples.shape[-1])
-            kwargs.update(
-                input2=ImageArrayDataset(ref, rgb=rgb),
-                # torch-fidelity appends "-<extractor>-features-<layer>".
-                input2_cache_name=None if ref_key is None else f"{ref_key}-{weights_tag}",
-                kid_subset_size=min(KID_SUBSET_SIZE, len(samples), len(ref)),
-            )
-        result = _fidelity_metrics(set(metrics), stored, reference, **kwargs)
-        out.update({ours: float(result[theirs]) for theirs, ours in _KEYS.items() if theirs in result})
-
-    if labels is not None and extractor == "digits-classifier":
-        predicted = dc.classify(samples, dc.load_weights(weights))
-        out["class_consistency"] = float((predicted == np.asarray(labels)).mean())
-    return out
+    return kwargs
 
 
 def _fidelity_metrics(metrics: set[str], stored: dict | None, reference: str, **kwargs) -> dict[str, float]:

@@ -1,5 +1,7 @@
 """The FCDM and DiT model families and their registry: published presets, and which constructor
-arguments each family takes (every one of them is an ablation axis).
+arguments each family takes (every one of them is an ablation axis). The families live in `fcdm.models.fcdm`
+and `fcdm.models.dit` (shared layers in `layers`); parameters and FLOPs are counted by `flops`, given in
+closed form for `plan` by `costs`, and tabled for `fcdm-ablate models` by `table`.
 
     from fcdm.models import create_model
     model = create_model("FCDM-XL")                           # the paper's preset
@@ -15,15 +17,15 @@ from typing import Any
 import torch.nn as nn
 
 from fcdm.errors import did_you_mean
-
 from fcdm.models.dit import DiT
-from fcdm.models.fcdm import CONDITIONING_TYPES, FCDM, LABEL_DROPOUT_TYPES, FCDMBlock, GRN
+from fcdm.models.fcdm import CONDITIONING_TYPES, FCDM, GRN, LABEL_DROPOUT_TYPES, FCDMBlock
 
 #################################################################################
 #                                    Presets                                    #
 #################################################################################
 
-# FCDM model table (DESIGN.md section 1): width C and stage depths; r = 3, k = 7.
+# The FCDM paper's model table: width C and stage depths [enc1, enc2, mid, dec2, dec1]; mlp_ratio r = 3 and
+# kernel_size k = 7 are the constructor defaults.
 FCDM_PRESETS = {
     "FCDM-S": dict(hidden_size=128, depth=[2, 4, 8, 4, 2]),
     "FCDM-B": dict(hidden_size=256, depth=[2, 4, 8, 4, 2]),

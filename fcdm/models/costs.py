@@ -3,8 +3,8 @@
     architecture_cost("FCDM-S", kwargs, (4, 32, 32))     # Cost(params, gflops), cached
     architecture_gflops("FCDM-S", kwargs, (4, 32, 32))   # the closed form alone, nothing built
 
-GFLOPs follow DESIGN.md section 2 (forward, batch 1, one multiply-add = one FLOP, attention included)
-and equal `fcdm.models.flops.model_gflops` exactly (tests/test_flops.py checks them against it). They
+GFLOPs follow DiT's convention (forward, batch 1, one multiply-add = one FLOP, attention included; README,
+"FLOPs") and equal `fcdm.models.flops.model_gflops` exactly (tests/models/test_flops.py checks them). They
 come from the closed forms below rather than from a forward pass, because a forward on the meta device
 imports torch._dynamo (about 1.4 s of CPU) and `plan` must answer at once. Parameters come from building
 the model on the meta device with initialisation skipped (milliseconds, and it validates the
@@ -17,6 +17,11 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from fcdm.models import create_model, family_of
 
 # Constructor arguments the closed forms account for (the others do not change the forward's FLOPs).
 _FCDM_ARGS = {"in_channels", "hidden_size", "depth", "mlp_ratio", "kernel_size", "grn", "conditioning",
@@ -91,11 +96,6 @@ def _meta_model(name: str, kwargs: dict):
     """The model on the meta device without running its initialisers: construction validates the
     arguments (ValueError) and gives the parameter shapes; nn.init on meta tensors would pull in
     torch._dynamo for nothing."""
-    import torch
-    from torch.overrides import TorchFunctionMode
-
-    from fcdm.models import create_model
-
     skip = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_}
 
     class _NoInit(TorchFunctionMode):
@@ -110,8 +110,6 @@ def _meta_model(name: str, kwargs: dict):
 
 @lru_cache(maxsize=None)
 def _cost(name: str, kwargs_json: str, shape: tuple[int, int, int]) -> Cost:
-    from fcdm.models import family_of  # torch: only when a cost is asked for
-
     kwargs = json.loads(kwargs_json)
     try:
         model = _meta_model(name, kwargs)
@@ -119,7 +117,7 @@ def _cost(name: str, kwargs_json: str, shape: tuple[int, int, int]) -> Cost:
         raise ValueError(f"{name}: {e}") from None
     gflops = closed_form_gflops(family_of(name), kwargs, shape)
     if gflops is None:
-        from fcdm.models.flops import model_gflops  # torch.utils.flop_counter pulls in triton (~0.2 s)
+        from fcdm.models.flops import model_gflops  # lazy for `plan`: torch.utils.flop_counter costs ~0.1-0.2 s
 
         gflops = model_gflops(model, shape)
     # fcdm.models.flops.count_params, without importing it: its torch.utils.flop_counter pulls in
@@ -129,8 +127,6 @@ def _cost(name: str, kwargs_json: str, shape: tuple[int, int, int]) -> Cost:
 
 @lru_cache(maxsize=None)
 def _gflops(name: str, kwargs_json: str, shape: tuple[int, int, int]) -> float:
-    from fcdm.models import family_of  # torch: only when a cost is asked for
-
     try:
         g = closed_form_gflops(family_of(name), json.loads(kwargs_json), shape)
     except (TypeError, KeyError):  # malformed arguments: building the model says what is wrong

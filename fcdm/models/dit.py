@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from fcdm.models.fcdm import LABEL_DROPOUT_TYPES
-from fcdm.models.layers import LabelEmbedder, TimestepEmbedder, check_guidance, guided_output, modulate
-
+from fcdm.models.layers import LabelEmbedder, TimestepEmbedder, guided_forward, modulate, zero_init
 
 #################################################################################
 #                        Patch embedding, attention and MLP                     #
@@ -153,12 +152,8 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         for block in self.blocks:  # adaLN-Zero: every block starts as the identity
-            nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
-            nn.init.constant_(block.adaLN_modulation[-1].bias, 0)
-        nn.init.constant_(self.final_layer.adaLN_modulation[-1].weight, 0)
-        nn.init.constant_(self.final_layer.adaLN_modulation[-1].bias, 0)
-        nn.init.constant_(self.final_layer.linear.weight, 0)
-        nn.init.constant_(self.final_layer.linear.bias, 0)
+            zero_init(block.adaLN_modulation[-1])
+        zero_init(self.final_layer.adaLN_modulation[-1], self.final_layer.linear)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, p*p*C_out) -> (N, C_out, H, W)."""
@@ -182,10 +177,7 @@ class DiT(nn.Module):
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float,
                          guided_channels: int | None = None) -> torch.Tensor:
         """Classifier-free guidance on [x; x] with labels [y; null]; see FCDM.forward_with_cfg."""
-        check_guidance(self, cfg_scale)
-        half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half], dim=0), t, y)
-        return guided_output(out, cfg_scale, self.in_channels if guided_channels is None else guided_channels)
+        return guided_forward(self, x, t, y, cfg_scale, guided_channels)
 
 
 #################################################################################

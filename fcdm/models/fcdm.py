@@ -2,13 +2,21 @@
 
 Layout, initialisation and parameter names follow the public release (star-kwon/FCDM
 `models/fcdm_models.py`), so its checkpoints load with `load_state_dict(strict=True)`.
-Every choice the ablations vary is a constructor argument; see DESIGN.md section 1.
+Every choice the ablations vary is a constructor argument (README, "Models"); the presets and the
+registry that builds them by name live in fcdm.models.
 """
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from fcdm.models.layers import LabelEmbedder, LayerNorm2d, TimestepEmbedder, check_guidance, guided_output, modulate
+from fcdm.models.layers import (
+    LabelEmbedder,
+    LayerNorm2d,
+    TimestepEmbedder,
+    guided_forward,
+    modulate,
+    zero_init,
+)
 
 # How the conditioning vector enters a block; "unconditional" is adaLN-Zero on the timestep alone,
 # with no class input anywhere (the model generates unconditionally, and guidance does not apply).
@@ -26,6 +34,28 @@ def _check_choice(name: str, value, allowed) -> None:
                          f"values: {', '.join(map(repr, allowed))}")
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(repr, allowed))}")
+
+
+def _check_arguments(conditioning: str, label_dropout: str, class_dropout_prob: float, kernel_size: int,
+                     depth, hidden_size: int, mlp_ratio: float) -> None:
+    """ValueError naming the allowed values for an FCDM constructor argument outside them."""
+    _check_choice("conditioning", conditioning, CONDITIONING_TYPES)
+    _check_choice("label_dropout", label_dropout, LABEL_DROPOUT_TYPES)
+    if not 0.0 <= class_dropout_prob < 1.0:
+        raise ValueError(f"class_dropout_prob={class_dropout_prob!r} is not supported; allowed values: "
+                         "0 <= p < 1 (0 trains no null class, so guidance is unavailable)")
+    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size={kernel_size!r} is not supported; allowed values: odd integers >= 1 "
+                         "(3, 5, 7, ...) so that padding k//2 keeps the resolution")
+    depth = list(depth)
+    if len(depth) != 5 or not all(isinstance(d, int) and d >= 0 for d in depth):
+        raise ValueError(f"depth={depth!r} is not supported; allowed values: five non-negative integers "
+                         "[enc1, enc2, mid, dec2, dec1], e.g. [2, 4, 8, 4, 2]")
+    if hidden_size < 1 or hidden_size % 4:
+        raise ValueError(f"hidden_size={hidden_size!r} is not supported; allowed values: positive multiples "
+                         "of 4 (the downsampling conv produces out_width/4 channels)")
+    if mlp_ratio <= 0:
+        raise ValueError(f"mlp_ratio={mlp_ratio!r} is not supported; allowed values: > 0")
 
 
 #################################################################################
@@ -152,23 +182,8 @@ class FCDM(nn.Module):
                  class_dropout_prob: float = 0.1, num_classes: int = 1000, learn_sigma: bool = True,
                  gradient_checkpointing: bool = False, label_dropout: str = "per-level"):
         super().__init__()
-        _check_choice("conditioning", conditioning, CONDITIONING_TYPES)
-        _check_choice("label_dropout", label_dropout, LABEL_DROPOUT_TYPES)
-        if not 0.0 <= class_dropout_prob < 1.0:
-            raise ValueError(f"class_dropout_prob={class_dropout_prob!r} is not supported; allowed values: "
-                             "0 <= p < 1 (0 trains no null class, so guidance is unavailable)")
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size={kernel_size!r} is not supported; allowed values: odd integers >= 1 "
-                             "(3, 5, 7, ...) so that padding k//2 keeps the resolution")
+        _check_arguments(conditioning, label_dropout, class_dropout_prob, kernel_size, depth, hidden_size, mlp_ratio)
         depth = list(depth)
-        if len(depth) != 5 or not all(isinstance(d, int) and d >= 0 for d in depth):
-            raise ValueError(f"depth={depth!r} is not supported; allowed values: five non-negative integers "
-                             "[enc1, enc2, mid, dec2, dec1], e.g. [2, 4, 8, 4, 2]")
-        if hidden_size < 1 or hidden_size % 4:
-            raise ValueError(f"hidden_size={hidden_size!r} is not supported; allowed values: positive multiples "
-                             "of 4 (the downsampling conv produces out_width/4 channels)")
-        if mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio={mlp_ratio!r} is not supported; allowed values: > 0")
         self.in_channels = in_channels
         self.learn_sigma = learn_sigma
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
@@ -235,12 +250,8 @@ class FCDM(nn.Module):
         # adaLN-Zero: every block starts as the identity. DiT's "adaLN" keeps its xavier init.
         if conditioning == "adaln-zero":
             for block in self.blocks():
-                nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
-                nn.init.constant_(block.adaLN_modulation[-1].bias, 0)
-        nn.init.constant_(self.final_layer.adaLN_modulation[-1].weight, 0)
-        nn.init.constant_(self.final_layer.adaLN_modulation[-1].bias, 0)
-        nn.init.constant_(self.final_layer.conv.weight, 0)
-        nn.init.constant_(self.final_layer.conv.bias, 0)
+                zero_init(block.adaLN_modulation[-1])
+        zero_init(self.final_layer.adaLN_modulation[-1], self.final_layer.conv)
 
     def blocks(self) -> list[FCDMBlock]:
         return [*self.encoder_level_1, *self.encoder_level_2, *self.latent,
@@ -299,7 +310,4 @@ class FCDM(nn.Module):
         guided_channels=None guides every predicted channel (in_channels); DiT's published
         numbers used 3 (of 4 latent channels). An unconditional FCDM refuses cfg_scale > 1.
         """
-        check_guidance(self, cfg_scale)
-        half = x[: len(x) // 2]
-        out = self.forward(torch.cat([half, half], dim=0), t, y)
-        return guided_output(out, cfg_scale, self.in_channels if guided_channels is None else guided_channels)
+        return guided_forward(self, x, t, y, cfg_scale, guided_channels)

@@ -1,10 +1,11 @@
-"""Parameters and FLOPs in DiT's convention (DESIGN.md section 2).
+"""Parameters and FLOPs of a built model in DiT's convention, counted (README, "FLOPs").
 
 Forward pass, batch 1, no guidance doubling, VAE excluded, one multiply-add = one FLOP,
 attention matmuls included. Counting runs on the meta device: shapes only, no arithmetic,
-so FCDM-XL at 512 px costs milliseconds and no memory.
+so FCDM-XL at 512 px costs milliseconds and no memory. The closed forms `plan` uses instead
+live in fcdm.models.costs.
 
-    from fcdm.flops import preset_gflops
+    from fcdm.models.flops import preset_gflops
     preset_gflops("FCDM-XL", resolution=256)   # ~64.5
 """
 from contextlib import contextmanager, nullcontext
@@ -13,6 +14,8 @@ from functools import lru_cache
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
+
+from fcdm.models import create_model, family_of
 
 VAE_DOWNSAMPLE = 8  # SD-VAE maps 256 px images to 32 x 32 latents
 
@@ -99,8 +102,6 @@ def model_gflops(model: nn.Module, input_shape: tuple[int, int, int], reuse_repe
 
 def config_gflops(name: str, input_shape: tuple[int, int, int], **overrides) -> tuple[int, float]:
     """(params, GFLOPs) of preset `name` with constructor overrides, counted on the meta device."""
-    from fcdm.models import create_model, family_of
-
     if family_of(name) == "dit":
         overrides.setdefault("input_size", input_shape[-1])
         overrides.setdefault("in_channels", input_shape[0])

@@ -1,4 +1,5 @@
-"""Layers shared by the FCDM and DiT families: embedders, channel LayerNorm, modulation.
+"""What the FCDM and DiT families (fcdm.models.fcdm, fcdm.models.dit) share: embedders, channel LayerNorm,
+adaLN modulation, zero initialisation and classifier-free guidance.
 
 Parameter names follow the public DiT and FCDM releases so their checkpoints load strictly.
 """
@@ -88,6 +89,13 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)
 
 
+def zero_init(*layers: nn.Module) -> None:
+    """Zero the weight and bias of each layer: adaLN-Zero's modulations and the output layer start at 0."""
+    for layer in layers:
+        nn.init.constant_(layer.weight, 0)
+        nn.init.constant_(layer.bias, 0)
+
+
 def check_guidance(model: nn.Module, cfg_scale: float) -> None:
     """Refuse classifier-free guidance (cfg_scale > 1) for a model without class input: its
     conditional and unconditional passes are identical, so guidance would only double the compute
@@ -97,6 +105,16 @@ def check_guidance(model: nn.Module, cfg_scale: float) -> None:
         raise ValueError(f"cfg_scale={cfg_scale} asks for classifier-free guidance, which needs a class-conditional "
                          f"model; this {type(model).__name__} has conditioning='unconditional' (no class input). "
                          "Sample it with cfg_scale=1.0.")
+
+
+def guided_forward(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: float,
+                   guided_channels: int | None = None) -> torch.Tensor:
+    """The models' `forward_with_cfg`: the first half of x (2N, C_in, H, W) run twice, with labels y (2N,)
+    = [y; null], combined by `guided_output` on `guided_channels` (None: the model's in_channels)."""
+    check_guidance(model, cfg_scale)
+    half = x[: len(x) // 2]
+    out = model.forward(torch.cat([half, half], dim=0), t, y)
+    return guided_output(out, cfg_scale, model.in_channels if guided_channels is None else guided_channels)
 
 
 def guided_output(model_out: torch.Tensor, cfg_scale: float, channels: int) -> torch.Tensor:

@@ -3,8 +3,8 @@ import csv
 import io
 import json
 
-from fcdm.models.flops import config_gflops, preset_gflops
 from fcdm.models import family_of, list_models
+from fcdm.models.flops import config_gflops, preset_gflops
 
 COLUMNS = ["name", "family", "params", "gflops_256", "gflops_512"]
 REFERENCE = "DiT-XL/2"

@@ -4,10 +4,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from fcdm.runner.session import Session, _Running
+from fcdm.runner.session import RunningJob, Session
 from fcdm.runner.summary import JobOutcome
 from fcdm.spec.job import Job
 from fcdm.store.layout import checkpoint_dir
+from fcdm.store.progress import progress_or_empty
 
 
 class JobRun:
@@ -16,13 +17,13 @@ class JobRun:
 
         run = JobRun(job, store); run.poll(); run.progress(); run.interrupt(); outcome = run.wait()
 
-    Call poll() from a thread that lives until the job ends (see launchers.spawn)."""
+    Call poll() from a thread that lives until the job ends (see fcdm.util.process.spawn)."""
 
     def __init__(self, job: Job, store=None, tracking_uri=None, launcher: str = "local", launcher_options=None,
                  env: dict[str, str] | None = None, force: bool = False):
         self.job, self.env = job, dict(env or {})
         self.session = Session(store, tracking_uri, launcher, launcher_options, force)
-        self.running: _Running | None = None
+        self.running: RunningJob | None = None
         self.outcome: JobOutcome | None = None
         try:
             self.session.prepare([job])
@@ -36,20 +37,14 @@ class JobRun:
                 started = self.session.begin(self.job, self.env)
                 if isinstance(started, JobOutcome):
                     self._end(started)
-                self.running = started if isinstance(started, _Running) else None
+                self.running = started if isinstance(started, RunningJob) else None
             if self.running is not None and (out := self.session.check(self.running)) is not None:
                 self._end(out)
         return self.outcome
 
     def progress(self) -> dict:
         """The job's progress sidecar (step, steps, evals_done, run_id, ...), {} before its first checkpoint."""
-        from fcdm.store.checkpoints import CheckpointError
-        from fcdm.store.progress import read_progress
-
-        try:
-            return read_progress(checkpoint_dir(self.session.store, self.job.config)) or {}
-        except CheckpointError:
-            return {}
+        return progress_or_empty(checkpoint_dir(self.session.store, self.job.config))
 
     def interrupt(self) -> None:
         """Ask the trainer to checkpoint and stop (outcome 'stopped'); a job not started yet never starts."""

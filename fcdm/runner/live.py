@@ -7,6 +7,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
 
 @dataclass
 class Row:
@@ -27,8 +33,6 @@ class LiveView:
     """`with LiveView(title, total, enabled) as view: view.event(...); view.update(rows, counts)`."""
 
     def __init__(self, title: str, total_jobs: int, total_steps: int, enabled: bool = True):
-        from rich.console import Console
-
         self.console = Console(highlight=False)
         self.title, self.total_jobs, self.total_steps = title, total_jobs, total_steps
         self.enabled = enabled and self.console.is_terminal
@@ -41,8 +45,6 @@ class LiveView:
 
     def __enter__(self) -> LiveView:
         if self.enabled:
-            from rich.live import Live
-
             self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
             self._live.__enter__()
         return self
@@ -56,8 +58,6 @@ class LiveView:
         """A line above the live panel (or a plain line without one)."""
         try:
             if self._live is not None:
-                from rich.markup import escape
-
                 # Not markup=False: those print options would also apply to the live panel redrawn after it.
                 self._live.console.print(escape(message))
             else:
@@ -71,9 +71,6 @@ class LiveView:
             self._live.update(self._render())
 
     def _render(self):
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
-
         done = sum(self._counts.get(k, 0) for k in ("finished", "skipped", "elsewhere", "failed", "stopped"))
         table = Table.grid(padding=(0, 1))
         table.add_column(no_wrap=True, max_width=48)

@@ -1,7 +1,10 @@
 """`fcdm-ablate plan`: what a spec will run and what it costs, without running or writing anything.
 
-    rows = plan_rows(expand("ablations/kernel_size.yaml", "paper"), store=None)
+    jobs = expand("ablations/kernel_size.yaml", "paper")
+    rows = plan_rows(jobs, store=None)
     rows[0]["gflops"], rows[0]["train_gflops"], rows[0]["status"]
+    add_estimates(rows, jobs)                     # --measure: est_seconds of each job
+    print(to_csv(rows)); print_table(rows, "kernel_size", "paper")
 
 Each row is one job: name, seed, hash, variant, axis values, parameters, forward GFLOPs (DiT's
 convention), training compute (GFLOPs x 3 x batch x steps) and its status in the store (new / partial at
@@ -18,7 +21,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from rich.console import Console
+from rich.table import Table
+
 from fcdm.spec.job import Job
+from fcdm.spec.matching import architecture, cost
+from fcdm.store.jobs import job_status
+from fcdm.store.layout import resolve_store
 
 COLUMNS = ("name", "seed", "hash", "variant", "axes", "params", "gflops", "train_gflops", "steps", "batch_size",
            "flops_target", "status")
@@ -28,9 +37,6 @@ NO_DATA = "needs data"  # latent jobs whose files are not on this machine have n
 def plan_rows(jobs: Sequence[Job], store: str | Path | None = None) -> list[dict[str, Any]]:
     """One dict per job (keys: COLUMNS). `store`: None means the default store; a store that does not exist
     means every job is new. Reads nothing but the store's files; writes nothing."""
-    from fcdm.spec.matching import cost
-    from fcdm.store.layout import resolve_store
-
     store_path = resolve_store(store)
     rows = []
     for job in jobs:
@@ -40,7 +46,7 @@ def plan_rows(jobs: Sequence[Job], store: str | Path | None = None) -> list[dict
         target = cfg.log.tags.get("fcdm.flops_target")
         rows.append({"name": job.name, "seed": job.seed, "hash": h, "variant": job.variant or "", "axes": job.axes,
                      "params": c.params, "gflops": c.gflops,
-                     # fcdm.flops.training_gflops (forward + ~2x backward per image); not imported: see flops_match
+                     # fcdm.models.flops.training_gflops (forward + ~2x backward per image), inlined: it imports torch
                      "train_gflops": c.gflops * 3 * cfg.train.batch_size * cfg.train.steps,
                      "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
                      "flops_target": float(target) if target else None,
@@ -53,9 +59,7 @@ def _status(store: Path, job: Job, config_hash: str | None) -> str:
         return NO_DATA
     if not store.is_dir():
         return "new"
-    from fcdm.store.jobs import job_status  # the runner's view of the store: claims, progress, checkpoints
-
-    return job_status(store, job).describe()
+    return job_status(store, job).describe()  # the runner's view of the store: claims, progress, checkpoints
 
 
 def totals(rows: Sequence[dict]) -> dict[str, Any]:
@@ -89,10 +93,9 @@ def measure_steps(jobs: Sequence[Job], steps: int = 3, max_batch: int = 64, budg
     `max_batch`), scaled linearly to the global batch. Evaluations, checkpoints, data loading and process
     start-up are not included. Nothing is written.
     """
-    import torch
+    import torch  # heavy: only with `plan --measure`
 
-    from fcdm.build import build_model, build_objective
-    from fcdm.spec.matching import architecture, cost
+    from fcdm.build import build_model, build_objective  # heavy (models, objectives): only with `plan --measure`
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     memory = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else \
@@ -116,8 +119,14 @@ def measure_steps(jobs: Sequence[Job], steps: int = 3, max_batch: int = 64, budg
     return out
 
 
+def add_estimates(rows: list[dict], jobs: Sequence[Job]) -> None:
+    """Add each row's `est_seconds`: measured seconds per step x steps (None: too large for this machine)."""
+    for row, seconds in zip(rows, measure_steps(jobs)):
+        row["est_seconds"] = None if seconds is None else seconds * row["steps"]
+
+
 def _time_steps(cfg, model, objective, batch: int, steps: int, dev) -> float:
-    import torch
+    import torch  # heavy: only with `plan --measure`
 
     torch.manual_seed(0)
     c, h, w = cfg.data_shape
@@ -153,6 +162,13 @@ def _time_steps(cfg, model, objective, batch: int, steps: int, dev) -> float:
 
 
 # -- output ------------------------------------------------------------------------------------------
+
+def profile_line(spec, chosen: str, asked: bool) -> str:
+    """Which profile `plan` shows and why (`asked`: named by --profile), and the spec's other profiles."""
+    how = "as asked" if asked else ("the spec's default_profile" if spec.default_profile else "the default")
+    others = [p for p in spec.profiles if p != chosen]
+    return f"{spec.name}: profile '{chosen}' ({how}" + (f"; others: {', '.join(others)})" if others else ")")
+
 
 def compute(gflop: float) -> str:
     """Training compute with an SI prefix: 3.1e6 GFLOP -> '3.10 PFLOP'."""
@@ -194,8 +210,6 @@ def to_json(rows: Sequence[dict], meta: dict) -> str:
 
 def table(rows: Sequence[dict], title: str):
     """A rich Table of the rows with a totals line."""
-    from rich.table import Table
-
     measured = bool(rows) and "est_seconds" in rows[0]
     matched = any(r["flops_target"] is not None for r in rows)
     t = Table(title=title, show_footer=True)
@@ -217,3 +231,12 @@ def table(rows: Sequence[dict], title: str):
                  r["status"]]
         t.add_row(*cells)
     return t
+
+
+def print_table(rows: Sequence[dict], spec_name: str, profile: str) -> None:
+    """The rows as a table on the terminal (at least 140 columns wide), and what a missing hash means."""
+    title = f"{spec_name} ({profile}): GFLOPs per forward (batch 1); training compute = GFLOPs x 3 x batch x steps"
+    Console(width=max(Console().width, 140)).print(table(rows, title))
+    if any(r["hash"] is None for r in rows):
+        print(f"'{NO_DATA}': the hash covers the latent data's fingerprint; set --set data.path=... to a prepared "
+              "dataset to see hashes and status")

@@ -6,29 +6,31 @@ finished ones, resuming partial ones, sharing the work with other runners on the
     summary = run_jobs(expand("ablations/kernel_size.yaml"), parallel=2)   # what `run` does
     summary.ok, summary.render()
 
-A job is claimed (fcdm/claims.py) before it starts, so several runners (two terminals, or N nodes
+A job is claimed (fcdm.store.claims) before it starts, so several runners (two terminals, or N nodes
 on a shared filesystem with one tracking server) split the jobs and none is trained twice at once;
 a runner waits for jobs other runners hold and takes over any whose holder dies. Each job's config
 and training log live in `<store>/jobs/<hash>-s<seed>/` (config.yaml, train.log, runner.json).
 
-What each job goes through (claim, start, poll, record, tag) is fcdm/session.py; this module
+What each job goes through (claim, start, poll, record, tag) is fcdm.runner.session; this module
 schedules: slots, the live view, Ctrl-C, --fail-fast, waiting for jobs other runners hold.
 """
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 from fcdm.launchers import LauncherError
-from fcdm.launchers.resources import cpu_count, default_parallel, detect_gpus, slot_env
-from fcdm.runner.session import Session, _Running
+from fcdm.launchers.resources import cpu_count, default_parallel, detect_gpus, slot_envs
+from fcdm.runner.live import LiveView, Row
+from fcdm.runner.session import RunningJob, Session
 from fcdm.runner.summary import OUTCOMES, JobOutcome, RunSummary, outcome_line
 from fcdm.spec.job import Job
+from fcdm.store import claims
 from fcdm.store.jobs import LOG, job_dir
+from fcdm.util.signals import handled_signals
 
-# -- public entry points --------------------------------------------------------------------------------
-
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # the first checkpoints the jobs, the next kills them
+SCAN_S = 2.0  # how often to look again for startable jobs while none ended (jobs held by other runners)
 
 
 def run_jobs(jobs: list[Job], store=None, tracking_uri=None, *, parallel: int | None = None,
@@ -46,88 +48,137 @@ def run_jobs(jobs: list[Job], store=None, tracking_uri=None, *, parallel: int | 
     if parallel is None:
         parallel = len(unique) if launcher == "slurm" else default_parallel(gpus, cpus, len(unique))
     session = Session(store, tracking_uri, launcher, launcher_options, force)
-    pending, running, outcomes, free = list(unique), [], {}, list(range(parallel))
-    stop, handlers = {"n": 0, "signals": 0}, {}
-    title = unique[0].spec if unique else "run"
-    profiles = sorted({j.profile for j in unique if j.profile})
-    from fcdm.runner.live import LiveView, Row
-
-    t0, last_scan, dirty = time.time(), 0.0, True
+    schedule = Schedule(session, unique, parallel, fail_fast, wait_elsewhere)
+    t0 = time.time()
     try:
         session.launcher.check(unique)
-        procs = session.launcher.processes_per_job()
-        envs = [{} if launcher == "slurm" else slot_env(i, parallel, gpus, cpus, procs) for i in range(parallel)]
+        envs = slot_envs(parallel, gpus, cpus, session.launcher.processes_per_job(), cluster=launcher == "slurm")
         session.prepare(unique)
-        handlers = _install_handlers(stop)
-        view_steps = sum(j.config.train.steps for j in unique)
-        with LiveView(title, len(unique), view_steps, progress) as view:
-            view.event(f"{title}{' (profile ' + ', '.join(profiles) + ')' if profiles else ''}: {len(unique)} jobs, "
-                       f"{parallel} at a time ({launcher} launcher"
-                       f"{', GPUs ' + ','.join(gpus) if gpus and launcher != 'slurm' else ''}); logs in "
-                       f"{session.store / 'jobs'}")
-            stopping = 0
-            while pending or running:
-                if stop["n"] > stopping:  # Ctrl-C: first interrupt (checkpoint), then kill
-                    stopping = stop["n"]
-                    for r in running:
-                        r.interrupted = True
-                        (r.handle.interrupt if stopping == 1 else r.handle.kill)()
-                    if running:
-                        view.event(f"stopping: {len(running)} running job(s) checkpoint and stop"
-                                   + (" (Ctrl-C again to kill them now)" if stopping == 1 else ""))
-                    for j in pending:
-                        outcomes[j.key] = JobOutcome(j, "pending")
-                    pending = []
-                # Look for startable jobs when a slot frees up, and every 2 s for jobs held elsewhere.
-                if pending and free and (dirty or time.time() - last_scan >= 2.0):
-                    last_scan, dirty = time.time(), False
-                    for job in list(pending):
-                        if not free:
-                            break
-                        started = session.begin(job, envs[free[0]], free[0])
-                        if started is None:
-                            continue  # held by another runner: look again later
-                        pending.remove(job)
-                        if isinstance(started, JobOutcome):
-                            outcomes[job.key] = started
-                            view.event(outcome_line(started))
-                            continue
-                        free.pop(0)
-                        running.append(started)
-                        what = f"resuming at step {started.resumed_from}" if started.resumed_from else "starting"
-                        view.event(f"  {what} {job.name} ({started.handle.describe}, "
-                                   f"log {job_dir(session.store, job) / LOG})")
-                for r in list(running):
-                    outcome = session.check(r)
-                    if outcome is None:
-                        continue
-                    running.remove(r)
-                    free.append(r.slot)
-                    free.sort()
-                    dirty = True
-                    outcomes[r.job.key] = outcome
-                    view.event(outcome_line(outcome))
-                    if outcome.state == "failed" and fail_fast and not stop["n"]:
-                        view.event("--fail-fast: stopping the other jobs")
-                        stop["n"] = 1
-                if pending and not running and not wait_elsewhere:
-                    for j in pending:  # every one left is held by another runner
-                        outcomes[j.key] = JobOutcome(j, "pending", reason="held by another runner")
-                    pending = []
-                note = (f"waiting for {len(pending)} job(s) held by other runners" if pending and not running
-                        else f"{len(pending)} queued" if pending else "")
-                view.update([Row(r.job.name, r.step, r.job.config.train.steps, r.started, r.handle.describe)
-                             for r in running], _counts(outcomes), _steps_done(unique, outcomes, running), note)
-                if running or pending:
-                    time.sleep(poll_s)
+        with handled_signals(schedule.on_signal, STOP_SIGNALS):
+            try:
+                with LiveView(schedule.title, len(unique), sum(j.config.train.steps for j in unique),
+                              progress) as view:
+                    view.event(_header(schedule, launcher, gpus))
+                    schedule.run(view, envs, poll_s)
+            finally:
+                schedule.abandon()  # an exception in the loop itself: do not leave trainers behind
     finally:
-        for r in running:  # an exception in the loop itself: do not leave trainers behind
+        session.close()
+    return RunSummary(schedule.ordered(), time.time() - t0, interrupted=schedule.signals > 0)
+
+
+def _header(schedule: Schedule, launcher: str, gpus: list[str]) -> str:
+    """The first line of a run: the spec, its profiles, how many jobs, how many at a time, where the logs go."""
+    jobs = schedule.jobs
+    profiles = sorted({j.profile for j in jobs if j.profile})
+    return (f"{schedule.title}{' (profile ' + ', '.join(profiles) + ')' if profiles else ''}: {len(jobs)} jobs, "
+            f"{schedule.parallel} at a time ({launcher} launcher"
+            f"{', GPUs ' + ','.join(gpus) if gpus and launcher != 'slurm' else ''}); logs in "
+            f"{schedule.session.store / 'jobs'}")
+
+
+class Schedule:
+    """The state of one `run_jobs` call: jobs pending, running (each in a slot) and settled, and the stop
+    requests (signals, --fail-fast). `run` loops until no job is pending or running."""
+
+    def __init__(self, session: Session, jobs: list[Job], parallel: int, fail_fast: bool, wait_elsewhere: bool):
+        self.session, self.jobs, self.parallel = session, jobs, parallel
+        self.fail_fast, self.wait_elsewhere = fail_fast, wait_elsewhere
+        self.title = jobs[0].spec if jobs else "run"
+        self.pending: list[Job] = list(jobs)
+        self.running: list[RunningJob] = []
+        self.outcomes: dict[str, JobOutcome] = {}
+        self.free = list(range(parallel))  # the concurrency slots no job occupies
+        self.stops = 0  # stop requests: signals, and --fail-fast's one
+        self.signals = 0  # signals received
+        self._stopping = 0  # stop requests acted on
+        self._dirty, self._last_scan = True, 0.0  # a slot freed up; when startable jobs were last looked for
+
+    def on_signal(self, signum: int) -> None:
+        self.stops += 1
+        self.signals += 1
+
+    def ordered(self) -> list[JobOutcome]:
+        """The outcomes in the jobs' order."""
+        return [self.outcomes[j.key] for j in self.jobs if j.key in self.outcomes]
+
+    def run(self, view: LiveView, envs: list[dict[str, str]], poll_s: float) -> None:
+        while self.pending or self.running:
+            if self.stops > self._stopping:
+                self._stop(view)
+            # Look for startable jobs when a slot frees up, and every SCAN_S for jobs held elsewhere.
+            if self.pending and self.free and (self._dirty or time.time() - self._last_scan >= SCAN_S):
+                self._last_scan, self._dirty = time.time(), False
+                self._start(view, envs)
+            self._collect(view)
+            if self.pending and not self.running and not self.wait_elsewhere:
+                for j in self.pending:  # every one left is held by another runner
+                    self.outcomes[j.key] = JobOutcome(j, "pending", reason="held by another runner")
+                self.pending = []
+            self._show(view)
+            if self.running or self.pending:
+                time.sleep(poll_s)
+
+    def _stop(self, view: LiveView) -> None:
+        """Ctrl-C (or --fail-fast): the first request interrupts the running jobs (they checkpoint), the
+        next kills them; pending jobs never start."""
+        self._stopping = self.stops
+        for r in self.running:
+            r.interrupted = True
+            (r.handle.interrupt if self._stopping == 1 else r.handle.kill)()
+        if self.running:
+            view.event(f"stopping: {len(self.running)} running job(s) checkpoint and stop"
+                       + (" (Ctrl-C again to kill them now)" if self._stopping == 1 else ""))
+        for j in self.pending:
+            self.outcomes[j.key] = JobOutcome(j, "pending")
+        self.pending = []
+
+    def _start(self, view: LiveView, envs: list[dict[str, str]]) -> None:
+        """Start pending jobs in the free slots; settle those with nothing to train; skip those held elsewhere."""
+        for job in list(self.pending):
+            if not self.free:
+                break
+            started = self.session.begin(job, envs[self.free[0]], self.free[0])
+            if started is None:
+                continue  # held by another runner: look again later
+            self.pending.remove(job)
+            if isinstance(started, JobOutcome):
+                self.outcomes[job.key] = started
+                view.event(outcome_line(started))
+                continue
+            self.free.pop(0)
+            self.running.append(started)
+            what = f"resuming at step {started.resumed_from}" if started.resumed_from else "starting"
+            view.event(f"  {what} {job.name} ({started.handle.describe}, "
+                       f"log {job_dir(self.session.store, job) / LOG})")
+
+    def _collect(self, view: LiveView) -> None:
+        """Settle the running jobs that ended and free their slots; --fail-fast stops the rest at a failure."""
+        for r in list(self.running):
+            outcome = self.session.check(r)
+            if outcome is None:
+                continue
+            self.running.remove(r)
+            self.free.append(r.slot)
+            self.free.sort()
+            self._dirty = True
+            self.outcomes[r.job.key] = outcome
+            view.event(outcome_line(outcome))
+            if outcome.state == "failed" and self.fail_fast and not self.stops:
+                view.event("--fail-fast: stopping the other jobs")
+                self.stops = 1
+
+    def _show(self, view: LiveView) -> None:
+        note = (f"waiting for {len(self.pending)} job(s) held by other runners" if self.pending and not self.running
+                else f"{len(self.pending)} queued" if self.pending else "")
+        rows = [Row(r.job.name, r.step, r.job.config.train.steps, r.started, r.handle.describe) for r in self.running]
+        view.update(rows, _counts(self.outcomes), _steps_done(self.jobs, self.outcomes, self.running), note)
+
+    def abandon(self) -> None:
+        """Kill every job still running and release its claim (after an error in the loop itself)."""
+        for r in self.running:
             r.handle.kill()
             claims.release(r.claim)
-        session.close()
-        _restore_handlers(handlers)
-    ordered = [outcomes[j.key] for j in unique if j.key in outcomes]
-    return RunSummary(ordered, time.time() - t0, interrupted=stop["signals"] > 0)
 
 
 def _counts(outcomes: dict[str, JobOutcome]) -> dict[str, int]:
@@ -137,22 +188,7 @@ def _counts(outcomes: dict[str, JobOutcome]) -> dict[str, int]:
     return counts
 
 
-def _steps_done(jobs: list[Job], outcomes: dict[str, JobOutcome], running: list[_Running]) -> int:
+def _steps_done(jobs: list[Job], outcomes: dict[str, JobOutcome], running: list[RunningJob]) -> int:
     now = {r.job.key: r.step for r in running}
     return sum(j.config.train.steps if outcomes.get(j.key) and outcomes[j.key].state in ("finished", "skipped",
                "elsewhere") else (outcomes[j.key].step if j.key in outcomes else now.get(j.key, 0)) for j in jobs)
-
-
-def _install_handlers(stop: dict) -> dict:
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def handler(signum, frame):
-        stop["n"] += 1
-        stop["signals"] += 1
-    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-
-
-def _restore_handlers(handlers: dict) -> None:
-    for s, h in handlers.items():
-        signal.signal(s, h)

@@ -1,5 +1,6 @@
 """One runner process's session: its store and tracking, its launcher, the claims it holds, and the
-three steps every job goes through (fcdm/runner.py drives them for `run`, the sweep for its trials):
+three steps every job goes through (fcdm.runner.run drives them for `run`, fcdm.runner.job_run for the
+sweep's trials):
 
     begin(job)  look at the store, claim the job, start its trainer (or settle it: already finished,
                 failed in another runner meanwhile)
@@ -17,12 +18,11 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import shutil
 import signal
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +33,16 @@ from fcdm.spec.job import Job
 from fcdm.store import claims
 from fcdm.store.jobs import CONFIG, LOG, job_dir, job_status, write_record
 from fcdm.store.layout import checkpoint_dir, resolve_store, resolve_tracking_uri
-from fcdm.store.tracking import TAG_HASH, TAG_SEED
-
-TAG_SPECS = "fcdm.specs"
+from fcdm.store.tracking import TAG_HASH, TAG_SEED, TAG_SPECS, Tracker
+from fcdm.util.files import atomic_write
 
 
 @dataclass
-class _Running:
+class RunningJob:
+    """A job this session started and has not settled yet: what `Session.begin` returns and `Session.check`
+    polls. `slot` is the concurrency slot it occupies (its CPU threads / GPUs), `interrupted` that it was
+    asked to stop (or killed), `tagged` that its run carries this spec in `fcdm.specs`, `step` the newest
+    step the store reported."""
     job: Job
     handle: Handle
     claim: claims.Claim
@@ -68,24 +71,22 @@ class Session:
     @property
     def client(self):
         if self._client is None:
-            from mlflow import MlflowClient
+            from mlflow import MlflowClient  # heavy: only once a job is looked up in MLflow
 
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
     def prepare(self, jobs: list[Job]) -> None:
         """Create the tracking database and each experiment once, before any trainer starts: two
-        processes creating the same new SQLite database (or experiment) at once fail (DESIGN.md 5)."""
-        from mlflow.exceptions import MlflowException
-
-        from fcdm.store.tracking import Tracker
+        processes creating the same new SQLite database (or experiment) at once fail."""
+        from mlflow.exceptions import MlflowException  # heavy: mlflow only once jobs run
 
         names = sorted({j.config.log.experiment or j.config.name for j in jobs})
         quiet = logging.getLogger("mlflow.store.db.utils")  # "Creating initial MLflow database tables..."
         level = quiet.level
         quiet.setLevel(logging.WARNING)
         try:
-            with _store_lock(self.store) if self.uri.startswith("sqlite:") else _nothing():
+            with _store_lock(self.store) if self.uri.startswith("sqlite:") else nullcontext():
                 tracker = Tracker(self.store, self.uri)
                 self._client = tracker.client
                 for name in names:
@@ -101,7 +102,7 @@ class Session:
         self.heartbeat.stop()
 
     # -- starting and finishing one job ------------------------------------------------------------------
-    def begin(self, job: Job, env: dict[str, str], slot: int = 0) -> _Running | JobOutcome | None:
+    def begin(self, job: Job, env: dict[str, str], slot: int = 0) -> RunningJob | JobOutcome | None:
         """Claim and start `job`; a JobOutcome when there is nothing to train, None when another live
         process holds it (try again later)."""
         status = job_status(self.store, job)
@@ -130,7 +131,7 @@ class Session:
             raise
         self.heartbeat.add(claim)
         resumed = status.step if status.state in ("partial", "failed") and status.step > 0 else None
-        return _Running(job, handle, claim, time.time(), resumed, slot, step=status.step)
+        return RunningJob(job, handle, claim, time.time(), resumed, slot, step=status.step)
 
     def _fresh(self, status) -> bool:
         """True when the job's newest record was written after this session began (another runner's work)."""
@@ -147,7 +148,7 @@ class Session:
                               run_id=status.run_id)
         return None
 
-    def check(self, r: _Running) -> JobOutcome | None:
+    def check(self, r: RunningJob) -> JobOutcome | None:
         """None while `r` runs; its outcome once it ended (claim released, record written, spec tagged)."""
         if r.claim.lost and not r.interrupted:  # another runner took it over: it must not train twice
             r.interrupted = True
@@ -187,12 +188,7 @@ class Session:
         """The job's config as the trainer reads it, with this spec added to its run's fcdm.specs tag."""
         tags = {**job.config.log.tags, TAG_SPECS: self._specs_value(job)}
         cfg = job.config.model_copy(update={"log": job.config.log.model_copy(update={"tags": tags})})
-        d = job_dir(self.store, job)
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".{CONFIG}.{os.getpid()}.tmp"
-        tmp.write_text(cfg.to_yaml())
-        os.replace(tmp, d / CONFIG)
-        return d / CONFIG
+        return atomic_write(job_dir(self.store, job) / CONFIG, cfg.to_yaml())
 
     def _runs(self, job: Job):
         ids = [e.experiment_id for e in self.client.search_experiments()]
@@ -206,7 +202,7 @@ class Session:
 
     def tag_spec(self, job: Job, run_id: str | None) -> bool:
         """Add job.spec to the run's comma-wrapped fcdm.specs tag; False when the run is not found."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # heavy: mlflow only once jobs run
 
         try:
             run = self.client.get_run(run_id) if run_id else (self._runs(job) or [None])[0]
@@ -229,6 +225,7 @@ class Session:
 
 @contextmanager
 def _store_lock(store: Path):
+    """The store's `.tracking.lock`, held exclusively for the block (runners on one machine take turns)."""
     store.mkdir(parents=True, exist_ok=True)
     with open(store / ".tracking.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -236,8 +233,3 @@ def _store_lock(store: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextmanager
-def _nothing():
-    yield

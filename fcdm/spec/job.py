@@ -1,12 +1,19 @@
 """A job: one run configuration of an ablation spec, at one seed, as the runner, `plan`, `sweep` and
 `report` see it. A job's identity is its run's: (configuration hash, seed), never its name, so a
-configuration shared by two specs is one run, trained once, and listed by both."""
+configuration shared by two specs is one run, trained once, and listed by both.
+
+The tags `expand` puts in a job's config (log.tags), which its MLflow run carries: the spec, profile,
+variant and job that made it, the axis values that picked it, and the GFLOPs target it was matched to."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
 from fcdm.config.schema import RunConfig
+from fcdm.store.layout import run_key
+
+TAG_SPEC, TAG_PROFILE, TAG_VARIANT, TAG_JOB = "fcdm.spec", "fcdm.profile", "fcdm.variant", "fcdm.job"
+TAG_AXES, TAG_FLOPS_TARGET = "fcdm.axes", "fcdm.flops_target"
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,4 @@ class Job:
     @property
     def key(self) -> str:
         """'<hash>-s<seed>': the run's identity, and its folder name in the store."""
-        from fcdm.store.layout import run_key
-
         return run_key(self.config)

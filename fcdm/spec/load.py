@@ -2,65 +2,69 @@
 
     spec = load_spec("ablations/kernel_size.yaml")   # parse and validate the file (SpecError)
     resolve_profile(spec, None)                      # the profile a command uses without --profile
+    spec.view("paper")                               # the spec as one profile sees it (fcdm.spec.view)
+
+Top-level keys (README, "Ablation specs"): name, description, base (a run config mapping, or a path
+relative to the spec), profiles (name -> partial overrides of base; a profile may also replace base,
+seeds, axes, zip, variants, exclude, include, match_flops, baseline), default_profile, axes (dotted key
+-> values; the grid is their product), zip (groups of equal-length lists that move together), variants
+(named override sets, crossed with the grid), seeds, exclude / include (partial assignments),
+match_flops, baseline (the row the report compares against), search (the sweep's search space,
+fcdm.spec.search) and launcher. Override mappings take dotted keys (`train.lr: 1.0e-4`) or nested
+sections; both merge into the base.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fcdm.errors import SpecError, did_you_mean
 from fcdm.spec.errors import show
 from fcdm.spec.job import Job
-from fcdm.spec.sections import effective, matches, parse_base, parse_launcher, parse_profile, parse_scope
+from fcdm.spec.search import parse_search
+from fcdm.spec.sections import Scope, parse_base, parse_launcher, parse_profile, parse_scope
 from fcdm.spec.strict_yaml import load_yaml_file
+from fcdm.spec.view import ProfileView
 
 SPEC_KEYS = ("name", "description", "base", "profiles", "default_profile", "axes", "zip", "variants", "seeds",
              "exclude", "include", "match_flops", "baseline", "search", "launcher")
-
-
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
 DEFAULT_PROFILE = "smoke"
-
-
 IMPLICIT_PROFILE = "default"  # the only profile of a spec that declares none: base as written
 
 
 @dataclass(frozen=True, eq=False)
-class Spec:
-    """A parsed, validated spec (raw data; `expand` turns it into jobs). `profiles` maps each name to
-    {"config": nested overrides, and any spec-level key it replaces}; `variants` are
-    {"name", "set" (nested overrides), "description", "reference", and "match_flops" when given}."""
+class Spec(Scope[dict, dict]):
+    """A parsed, validated spec, each section as written (plain data, which `sweep` copies and amends with
+    dataclasses.replace; `view` gives one profile's typed view, `expand` the jobs). `profiles` maps each
+    name to {"config": nested overrides, and any spec-level key it replaces}; `variants` (of the Scope) are
+    {"name", "set" (nested overrides), "description", "reference", and "match_flops" when given}, and
+    `match_flops` is {"target", "solve", "tolerance"}."""
     name: str
     description: str
     path: Path | None
     base: dict
     profiles: dict[str, dict]
     default_profile: str | None
-    axes: dict[str, list]
-    zip: list[dict[str, list]]
-    variants: list[dict]
-    seeds: list[int]
-    exclude: list[dict]
-    include: list[dict]
-    match_flops: dict | None
     search: dict | None
     launcher: dict | None
-    baseline: dict | None = None
     source: str = field(default="<spec>", repr=False)
 
+    def view(self, profile: str | None = None) -> ProfileView:
+        """The spec as `profile` sees it (None: the profile a command uses without --profile)."""
+        return ProfileView.of(self, resolve_profile(self, profile))
+
     def variant(self, name: str, profile: str | None = None) -> dict | None:
-        """A variant by name under a profile (profiles may replace the list)."""
-        eff = effective(self, resolve_profile(self, profile))
-        return next((v for v in eff["variants"] if v["name"] == name), None)
+        """A variant as written, by name, under a profile (profiles may replace the list); `view(profile)
+        .variant(name)` is the typed one."""
+        own = self.profiles.get(resolve_profile(self, profile), {})
+        return next((v for v in own.get("variants", self.variants) if v["name"] == name), None)
 
     def is_baseline(self, job: Job) -> bool:
         """Whether a job is (one seed of) the spec's baseline row under its profile."""
-        eff = effective(self, job.profile or resolve_profile(self, None))
-        return eff["baseline"] is not None and matches(eff["baseline"], job.variant, job.axes)
+        view = ProfileView.of(self, job.profile or resolve_profile(self, None))
+        return view.is_baseline(job.variant, job.axes)
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -89,14 +93,12 @@ def load_spec(path: str | Path) -> Spec:
                         f"{', '.join(profiles) or '(none: add a profiles section)'}")
     search = raw.get("search")
     if search is not None:
-        _check_search(search, src, list(profiles))
+        parse_search(search, src, None, list(profiles))  # every profile's variant of the search space
     spec = Spec(name=name, description=description, path=path, base=base, profiles=profiles,
-                default_profile=default, axes=scope["axes"], zip=scope["zip"], variants=scope["variants"],
-                seeds=scope["seeds"], exclude=scope["exclude"], include=scope["include"],
-                match_flops=scope["match_flops"], search=search, launcher=parse_launcher(raw.get("launcher"), src),
-                baseline=scope["baseline"], source=src)
+                default_profile=default, search=search, launcher=parse_launcher(raw.get("launcher"), src),
+                source=src, **scope)
     for p in profiles or [IMPLICIT_PROFILE]:
-        effective(spec, p)  # cross-checks every profile now, not only the one a command picks
+        ProfileView.of(spec, p)  # cross-checks every profile now, not only the one a command picks
     return spec
 
 
@@ -107,12 +109,6 @@ def _check_top(raw: dict, src: str) -> None:
             where = "a run config section belongs under base or a profile; " if key in (
                 "model", "objective", "data", "train", "eval", "log") else ""
             raise SpecError(f"{src}: {key}: unknown spec key; {where}{hint}allowed keys: {', '.join(SPEC_KEYS)}")
-
-
-def _check_search(search: Any, src: str, profiles: list[str]) -> None:
-    from fcdm.spec.search import parse_search
-
-    parse_search(search, src, None, profiles)  # every profile's variant of the search space
 
 
 def resolve_profile(spec: Spec, profile: str | None) -> str:

@@ -3,7 +3,8 @@
     cost(cfg)                                    # Cost(params, gflops), cached per architecture
     solve(cfg, "model.args.hidden_size", 48.23)  # Solution(value, gflops, kept) within 2 %, or NoFit
 
-The numbers come from fcdm.models.costs (closed forms in DiT's FLOPs convention).
+The numbers come from fcdm.models.costs (closed forms in DiT's FLOPs convention); importing this module
+imports the model families (torch), so fcdm.spec.expansion imports it only when it costs jobs.
 
 Matching rule: a job already within `tolerance` of the target keeps its value (so the spec's default
 configuration stays the very run other specs train); otherwise the valid value whose GFLOPs are closest
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fcdm.config import RunConfig, resolved_model_kwargs
+from fcdm.models import family_of
 from fcdm.models.costs import Cost, architecture_cost, architecture_gflops
 
 MAX_VALUE = 1 << 16  # largest width (or other solved integer) the bisection considers
@@ -55,8 +57,6 @@ def cost(cfg: RunConfig) -> Cost:
 
 def value_grid(name: str, kwargs: dict, arg: str) -> tuple[int, int]:
     """(first, step) of the valid values of integer argument `arg`; ValueError if it cannot be solved."""
-    from fcdm.models import family_of  # torch: only when a width is solved
-
     family = family_of(name)
     value = kwargs.get(arg)
     if arg not in kwargs:

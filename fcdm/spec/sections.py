@@ -6,21 +6,46 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Generic, Sequence, TypeVar
 
+from pydantic import BaseModel
+
+from fcdm.config import RunConfig, merge
 from fcdm.errors import did_you_mean
 from fcdm.spec.errors import SpecError, show, unknown_key
 from fcdm.spec.strict_yaml import load_yaml_file, parse_yaml
 
-# Spec-level keys a profile may replace, and the keys of the grid the assignments below may name.
+V, M = TypeVar("V"), TypeVar("M")
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Scope(Generic[V, M]):
+    """The sections that define a grid: the spec's (Spec, each as written: V and M are mappings) or one
+    profile's, where it replaces them (ProfileView, typed: Variant and MatchFlops)."""
+    axes: dict[str, list]  # dotted key -> values; the grid is their product
+    zip: list[dict[str, list]]  # groups of equal-length lists that move together
+    variants: list[V]  # named override sets, crossed with the grid
+    seeds: list[int]
+    exclude: list[dict]  # partial assignments (config keys, and 'variant'): points left out
+    include: list[dict]  # partial assignments: points added
+    match_flops: M | None
+    baseline: dict | None  # a partial assignment: the row the report compares against
+
+
+# The grid keys (a profile may replace each), the spec-level keys a profile may replace, and the sections
+# whose entries name keys of the grid.
+SCOPE_KEYS = tuple(f.name for f in fields(Scope))
 PROFILE_KEYS = ("base", "seeds", "axes", "zip", "variants", "exclude", "include", "match_flops", "baseline")
 ASSIGNMENT_KEYS = ("exclude", "include", "baseline")
-SCOPE_KEYS = ("axes", "zip", "variants", "seeds", "exclude", "include", "match_flops", "baseline")
 _VARIANT_KEYS = ("name", "set", "description", "reference", "match_flops")
 _MATCH_KEYS = ("target", "solve", "tolerance")
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+/-]*$")  # no ',' '=' or spaces: job names join them
-_LAUNCHERS = ("local", "accelerate", "slurm")
+# The keys of fcdm.launchers.LAUNCHERS (a test checks they agree): the spec cannot import the launchers, as
+# analysis imports the spec and must never reach the code that starts trainers (pyproject.toml's contracts).
+LAUNCHER_NAMES = ("local", "accelerate", "slurm")
+# The Slurm options a spec's launcher.slurm may set, and their types (the launcher takes these and more).
 _SLURM = {"partition": str, "time": (str, int), "gpus_per_node": int, "cpus_per_task": int, "mem_gb": int,
           "nodes": int, "account": str, "qos": str, "constraint": str, "additional_parameters": dict}
 
@@ -29,10 +54,6 @@ _SLURM = {"partition": str, "time": (str, int), "gpus_per_node": int, "cpus_per_
 
 def check_key(key: Any, src: str, where: str, also: Sequence[str] = ()) -> None:
     """A dotted run-config key such as 'train.lr' or 'model.args.kernel_size'."""
-    from pydantic import BaseModel
-
-    from fcdm.config import RunConfig
-
     label = f"{src}: {where}: {show(key)}" if where else src  # where '': src already names the key
     if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
         raise SpecError(f"{label}: not a dotted config key; write e.g. train.lr or "
@@ -60,14 +81,6 @@ def check_key(key: Any, src: str, where: str, also: Sequence[str] = ()) -> None:
             head, fix = ".".join(parts[: i + 1]), ".".join(parts[: i + 1 + free_form])
             raise SpecError(f"{label}: '{head}' holds a value, not a section; use {fix}")
         return
-
-
-def merge(a: dict, b: dict) -> dict:
-    """Deep merge: b's values win; nested mappings merge."""
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def nest(mapping: dict, where: str, src: str = "<spec>", check: bool = True, also: Sequence[str] = ()) -> dict:
@@ -311,8 +324,8 @@ def parse_launcher(raw: Any, src: str) -> dict | None:
     for key in raw:
         if key not in allowed:
             raise unknown_key(src, "launcher.", key, allowed)
-    if raw.get("name", "local") not in _LAUNCHERS:
-        raise SpecError(f"{src}: launcher.name: {show(raw['name'])}: allowed values: {', '.join(_LAUNCHERS)}")
+    if raw.get("name", "local") not in LAUNCHER_NAMES:
+        raise SpecError(f"{src}: launcher.name: {show(raw['name'])}: allowed values: {', '.join(LAUNCHER_NAMES)}")
     jobs = raw.get("jobs")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise SpecError(f"{src}: launcher.jobs: {show(jobs)}: must be a positive integer (jobs at once)")
@@ -330,70 +343,3 @@ def parse_launcher(raw: Any, src: str) -> dict | None:
             raise SpecError(f"{src}: launcher.slurm.{key}: {show(value)}: wrong type; expected "
                             f"{getattr(_SLURM[key], '__name__', 'text or minutes')}")
     return dict(raw)
-
-
-# -- one profile's view of the spec --------------------------------------------------------------------
-
-def label_keys(keys: Sequence[str]) -> dict[str, str]:
-    """Axis labels for job names: the last dotted component, or the whole key where two would collide."""
-    unique = list(dict.fromkeys(keys))
-    last = [k.rsplit(".", 1)[-1] for k in unique]
-    return {k: (short if last.count(short) == 1 else k) for k, short in zip(unique, last)}
-
-
-def effective(spec, profile: str) -> dict:
-    """The spec as a profile sees it: base config with the profile's overrides, and the grid keys (the
-    profile's where it replaces them). Cross-checks keys that refer to each other."""
-    p = spec.profiles.get(profile, {})
-    eff = {k: (p[k] if k in p else getattr(spec, k)) for k in SCOPE_KEYS}
-    pre = {k: (f"profiles.{profile}." if k in p else "") for k in SCOPE_KEYS}
-    eff.update(source=spec.source, pre=pre, profile_config=p.get("config", {}),
-               base=p.get("base", spec.base), profile_name=profile)
-    eff["config"] = merge(eff["base"], eff["profile_config"])
-    src = spec.source
-    owner: dict[str, str] = {}
-    for key in eff["axes"]:
-        owner[key] = f"{pre['axes']}axes"
-    for i, group in enumerate(eff["zip"]):
-        for key in group:
-            if key in owner:
-                raise SpecError(f"{src}: {pre['zip']}zip[{i}].{key}: set by {owner[key]} too; each key belongs to "
-                                "one axis or one zip group")
-            owner[key] = f"{pre['zip']}zip[{i}]"
-    names = [v["name"] for v in eff["variants"]]
-    for section in ASSIGNMENT_KEYS:
-        items = eff[section] if section != "baseline" else ([eff["baseline"]] if eff["baseline"] else [])
-        for i, item in enumerate(items):
-            w = f"{pre[section]}{section}" + (f"[{i}]" if section != "baseline" else "")
-            if "variant" in item and item["variant"] not in names:
-                raise SpecError(f"{src}: {w}.variant: {show(item['variant'])}: no such variant; allowed values: "
-                                f"{', '.join(names) or '(the spec has no variants)'}")
-            if section != "include":
-                for key in item:
-                    if key != "variant" and key not in owner:
-                        raise SpecError(f"{src}: {w}.{key}: not a key of axes or zip; {section} entries name grid "
-                                        f"keys ({', '.join(owner) or 'none'}) or variant")
-    for w, mf in [(f"{pre['match_flops']}match_flops", eff["match_flops"])] + [
-            (f"{pre['variants']}variants[{v['name']}].match_flops", v.get("match_flops")) for v in eff["variants"]]:
-        if mf and isinstance(mf["target"], str) and mf["target"] != "base" and mf["target"] not in names:
-            raise SpecError(f"{src}: {w}.target: {mf['target']}: not 'base' and not a variant; allowed values: base, "
-                            f"a number of GFLOPs{', ' + ', '.join(names) if names else ''}")
-    eff["points_keys"] = [list(owner)] + [[k for k in inc if k != "variant"] for inc in eff["include"]]
-    return eff
-
-
-def matches(pattern: dict, variant: str | None, assign: dict) -> bool:
-    for k, v in pattern.items():
-        have = variant if k == "variant" else assign.get(k, _MISSING)
-        if have is _MISSING or canonical_text(have) != canonical_text(v):
-            return False
-    return True
-
-
-_MISSING = object()
-
-
-def canonical_text(v: Any) -> str:
-    from fcdm.config import canonical
-
-    return json.dumps(canonical(v), sort_keys=True)

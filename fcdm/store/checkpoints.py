@@ -37,7 +37,7 @@ def save_checkpoint(state: dict, directory: Path, step: int, keep: int = 2, prot
     protect: steps never pruned (evaluation steps whose evaluation is not logged yet: a rerun needs
     the weights of that step to perform it).
     """
-    import torch
+    import torch  # heavy: the runner and `plan` list checkpoints without it
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,7 @@ def save_checkpoint(state: dict, directory: Path, step: int, keep: int = 2, prot
 
 def load_checkpoint(path: Path) -> dict:
     """Load one checkpoint with weights_only=True; a damaged file raises CheckpointError."""
-    import torch
+    import torch  # heavy: the runner and `plan` list checkpoints without it
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -73,9 +73,3 @@ def load_latest(directory: Path) -> dict | None:
     """The newest checkpoint in `directory`, or None when there is none."""
     found = list_checkpoints(directory)
     return load_checkpoint(found[-1][1]) if found else None
-
-
-# -- the progress sidecar ----------------------------------------------------------------------------
-
-
-

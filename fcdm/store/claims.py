@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fcdm.util.files import durable_temp
+from fcdm.util.files import atomic_write, durable_temp
 
 HEARTBEAT_S = 5.0  # how often a holder touches its claim
 STALE_AFTER_S = 60.0  # another host's claim without a heartbeat this long is taken over
@@ -186,8 +186,7 @@ def adopt(path: Path, token: str, note: str = "") -> Claim | None:
     claim = Claim(path.stem, Path(path), token)
     if not still_held(claim):
         return None
-    info = _identity(token, note)
-    os.replace(durable_temp(claim.path.parent, json.dumps(info)), claim.path)
+    atomic_write(claim.path, json.dumps(_identity(token, note)))
     return claim
 
 
@@ -197,7 +196,7 @@ def release(claim: Claim) -> None:
         return
     info = json.loads(claim.path.read_text())
     info.update(state="released", released=time.time())
-    os.replace(durable_temp(claim.path.parent, json.dumps(info)), claim.path)
+    atomic_write(claim.path, json.dumps(info))
 
 
 @dataclass

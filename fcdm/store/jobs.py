@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 from fcdm.store import claims
 from fcdm.store.checkpoints import list_checkpoints
 from fcdm.store.layout import checkpoint_dir
-from fcdm.store.progress import read_progress
-from fcdm.errors import CheckpointError
+from fcdm.store.progress import progress_or_empty
 from fcdm.util.files import atomic_write
 
 if TYPE_CHECKING:
@@ -80,10 +79,7 @@ def job_status(store: Path, job: Job) -> JobStatus:
     ckpt = checkpoint_dir(store, job.config)
     log = job_dir(store, job) / LOG
     log = log if log.is_file() else None
-    try:
-        progress = read_progress(ckpt) or {}
-    except CheckpointError:
-        progress = {}
+    progress = progress_or_empty(ckpt)
     saved = list_checkpoints(ckpt)
     step = int(progress.get("step") or (saved[-1][0] if saved else 0))
     run_id, updated = progress.get("run_id"), progress.get("updated")

@@ -25,10 +25,7 @@ def write_progress(directory: Path, **fields: Any) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     if fields.get("status") not in (None, *STATUSES):
         raise ValueError(f"progress status {fields['status']!r}; allowed values: {', '.join(STATUSES)}")
-    try:
-        current = read_progress(directory) or {}
-    except CheckpointError:  # a damaged sidecar is rewritten whole
-        current = {}
+    current = progress_or_empty(directory)  # a damaged sidecar is rewritten whole
     current.update(fields, updated=time.time())
     atomic_write(directory / PROGRESS, json.dumps(current, indent=1, sort_keys=True))
     return current
@@ -46,3 +43,12 @@ def read_progress(ckpt_dir: Path) -> dict | None:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a JSON object; delete it: the next checkpoint rewrites it")
     return data
+
+
+def progress_or_empty(ckpt_dir: Path) -> dict:
+    """The run's progress sidecar, or {} when there is none or it is damaged (the next checkpoint rewrites it):
+    for readers that only watch where a run stands."""
+    try:
+        return read_progress(ckpt_dir) or {}
+    except CheckpointError:
+        return {}

@@ -1,9 +1,11 @@
 """The MLflow run of each configuration: one per (configuration hash, seed), tagged `fcdm.config_hash`
-and `fcdm.seed`, so re-running a config finds its run again and a resumed run continues it.
+and `fcdm.seed`, so re-running a config finds its run again and a resumed run continues it; and the
+names of every tag fcdm-ablate writes on runs (TAG_*).
 
     tracker = Tracker(store, tracking_uri); run_id, existed = tracker.open(cfg, tags)
     tracker.log_metrics({"loss": 0.1}, step); tracker.end("FINISHED")
     find_run("smoke-3d8b3abe-s0", store)      # by run id or run name
+    reopen_run(client, experiment_id, {TAG_KIND: "study", TAG_STUDY: name}, "study-" + name)   # one run per key
 """
 from __future__ import annotations
 
@@ -17,14 +19,20 @@ from fcdm.store.layout import resolve_tracking_uri, run_name
 if TYPE_CHECKING:
     from fcdm.config import RunConfig
 
+# The tags fcdm-ablate writes on MLflow runs. A job's run: its identity (hash, seed), its checkpoint folder, and
+# every spec whose runner trained or skipped it (",spec_a,spec_b,", so `tags."fcdm.specs" LIKE '%,spec_a,%'`
+# finds a run shared by several specs). A sweep's runs: the study-level run (kind "study") and each trial's
+# job run (its study, trial number, and whether it was pruned).
 TAG_HASH, TAG_SEED, TAG_CKPT = "fcdm.config_hash", "fcdm.seed", "fcdm.checkpoint_dir"
+TAG_SPECS = "fcdm.specs"
+TAG_KIND, TAG_STUDY, TAG_TRIAL, TAG_PRUNED = "fcdm.kind", "fcdm.study", "fcdm.trial", "fcdm.pruned"
 
 
 class Tracker:
     """Thin layer over MlflowClient for one run; only the main process creates one."""
 
     def __init__(self, store: Path, tracking_uri: str | None = None):
-        from mlflow import MlflowClient
+        from mlflow import MlflowClient  # heavy: mlflow only once a run is tracked or looked up
 
         self.store = store
         self.uri = resolve_tracking_uri(store, tracking_uri)
@@ -56,7 +64,7 @@ class Tracker:
     def open(self, cfg: RunConfig, tags: dict[str, str]) -> tuple[str, bool]:
         """Continue the run of (cfg.hash, cfg.seed) or create it in experiment cfg.log.experiment (default:
         cfg.name); `tags` and cfg.log.tags are set either way. Returns (run_id, existed)."""
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param, RunTag  # heavy: mlflow only once a run is tracked
 
         tags = {**{k: str(v) for k, v in tags.items()}, **cfg.log.tags}
         existing = self.find(cfg.hash, cfg.seed)
@@ -77,7 +85,7 @@ class Tracker:
 
     # -- logging ----------------------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int, flush: bool = True) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # heavy: mlflow only once a run is tracked
 
         now = int(time.time() * 1000)
         self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
@@ -90,7 +98,7 @@ class Tracker:
             self._pending = []
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # heavy: mlflow only once a run is tracked
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -103,9 +111,21 @@ class Tracker:
         self.client.set_terminated(self.run_id, status=status)
 
 
+def reopen_run(client, experiment_id: str, match: dict[str, str], run_name: str,
+               tags: dict[str, str] | None = None) -> tuple[str, bool]:
+    """The run of `experiment_id` tagged with every `match` pair, set RUNNING again; else a new run named
+    `run_name` tagged with `match` and `tags`. Returns (run_id, created): one run per key, updated by reruns."""
+    flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in match.items())
+    found = client.search_runs([experiment_id], filter_string=flt, max_results=1)
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id, False
+    return client.create_run(experiment_id, run_name=run_name, tags={**match, **(tags or {})}).info.run_id, True
+
+
 def find_run(run: str, store: Path, tracking_uri: str | None = None):
     """An MLflow run by id or by run name (newest first); RunNotFoundError when none matches."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow only once a run is looked up
 
     uri = resolve_tracking_uri(store, tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():

@@ -1,12 +1,12 @@
 """`fcdm-ablate ui`: the MLflow UI on a store, bound to 127.0.0.1, opened on the training-runs table.
 
     with start_ui("runs", port=5000) as ui:      # `mlflow server` on runs/mlflow.db and runs/artifacts
-        print(ui.experiment_url(ui.experiment_id("kernel_size")))
+        print(ui.experiment_url(ui.experiments["kernel_size"]))
 
 MLflow 3's UI opens on its GenAI view, where training runs sit under "Evaluation runs"; the query
-`?workflowType=machine_learning` opens the classic runs table and charts (DESIGN.md 5), so every URL
-printed here carries it. A spec's runs are its experiment (log.experiment = the spec's name); a run
-shared with another spec is in one experiment but tagged with both in `fcdm.specs`, so the filter
+`?workflowType=machine_learning` opens the classic runs table and charts, so every URL printed here
+carries it. A spec's runs are its experiment (log.experiment = the spec's name); a run shared with
+another spec is in one experiment but tagged with both in `fcdm.specs`, so the filter
 `tags."fcdm.specs" LIKE '%,kernel_size,%'` (in any experiment view) lists all of a spec's runs.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fcdm.errors import UserError
 from fcdm.store.layout import resolve_store
+from fcdm.store.tracking import TAG_SPECS
 from fcdm.util.process import spawn
 
 
@@ -52,6 +53,16 @@ class UIServer:
     def experiment_url(self, experiment_id: str) -> str:
         return experiment_url(self.url, experiment_id)
 
+    def banner(self, spec: str | None = None) -> str:
+        """What `fcdm-ablate ui` prints once the server answers: its URL, then each experiment's runs table
+        (only `spec`'s when given) and how to list the runs a spec shares with others."""
+        shown = {spec: self.experiments[spec]} if spec else self.experiments
+        return "\n".join([f"MLflow UI on {self.url} (store {self.store}; log {self.log}); Ctrl-C stops it",
+                          *(f"  {name}: {self.experiment_url(exp_id)}" for name, exp_id in shown.items()),
+                          "  (a run shared by several specs lives in the experiment that trained it first; to list "
+                          f"every run of a spec, select all experiments and search tags.`{TAG_SPECS}` LIKE "
+                          "'%,<spec>,%')"])
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc.poll() is not None:
             return
@@ -75,7 +86,7 @@ class UIServer:
 
 def experiments(store: Path) -> dict[str, str]:
     """name -> id of the store's experiments with at least one run, newest first, then the empty ones."""
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # heavy: only when the UI starts
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     found = client.search_experiments(order_by=["last_update_time DESC"])

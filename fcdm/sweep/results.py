@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from fcdm.spec.search import SearchSpace
-
-TAG_KIND, TAG_STUDY, TAG_TRIAL, TAG_PRUNED = "fcdm.kind", "fcdm.study", "fcdm.trial", "fcdm.pruned"
+from fcdm.store.tracking import TAG_KIND, TAG_STUDY, reopen_run
 
 
 @dataclass
@@ -56,7 +56,7 @@ def _row(t) -> TrialRow:
 
 def summarize(study, space: SearchSpace, storage_label: str) -> SweepSummary:
     """Counts per state and the best trial (single objective) or the Pareto front (several)."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # heavy: optuna only once a sweep runs
 
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)}
@@ -95,22 +95,14 @@ def format_summary(s: SweepSummary) -> str:
 def log_study_run(study, space: SearchSpace, summary: SweepSummary, client, experiment_id: str,
                   best_config: Callable[[TrialRow], str] | None = None) -> SweepSummary:
     """Create or update the study's MLflow run; fills summary.study_run_id, .artifacts and .notes."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param, RunTag  # heavy: only when a sweep ends
 
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'study' and "
-                               f"tags.`{TAG_STUDY}` = '{study.study_name}'", max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-    else:
-        run_id = client.create_run(experiment_id, run_name=f"study-{study.study_name}",
-                                   tags={TAG_KIND: "study", TAG_STUDY: study.study_name}).info.run_id
-        # MLflow params are immutable: the search space, logged once with the run.
+    run_id, created = reopen_run(client, experiment_id, {TAG_KIND: "study", TAG_STUDY: study.study_name},
+                                 f"study-{study.study_name}")
+    if created:  # MLflow params are immutable: the search space, logged once with the run.
         client.log_batch(run_id, params=[Param(f"search.{p.key}", _describe(p)[:500]) for p in space.params]
                          + [Param("objectives", ",".join(f"{o.metric}:{o.direction}" for o in space.objectives))])
     n_done = summary.counts.get("COMPLETE", 0) + summary.counts.get("PRUNED", 0)
-    import time
-
     now = int(time.time() * 1000)
     metrics = [Metric(f"trials_{k.lower()}", float(v), now, n_done) for k, v in summary.counts.items()]
     tags = [RunTag("fcdm.storage", summary.storage)]
@@ -158,7 +150,7 @@ def _write_artifacts(study, space: SearchSpace, summary: SweepSummary, out: Path
 
 def _plots(study, space: SearchSpace, out: Path, notes: list[str]) -> list[Path]:
     """optuna's matplotlib plots as PNG files; a plot optuna cannot draw yet is skipped with a note."""
-    import matplotlib
+    import matplotlib  # heavy: only when a sweep ends
 
     matplotlib.use("Agg")  # no display, and safe in worker threads
     import matplotlib.pyplot as plt

@@ -16,17 +16,18 @@ import random
 import re
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
-from fcdm.spec.search import SAMPLERS, SearchSpace
+from fcdm.errors import UserError
+from fcdm.spec.search import PRUNERS, SAMPLERS, SearchSpace
 
-PRUNER_CHOICES = ("median", "hyperband", "none", "always")
 MAX_CONSECUTIVE_FAILURES = 3  # a broken setup fails every trial: stop instead of sampling forever
 MAX_CONSECUTIVE_INFEASIBLE = 20  # combinations match_flops cannot fit: resampled, up to this many in a row
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A sweep cannot start (bad option, storage or study); the message names the fix."""
 
 
@@ -39,7 +40,7 @@ def storage_url(storage: str | None, store: Path) -> str:
     if storage.startswith(("postgresql://", "postgres://")):
         # SQLAlchemy's default PostgreSQL driver is psycopg2; the `postgres` extra installs psycopg 3.
         try:
-            import psycopg2  # noqa: F401
+            import psycopg2  # noqa: F401  (a probe: is the optional driver installed?)
         except ImportError:
             storage = "postgresql+psycopg://" + storage.split("://", 1)[1]
     return storage
@@ -52,9 +53,7 @@ def redact(url: str) -> str:
 
 def make_storage(url: str, heartbeat: int | None = 60):
     """An Optuna storage for `url`; RDB storages get trial heartbeats and retry of dead workers' trials."""
-    import warnings
-
-    import optuna
+    import optuna  # heavy: optuna only once a sweep runs
 
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
@@ -77,7 +76,7 @@ def make_storage(url: str, heartbeat: int | None = 60):
                 retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
                 kwargs = dict(heartbeat_interval=heartbeat, grace_period=max(2 * heartbeat, heartbeat + 5),
                               heartbeat_stale_trial_callback=retry)
-            from sqlalchemy.exc import DBAPIError
+            from sqlalchemy.exc import DBAPIError  # heavy: with optuna's RDB storage
 
             try:
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
@@ -106,7 +105,7 @@ class AfterFirstTrialPruner:
 
 
 def make_sampler(name: str, space: SearchSpace, trials: int):
-    import optuna
+    import optuna  # heavy: optuna only once a sweep runs
 
     if name == "tpe":
         return optuna.samplers.TPESampler(constant_liar=True)  # parallel workers avoid suggesting the same point
@@ -119,7 +118,7 @@ def make_sampler(name: str, space: SearchSpace, trials: int):
         return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, trials // 4)))
     if name == "cmaes":
         try:
-            import cmaes  # noqa: F401
+            import cmaes  # noqa: F401  (a probe: is the optional package installed?)
         except ImportError:
             raise SweepError("--sampler cmaes needs the `cmaes` package: pip install cmaes (or use tpe)") from None
         return optuna.samplers.CmaEsSampler()
@@ -127,7 +126,7 @@ def make_sampler(name: str, space: SearchSpace, trials: int):
 
 
 def make_pruner(name: str, first_eval: int, steps: int):
-    import optuna
+    import optuna  # heavy: optuna only once a sweep runs
 
     if name == "median":
         return optuna.pruners.MedianPruner()
@@ -137,11 +136,12 @@ def make_pruner(name: str, first_eval: int, steps: int):
         return optuna.pruners.NopPruner()
     if name == "always":
         return _wrap_pruner(AfterFirstTrialPruner())
-    raise SweepError(f"--pruner {name!r} is invalid; allowed values: {', '.join(PRUNER_CHOICES)}")
+    raise SweepError(f"--pruner {name!r} is invalid; allowed values: {', '.join(PRUNERS)}")
 
 
 def _wrap_pruner(p):
-    import optuna
+    """`p` as an optuna BasePruner (the class exists only once optuna is imported)."""
+    import optuna  # heavy: optuna only once a sweep runs
 
     class _Pruner(optuna.pruners.BasePruner):
         def prune(self, study, trial) -> bool:
@@ -153,7 +153,7 @@ def _wrap_pruner(p):
 
 def open_study(storage, name: str, space: SearchSpace, sampler, pruner, spec_name: str, profile: str):
     """Create or load the study; refuse one that was created for another spec, profile or search space."""
-    import optuna
+    import optuna  # heavy: optuna only once a sweep runs
 
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
                                 directions=space.directions, load_if_exists=True)
@@ -192,6 +192,7 @@ class Budget:
         self._waiting_said = False
 
     def claim(self) -> bool:
+        import optuna  # heavy: optuna only once a sweep runs
         from optuna.trial import TrialState
 
         while True:
@@ -205,10 +206,6 @@ class Budget:
             self.local.held = True
             try:
                 if self.heartbeat:
-                    import warnings
-
-                    import optuna
-
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")  # fail_stale_trials is marked experimental
                         optuna.storages.fail_stale_trials(self.study)

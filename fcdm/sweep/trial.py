@@ -22,8 +22,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from fcdm.config import model_kwargs
+from fcdm.runner import JobOutcome, JobRun
+from fcdm.spec import Job, SpecError, expand
 from fcdm.spec.search import SearchSpace, overrides
-from fcdm.sweep.results import TAG_PRUNED, TAG_STUDY, TAG_TRIAL
+from fcdm.store.checkpoints import list_checkpoints
+from fcdm.store.jobs import CONFIG, job_dir, job_status
+from fcdm.store.layout import checkpoint_dir, run_name
+from fcdm.store.progress import progress_or_empty
+from fcdm.store.tracking import TAG_PRUNED, TAG_STUDY, TAG_TRIAL, Tracker
 
 
 class TrialFailed(RuntimeError):
@@ -63,8 +70,6 @@ def build_job(ctx: TrialContext, chosen: dict[str, Any], number: int | None = No
     The values become the spec's (single-point) grid, as if written under `axes`: so `match_flops`
     with `target: base` aims at the base config without them (an `expand` override would move the
     target along with the job) and the job is named by them like any grid point."""
-    from fcdm.spec import expand
-
     tags = {TAG_STUDY: ctx.study_name, TAG_PRUNED: "false"}
     if number is not None:
         tags[TAG_TRIAL] = str(number)
@@ -84,30 +89,38 @@ def point_spec(spec, profile: str, chosen: dict[str, Any]):
 
 def run_trial(ctx: TrialContext, trial, on_start: Callable[[], None] = lambda: None):
     """The objective: returns the trial's value(s); raises TrialPruned, TrialFailed or SweepInterrupted."""
-    import optuna
-
-    from fcdm.spec import SpecError
-    from fcdm.store.layout import run_name
-
     on_start()  # the trial exists in the storage now: the next worker may count it
     chosen = ctx.space.suggest(trial, ctx.base)
+    job = _trial_job(ctx, trial, chosen)
+    if _wait_while_running(ctx, job, trial.number) == "finished":
+        return _reuse(ctx, trial, job)
+    watcher = _Watcher(ctx, trial, job)
+    ctx.log(f"trial {trial.number}: training {_fmt(chosen)} (config {job.hash}, seed {job.seed}"
+            + (f", resuming at step {watcher.start_step}" if watcher.start_step else "") + ")")
+    outcome = _train(ctx, trial, job, watcher)
+    if outcome.state in ("skipped", "elsewhere"):  # another process finished it between our look and the claim
+        return _reuse(ctx, trial, job)
+    return _settle(ctx, trial, watcher, outcome)
+
+
+def _trial_job(ctx: TrialContext, trial, chosen: dict[str, Any]) -> Job:
+    """The job of the suggested values, its identity recorded in the trial's user attrs; InfeasibleTrial when
+    the values make no valid configuration."""
     trial.set_user_attr("config", chosen)
     try:
         job = build_job(ctx, chosen, trial.number)
     except SpecError as e:
         trial.set_user_attr("error", str(e))
         raise InfeasibleTrial(f"{_fmt(chosen)} is not a valid configuration: {e}") from None
-    from fcdm.store.jobs import CONFIG, job_dir
-
     for k, v in (("config_hash", job.hash), ("seed", job.seed), ("run_name", run_name(job.config)), ("job", job.name),
                  ("config_path", str(job_dir(ctx.store, job) / CONFIG))):
         trial.set_user_attr(k, v)
-    state = _wait_while_running(ctx, job, trial.number)
-    if state == "finished":
-        return _reuse(ctx, trial, job)
-    watcher = _Watcher(ctx, trial, job)
-    ctx.log(f"trial {trial.number}: training {_fmt(chosen)} (config {job.hash}, seed {job.seed}"
-            + (f", resuming at step {watcher.start_step}" if watcher.start_step else "") + ")")
+    return job
+
+
+def _train(ctx: TrialContext, trial, job: Job, watcher: _Watcher) -> JobOutcome:
+    """Train the job through the runner, reporting its evaluations to the trial as they appear and
+    interrupting it (it checkpoints) when the pruner says so; Ctrl-C abandons it and re-queues the trial."""
     run = launch(ctx, job)
     try:
         while run.poll() is None:
@@ -122,9 +135,13 @@ def run_trial(ctx: TrialContext, trial, on_start: Callable[[], None] = lambda: N
         if run.outcome is None:
             run.abandon()
         raise
-    outcome = run.outcome
-    if outcome.state in ("skipped", "elsewhere"):  # another process finished it between our look and the claim
-        return _reuse(ctx, trial, job)
+    return run.outcome
+
+
+def _settle(ctx: TrialContext, trial, watcher: _Watcher, outcome: JobOutcome):
+    """The trial's value(s) once its job ended; TrialPruned, SweepInterrupted or TrialFailed when it has none."""
+    import optuna  # heavy: optuna only once a sweep runs
+
     watcher.check(final=True)
     if watcher.pruned is None:
         _should_prune(trial, watcher)  # replay values the poll had not seen yet
@@ -142,11 +159,11 @@ def run_trial(ctx: TrialContext, trial, on_start: Callable[[], None] = lambda: N
         trial.set_user_attr("error", outcome.reason or outcome.state)
         raise TrialFailed(f"training {outcome.state}: {outcome.reason or 'no reason given'}"
                           + (f"; log: {outcome.log}" if outcome.log else ""))
-    run_ = _find_run(ctx, job, outcome.run_id)
-    values = objective_values(ctx, run_, job)
-    trial.set_user_attr("run_id", run_.info.run_id)
+    run = _find_run(ctx, watcher.job, outcome.run_id)
+    values = objective_values(ctx, run, watcher.job)
+    trial.set_user_attr("run_id", run.info.run_id)
     trial.set_user_attr("job_seconds", round(outcome.seconds, 3))  # the job's own time; the rest is the sweep's
-    ctx.log(f"trial {trial.number}: finished, {_fmt_values(ctx.space, values)} (run {run_.info.run_name})")
+    ctx.log(f"trial {trial.number}: finished, {_fmt_values(ctx.space, values)} (run {run.info.run_name})")
     return values if ctx.space.multi else values[0]
 
 
@@ -154,8 +171,6 @@ def run_trial(ctx: TrialContext, trial, on_start: Callable[[], None] = lambda: N
 
 def _wait_while_running(ctx: TrialContext, job, number: int) -> str:
     """The job's state, after waiting for any other process that is training it now."""
-    from fcdm.store.jobs import job_status
-
     status = job_status(ctx.store, job)
     if status.state == "running":
         ctx.log(f"trial {number}: config {job.hash} seed {job.seed} is being trained by {status.reason}; "
@@ -190,7 +205,8 @@ _clients: dict[str, Any] = {}
 
 
 def _client(ctx: TrialContext):
-    from mlflow import MlflowClient
+    """One MlflowClient per tracking URI, shared by the worker threads."""
+    from mlflow import MlflowClient  # heavy: mlflow only once a trial reads its values
 
     if ctx.tracking_uri not in _clients:
         _clients[ctx.tracking_uri] = MlflowClient(tracking_uri=ctx.tracking_uri)
@@ -199,8 +215,6 @@ def _client(ctx: TrialContext):
 
 def _find_run(ctx: TrialContext, job, run_id: str | None = None):
     """The job's MLflow run: by id when the runner knows it, else by (hash, seed)."""
-    from fcdm.store.tracking import Tracker
-
     if run_id:
         return _client(ctx).get_run(run_id)
     run = Tracker(ctx.store, ctx.tracking_uri).find(job.hash, job.seed)
@@ -237,8 +251,7 @@ def objective_values(ctx: TrialContext, run, job) -> list[float]:
 
 def config_cost(cfg) -> dict[str, float]:
     """gflops (DiT convention) and params of a config, counted on the meta device."""
-    from fcdm.config.identity import model_kwargs
-    from fcdm.models.flops import config_gflops
+    from fcdm.models.flops import config_gflops  # heavy: torch, only for a gflops / params objective
 
     params, gflops = config_gflops(cfg.model.name, cfg.data_shape, **model_kwargs(cfg))
     return {"gflops": gflops, "params": float(params)}
@@ -250,9 +263,6 @@ class _Watcher:
     """Follows a training job's evaluations through its progress sidecar and MLflow."""
 
     def __init__(self, ctx: TrialContext, trial, job):
-        from fcdm.store.checkpoints import list_checkpoints
-        from fcdm.store.layout import checkpoint_dir
-
         self.ctx, self.trial, self.job = ctx, trial, job
         self.dir = checkpoint_dir(ctx.store, job.config)
         saved = list_checkpoints(self.dir)
@@ -269,21 +279,13 @@ class _Watcher:
         """Fetch new evaluations; True when there are unreported ones."""
         if not self.reportable:
             return False
-        from fcdm.store.checkpoints import CheckpointError
-        from fcdm.store.progress import read_progress
-
-        try:
-            progress = read_progress(self.dir) or {}
-        except CheckpointError:
-            progress = {}
+        progress = progress_or_empty(self.dir)
         signature = (tuple(progress.get("evals_done") or ()), progress.get("status"))
         # The trainer updates its sidecar after each evaluation: MLflow is only asked when that changed.
         if not final and (not signature[0] or signature == self._signature):
             return self.reported < len(self.seen)
         self.run_id = self.run_id or progress.get("run_id")
         if self.run_id is None:
-            from fcdm.store.tracking import Tracker
-
             run = Tracker(self.ctx.store, self.ctx.tracking_uri).find(self.job.hash, self.job.seed)
             self.run_id = run.info.run_id if run else None
         if self.run_id is None:
@@ -294,7 +296,7 @@ class _Watcher:
         return self.reported < len(self.seen)
 
     def tag(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # heavy: mlflow only once a trial is pruned
 
         if self.run_id:
             _client(self.ctx).log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -334,10 +336,8 @@ def _fmt_values(space: SearchSpace, values: list[float]) -> str:
 slot = threading.local()  # each sweep worker thread sets slot.env: its share of CPU threads / its GPU(s)
 
 
-def launch(ctx: TrialContext, job):
+def launch(ctx: TrialContext, job: Job) -> JobRun:
     """Claim and start the job through the runner (fcdm.runner.JobRun) from this thread, which then
     polls it until it ends (the runner's children die with the thread that started them)."""
-    from fcdm.runner.job_run import JobRun
-
     return JobRun(job, ctx.store, ctx.tracking_uri, ctx.launcher, ctx.launcher_options,
                   env=getattr(slot, "env", None))

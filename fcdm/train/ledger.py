@@ -1,16 +1,14 @@
-"""A run's identity check on resume and its evaluation ledger: which evaluations are due, which are
-logged, and which checkpoints must be kept until they are."""
+"""The trainer's bookkeeping on resume (used by fcdm.train.loop): the run's identity check, and its
+evaluation ledger (which evaluations are due, which are logged, and which checkpoints must be kept until
+they are)."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-
-import torch.nn as nn
 
 from fcdm.config.identity import identity_differences
 from fcdm.config.schema import RunConfig
 from fcdm.errors import CheckpointError
-from fcdm.store.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint
+from fcdm.store.checkpoints import list_checkpoints
 from fcdm.store.progress import read_progress, write_progress
 
 
@@ -67,15 +65,3 @@ class EvalLedger:
         write_progress(self.ckpt_dir, config_hash=self.cfg.hash, seed=self.cfg.seed, steps=self.cfg.train.steps,
                        evals_due=self.due, evals_done=sorted(self.done), **fields)
 
-
-def _ema_at(ema: nn.Module, ckpt_dir: Path, at: int, state: dict, identity: dict, cfg: RunConfig) -> nn.Module:
-    """The EMA weights of step `at` (from its checkpoint) in a copy of `ema`'s architecture."""
-    if int(state["step"]) == at:
-        snapshot = state
-    else:
-        path = checkpoint_path(ckpt_dir, at)
-        snapshot = load_checkpoint(path)
-        check_identity(snapshot, identity, cfg, path)
-    weights = copy.deepcopy(ema)
-    weights.load_state_dict(snapshot["ema"])
-    return weights

@@ -3,6 +3,10 @@
     fcdm-ablate train ablations/configs/smoke.yaml                   # one process
     accelerate launch --multi_gpu --num_processes 2 -m fcdm.cli train ablations/configs/smoke.yaml
 
+`train` reads top to bottom as the run's phases: setup (everything a user can get wrong is checked
+before the store is touched), resume (weights, EMA, optimiser, the MLflow run), evaluations a kill
+interrupted, the step loop with its checkpoints, and finish or fail. `Trainer` holds what they share.
+
 Resume is automatic and exact: rerunning the same config finds its newest checkpoint and restores
 step, model, EMA, optimiser, grad scaler and every rank's RNG state; data order is a pure function
 of (seed, step) and each item's random flip of (seed, step, index), so the data position needs no
@@ -10,7 +14,7 @@ state. A checkpoint records the run's identity (resolved config and data fingerp
 under anything else stops. Evaluations due and logged are recorded too, so one a kill interrupted
 is performed by the rerun. SIGINT/SIGTERM checkpoint and stop (KILLED); a non-finite loss stops the
 run (FAILED) without checkpointing the broken weights. `progress.json` beside the checkpoints says
-where the run stands (fcdm.checkpoint.read_progress).
+where the run stands (fcdm.store.progress.read_progress).
 """
 from __future__ import annotations
 
@@ -18,25 +22,28 @@ import copy
 import signal
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, gather_object
 from torch.utils.data import DataLoader
 
 from fcdm.build import build_dataset, build_model, build_objective, data_info
 from fcdm.config import RunConfig
 from fcdm.config.identity import model_kwargs
-from fcdm.store.checkpoints import (
-    list_checkpoints,
-    load_latest,
-    save_checkpoint,
-)
+from fcdm.evaluation import evaluate as ev
+from fcdm.evaluation.protocol import Protocol
+from fcdm.models.flops import config_gflops, training_gflops
+from fcdm.store.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from fcdm.store.layout import checkpoint_dir, resolve_store
 from fcdm.store.progress import read_progress
 from fcdm.store.tracking import TAG_CKPT, Tracker
-from fcdm.train.ledger import EvalLedger, _ema_at, check_identity
+from fcdm.train.display import ProgressBar
+from fcdm.train.ledger import EvalLedger, check_identity
 from fcdm.train.state import (
     SeededItems,
     StepBatchSampler,
@@ -48,6 +55,7 @@ from fcdm.train.state import (
     set_rng_state,
     update_ema,
 )
+from fcdm.util.signals import handled_signals
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,233 +89,271 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     A rerun first performs any evaluation that is due but not logged (a kill during an evaluation),
     from the checkpoint of that step, then continues; the run is FINISHED once its last one is logged.
     """
-    from datetime import timedelta
+    run = Trainer(cfg, store)
+    pending = run.ledger.pending(run.start)
+    if run.start >= cfg.train.steps and not pending:
+        return run.skip(tracking_uri)
+    run.resume()
+    run.open_tracking(tracking_uri)
+    with handled_signals(run.request_stop, (signal.SIGINT, signal.SIGTERM)):
+        bar = ProgressBar(run.main and progress, run.start, cfg.train.steps)
+        try:
+            # Evaluations a kill interrupted, each with the EMA of its own step, before the training RNG
+            # is restored (so they cannot disturb it) and before training moves on.
+            for at in pending:
+                run.accelerator.print(f"Evaluating step {at} first: its evaluation was interrupted")
+                run.evaluate(run.ema_of_step(at), at)
+            run.restore_rng()
+            for x, y in run.batches():
+                loss = run.train_step(x, y)
+                signum = run.sync(loss)
+                bar.update(run.step, run.last_loss)
+                run.log_metrics()
+                done = run.step == cfg.train.steps or (max_steps is not None and run.step - run.start >= max_steps)
+                if signum or done or run.checkpoint_due():
+                    run.checkpoint_and_evaluate(stopping=bool(signum))
+                if signum:
+                    raise TrainingInterrupted(f"stopped by signal {signal.Signals(signum).name} at step {run.step}; "
+                                              f"checkpoint written to {run.ckpt_dir}; rerun the same command to "
+                                              "resume", signum)
+                if done:
+                    break
+        except BaseException as e:
+            bar.close()
+            run.record_failure(e)
+            raise
+    bar.close()
+    return run.finish(max_steps)
 
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs, gather_object
 
-    from fcdm.models.flops import config_gflops, training_gflops
+# -- the run's state and its phases -------------------------------------------------------------------
 
-    # The other ranks wait at a collective while the main process measures an evaluation (FID-50K
-    # features take minutes at paper scale): allow longer than the default process-group timeout.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.train.mixed_precision,
-                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=2))])
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    main = accelerator.is_main_process
-    store = resolve_store(store)
-    ckpt_dir = checkpoint_dir(store, cfg)
+class Trainer:
+    """One run's training: the objects it trains and where it stands. `train` calls the phases in order."""
 
-    # Everything that can fail on user input is checked before the store is touched.
-    dataset = build_dataset(cfg)  # checked against the declared data.image_size and data.num_classes
-    identity = cfg.identity()
-    shape, num_classes = cfg.data_shape, cfg.num_classes
-    seed_everything(cfg.seed)  # identical initial weights on every rank
-    model = build_model(cfg)
-    objective = build_objective(cfg)
-    state = load_latest(ckpt_dir)
-    if state:
-        check_identity(state, identity, cfg, list_checkpoints(ckpt_dir)[-1][1])
-    start = int(state["step"]) if state else 0
-    ledger = EvalLedger(cfg, ckpt_dir, state)
-    pending = ledger.pending(start)
-    if start >= cfg.train.steps and not pending:
-        _finish_if_needed(accelerator, cfg, store, tracking_uri, ckpt_dir, ledger)
-        return TrainResult(None, start, "SKIPPED", ckpt_dir, state.get("loss"), main_process=main)
-    from fcdm.evaluation import evaluate as ev
+    def __init__(self, cfg: RunConfig, store: str | Path | None):
+        """Setup. Everything that can fail on user input is checked before the store is touched."""
+        # The other ranks wait at a collective while the main process measures an evaluation (FID-50K
+        # features take minutes at paper scale): allow longer than the default process-group timeout.
+        self.accelerator = acc = Accelerator(cpu=not torch.cuda.is_available(),
+                                             mixed_precision=cfg.train.mixed_precision,
+                                             kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=2))])
+        self.rank, self.world, self.device = acc.process_index, acc.num_processes, acc.device
+        self.main = acc.is_main_process
+        self.cfg, self.store = cfg, resolve_store(store)
+        self.ckpt_dir = checkpoint_dir(self.store, cfg)
+        self.dataset = build_dataset(cfg)  # checked against the declared data.image_size and data.num_classes
+        self.identity = cfg.identity()
+        self.shape, self.num_classes = cfg.data_shape, cfg.num_classes
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        self.model = build_model(cfg)
+        self.objective = build_objective(cfg)
+        self.state = load_latest(self.ckpt_dir)
+        if self.state:
+            check_identity(self.state, self.identity, cfg, list_checkpoints(self.ckpt_dir)[-1][1])
+        self.start = self.step = int(self.state["step"]) if self.state else 0
+        self.ledger = EvalLedger(cfg, self.ckpt_dir, self.state)
+        self.last_loss = self.state.get("loss") if self.state else None
+        self.tracker: Tracker | None = None
+        self.run_id: str | None = None
+        self.stop_signal = 0  # set by SIGINT/SIGTERM; every rank sees any rank's at the next step
 
-    protocol = ev.Protocol.from_config(cfg)
-    if ledger.due:
-        ev.check_ready(cfg, protocol, store / "cache")
-    sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, rank, world, cfg.seed, start, cfg.train.steps,
-                               with_step=True)
-    params, gflops = config_gflops(cfg.model.name, shape, **model_kwargs(cfg))
+    def skip(self, tracking_uri: str | None) -> TrainResult:
+        """An already finished run: make sure MLflow and progress.json say so, and train nothing."""
+        cfg = self.cfg
+        if self.main:
+            tracker = Tracker(self.store, tracking_uri)
+            run = tracker.find(cfg.hash, cfg.seed)
+            if run is not None and run.info.status != "FINISHED":
+                tracker.run_id = run.info.run_id
+                tracker.end("FINISHED")
+            progress = read_progress(self.ckpt_dir) or {}
+            if progress.get("status") != "finished":
+                self.ledger.write(status="finished", step=cfg.train.steps, reason=None,
+                                  run_id=run.info.run_id if run is not None else progress.get("run_id"))
+            self.accelerator.print(f"{cfg.name} (hash {cfg.hash}, seed {cfg.seed}) already finished; nothing to do")
+        return TrainResult(None, self.start, "SKIPPED", self.ckpt_dir, self.state.get("loss"),
+                           main_process=self.main)
 
-    ema = copy.deepcopy(model).float().requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                            betas=cfg.train.betas)
-    if state:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-    model, opt = accelerator.prepare(model, opt)
-    if state and state.get("scaler") and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(state["scaler"])
-    ema.to(device)
-
-    tracker, run_id = None, None
-    if main:
-        tracker = Tracker(store, tracking_uri)
-        run_id, _ = tracker.open(cfg, tags={"fcdm.params": params, "fcdm.gflops": f"{gflops:.6g}",
-                                            "fcdm.model": cfg.model.name, TAG_CKPT: str(ckpt_dir),
-                                            "fcdm.processes": world})
-        ledger.write(status="running", step=start, run_id=run_id, reason=None)
+    def resume(self) -> None:
+        """The evaluation protocol and data order checked, then model, EMA, optimiser and grad scaler
+        restored from the checkpoint (or fresh) and handed to accelerate."""
+        cfg, state = self.cfg, self.state
+        self.protocol = Protocol.from_config(cfg)
+        if self.ledger.due:
+            ev.check_ready(cfg, self.protocol, self.store / "cache")
+        self.sampler = StepBatchSampler(len(self.dataset), cfg.train.batch_size, self.rank, self.world, cfg.seed,
+                                        self.start, cfg.train.steps, with_step=True)
+        self.params, self.gflops = config_gflops(cfg.model.name, self.shape, **model_kwargs(cfg))
+        self.ema = copy.deepcopy(self.model).float().requires_grad_(False).eval()
+        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                betas=cfg.train.betas)
         if state:
-            accelerator.print(f"Resumed {run_id} from {list_checkpoints(ckpt_dir)[-1][1]} at step {start}")
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
+        self.model, self.opt = self.accelerator.prepare(self.model, opt)
+        if state and state.get("scaler") and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        self.ema.to(self.device)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
 
-    stop = {"signum": 0}
-    handlers = _install_signal_handlers(stop)
-    unwrapped = accelerator.unwrap_model(model)
-    step, window, t0, last_loss = start, [], time.perf_counter(), state.get("loss") if state else None
+    def open_tracking(self, tracking_uri: str | None) -> None:
+        """The main process opens the run's MLflow run (the same one again on resume) and progress.json."""
+        if self.main:
+            self.tracker = Tracker(self.store, tracking_uri)
+            self.run_id, _ = self.tracker.open(self.cfg, tags={
+                "fcdm.params": self.params, "fcdm.gflops": f"{self.gflops:.6g}", "fcdm.model": self.cfg.model.name,
+                TAG_CKPT: str(self.ckpt_dir), "fcdm.processes": self.world})
+            self.ledger.write(status="running", step=self.start, run_id=self.run_id, reason=None)
+            if self.state:
+                self.accelerator.print(f"Resumed {self.run_id} from {list_checkpoints(self.ckpt_dir)[-1][1]} "
+                                       f"at step {self.start}")
+        self.window, self.t0 = [], time.perf_counter()  # the losses (and time) since the last logged step
 
-    def evaluate(weights: nn.Module, at: int) -> None:
-        ev.evaluate_in_training(accelerator, tracker, cfg, protocol, weights, objective, shape, num_classes,
-                                step=at, store=store)
-        ledger.done.add(at)
-        if main:
-            ledger.write(step=step)
+    def request_stop(self, signum: int) -> None:
+        """The signal handler: checkpoint and stop after the current step."""
+        self.stop_signal = signum
 
-    def checkpoint_now() -> None:
-        rngs = [rng_from_arrays(r) for r in gather_object([rng_as_arrays(rng_state())])] if world > 1 else [rng_state()]
-        if main:
-            save_checkpoint({"step": step, "model": unwrapped.state_dict(), "ema": ema.state_dict(),
-                             "optimizer": opt.state_dict(), "rng": rngs, "config_hash": cfg.hash,
-                             "identity": identity, "data": data_info(cfg, dataset), "config": cfg.to_yaml(),
-                             "loss": last_loss, "evals_due": ledger.due, "evals_done": sorted(ledger.done),
-                             "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None},
-                            ckpt_dir, step, keep=cfg.log.keep_checkpoints, protect=ledger.protected())
-            ledger.write(step=step)
-        accelerator.wait_for_everyone()
+    # -- evaluations ---------------------------------------------------------------------------------
 
-    bar = _progress(main and progress, start, cfg.train.steps)
-    try:
-        # Evaluations a kill interrupted, each with the EMA of its own step, before the training RNG is
-        # restored (so they cannot disturb it) and before training moves on.
-        for at in pending:
-            accelerator.print(f"Evaluating step {at} first: its evaluation was interrupted")
-            evaluate(_ema_at(ema, ckpt_dir, at, state, identity, cfg), at)
-        rng = state.get("rng") if state else None
-        if rng is not None and len(rng) == world:
-            set_rng_state(rng[rank])
-        else:  # a fresh run, or resumed on another process count: per-rank seeds from (seed, step, rank)
-            seed_everything(cfg.seed * 1_000_003 + start * 1009 + rank)
+    def evaluate(self, weights: nn.Module, at: int) -> None:
+        """Measure and log the evaluation of step `at` with `weights`, and record it as done."""
+        # Looked up on the module at each call, so a test can stand in for it (a kill during an evaluation).
+        ev.evaluate_in_training(self.accelerator, self.tracker, self.cfg, self.protocol, weights, self.objective,
+                                self.shape, self.num_classes, step=at, store=self.store)
+        self.ledger.done.add(at)
+        if self.main:
+            self.ledger.write(step=self.step)
+
+    def ema_of_step(self, at: int) -> nn.Module:
+        """The EMA weights of step `at` (from its checkpoint) in a copy of the EMA's architecture."""
+        if int(self.state["step"]) == at:
+            snapshot = self.state
+        else:
+            path = checkpoint_path(self.ckpt_dir, at)
+            snapshot = load_checkpoint(path)
+            check_identity(snapshot, self.identity, self.cfg, path)
+        weights = copy.deepcopy(self.ema)
+        weights.load_state_dict(snapshot["ema"])
+        return weights
+
+    # -- the step loop -------------------------------------------------------------------------------
+
+    def restore_rng(self) -> None:
+        """Every rank's RNG state from the checkpoint; a fresh run, or one resumed on another process
+        count, seeds each rank from (seed, step, rank)."""
+        rng = self.state.get("rng") if self.state else None
+        if rng is not None and len(rng) == self.world:
+            set_rng_state(rng[self.rank])
+        else:
+            seed_everything(self.cfg.seed * 1_000_003 + self.start * 1009 + self.rank)
+
+    def batches(self):
+        """This rank's batches from the current step to the last (the model put in training mode)."""
+        cfg = self.cfg
         # Items are seeded from (seed, step, index) (SeededItems), so the loader's own generator only
         # seeds its workers; a private one keeps creating the iterator off the training RNG.
-        loader = DataLoader(SeededItems(dataset, cfg.seed), batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                            generator=torch.Generator().manual_seed(cfg.seed + start), pin_memory=device.type == "cuda")
-        model.train()
-        for x, y in (loader if start < cfg.train.steps else ()):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            t = objective.sample_t(len(x), device=device)
-            losses = objective.training_losses(lambda xt, tt: model(xt, tt, y), x, t)
-            loss = losses["loss"].mean()
-            accelerator.backward(loss)
-            if cfg.train.grad_clip:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            update_ema(ema, unwrapped, ema_decay(cfg, step))
-            step += 1
-            # One all-reduce carries the loss (averaged over ranks) and any rank's stop signal.
-            packed = accelerator.reduce(torch.stack([loss.detach().float(), torch.tensor(
-                float(stop["signum"]), device=device)]), reduction="sum")
-            last_loss, signum = packed[0].item() / world, int(packed[1].item())
-            if not np.isfinite(last_loss):
-                raise TrainingDiverged(f"loss became {last_loss} at step {step} (lr={cfg.train.lr}); the run is "
-                                       f"marked FAILED and resumes from {ckpt_dir} if rerun: lower train.lr, set "
-                                       "train.grad_clip, or use train.mixed_precision=no")
-            window.append(last_loss)
-            bar.update(step, last_loss)
-            if tracker and (step % cfg.log.every == 0 or step == cfg.train.steps):
-                elapsed = time.perf_counter() - t0
-                tracker.log_metrics({"loss": float(np.mean(window)), "steps_per_sec": len(window) / elapsed,
-                                     "lr": opt.param_groups[0]["lr"],
-                                     "train_gflops": training_gflops(gflops, cfg.train.batch_size, step)}, step)
-                window, t0 = [], time.perf_counter()
-            done = step == cfg.train.steps or (max_steps is not None and step - start >= max_steps)
-            if signum or done or step % cfg.log.checkpoint_every == 0 or step in ledger.due:
-                checkpoint_now()  # before the evaluation: a kill during it loses nothing (see EvalLedger)
-                if tracker and not signum:  # a grid per checkpoint; a stopping run exits at once
-                    ev.log_sample_grid(tracker, cfg, ema, objective, shape, num_classes, step, device)
-                if step in ledger.due:
-                    evaluate(ema, step)
-            if signum:
-                raise TrainingInterrupted(f"stopped by signal {signal.Signals(signum).name} at step {step}; "
-                                          f"checkpoint written to {ckpt_dir}; rerun the same command to resume",
-                                          signum)
-            if done:
-                break
-    except BaseException as e:
-        bar.close()
-        if tracker:
-            killed = isinstance(e, (TrainingInterrupted, KeyboardInterrupt))
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
-            ledger.write(status="killed" if killed else "failed", step=step, reason=reason)
-            if not killed:
-                tracker.set_tags({"fcdm.failure": reason})
-            tracker.end("KILLED" if killed else "FAILED")
-        raise
-    finally:
-        _restore_signal_handlers(handlers)
-    bar.close()
-    finished = step == cfg.train.steps and not ledger.pending(step)
-    if tracker and finished:
-        ledger.write(status="finished", step=step, reason=None)
-        tracker.end("FINISHED")
-    elif tracker:  # stopped early by max_steps: resumable, not finished
-        ledger.write(status="killed", step=step, reason=f"stopped after max_steps={max_steps}")
-        tracker.end("KILLED")
-    accelerator.wait_for_everyone()
-    if world > 1 and torch.distributed.is_initialized():
-        # gloo can abort at interpreter exit with a live process group; tear it down explicitly.
-        torch.distributed.destroy_process_group()
-    return TrainResult(run_id, step, "FINISHED" if finished else "STOPPED", ckpt_dir, last_loss, main)
+        loader = DataLoader(SeededItems(self.dataset, cfg.seed), batch_sampler=self.sampler,
+                            num_workers=cfg.data.num_workers,
+                            generator=torch.Generator().manual_seed(cfg.seed + self.start),
+                            pin_memory=self.device.type == "cuda")
+        self.model.train()
+        return loader if self.start < cfg.train.steps else ()
 
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch, then the EMA; returns this rank's mean loss."""
+        cfg, device, model = self.cfg, self.device, self.model
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        t = self.objective.sample_t(len(x), device=device)
+        losses = self.objective.training_losses(lambda xt, tt: model(xt, tt, y), x, t)
+        loss = losses["loss"].mean()
+        self.accelerator.backward(loss)
+        if cfg.train.grad_clip:
+            self.accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        update_ema(self.ema, self.unwrapped, ema_decay(cfg, self.step))
+        self.step += 1
+        return loss
 
-# -- run identity and evaluation bookkeeping ------------------------------------------------------------
+    def sync(self, loss: torch.Tensor) -> int:
+        """One all-reduce carries the loss (averaged over ranks, kept as `last_loss`) and any rank's stop
+        signal, which it returns (0: none). A non-finite loss raises TrainingDiverged."""
+        packed = self.accelerator.reduce(torch.stack([loss.detach().float(), torch.tensor(
+            float(self.stop_signal), device=self.device)]), reduction="sum")
+        self.last_loss, signum = packed[0].item() / self.world, int(packed[1].item())
+        if not np.isfinite(self.last_loss):
+            raise TrainingDiverged(f"loss became {self.last_loss} at step {self.step} (lr={self.cfg.train.lr}); the "
+                                   f"run is marked FAILED and resumes from {self.ckpt_dir} if rerun: lower train.lr, "
+                                   "set train.grad_clip, or use train.mixed_precision=no")
+        return signum
 
+    def log_metrics(self) -> None:
+        """Loss, steps/s, lr and training GFLOPs averaged over the window, every log.every steps."""
+        cfg, step = self.cfg, self.step
+        self.window.append(self.last_loss)
+        if self.tracker and (step % cfg.log.every == 0 or step == cfg.train.steps):
+            elapsed = time.perf_counter() - self.t0
+            self.tracker.log_metrics({"loss": float(np.mean(self.window)),
+                                      "steps_per_sec": len(self.window) / elapsed, "lr": self.opt.param_groups[0]["lr"],
+                                      "train_gflops": training_gflops(self.gflops, cfg.train.batch_size, step)}, step)
+            self.window, self.t0 = [], time.perf_counter()
 
+    # -- checkpoints ---------------------------------------------------------------------------------
 
-def _finish_if_needed(accelerator, cfg: RunConfig, store: Path, tracking_uri: str | None, ckpt_dir: Path,
-                      ledger: EvalLedger) -> None:
-    if accelerator.is_main_process:
-        tracker = Tracker(store, tracking_uri)
-        run = tracker.find(cfg.hash, cfg.seed)
-        if run is not None and run.info.status != "FINISHED":
-            tracker.run_id = run.info.run_id
-            tracker.end("FINISHED")
-        progress = read_progress(ckpt_dir) or {}
-        if progress.get("status") != "finished":
-            ledger.write(status="finished", step=cfg.train.steps, reason=None,
-                         run_id=run.info.run_id if run is not None else progress.get("run_id"))
-        accelerator.print(f"{cfg.name} (hash {cfg.hash}, seed {cfg.seed}) already finished; nothing to do")
+    def checkpoint_due(self) -> bool:
+        return self.step % self.cfg.log.checkpoint_every == 0 or self.step in self.ledger.due
 
+    def checkpoint_and_evaluate(self, stopping: bool) -> None:
+        """A checkpoint, then (unless `stopping`) a sample grid, then the evaluation if one is due here."""
+        self.save_checkpoint()  # before the evaluation: a kill during it loses nothing (see EvalLedger)
+        if self.tracker and not stopping:  # a grid per checkpoint; a stopping run exits at once
+            ev.log_sample_grid(self.tracker, self.cfg, self.ema, self.objective, self.shape, self.num_classes,
+                               self.step, self.device)
+        if self.step in self.ledger.due:
+            self.evaluate(self.ema, self.step)
 
-def _install_signal_handlers(stop: dict):
-    import threading
+    def save_checkpoint(self) -> None:
+        """Every rank's RNG state gathered; the main process writes the checkpoint and progress.json."""
+        rngs = [rng_from_arrays(r) for r in gather_object([rng_as_arrays(rng_state())])] if self.world > 1 \
+            else [rng_state()]
+        if self.main:
+            cfg, ledger, scaler = self.cfg, self.ledger, self.accelerator.scaler
+            save_checkpoint({"step": self.step, "model": self.unwrapped.state_dict(), "ema": self.ema.state_dict(),
+                             "optimizer": self.opt.state_dict(), "rng": rngs, "config_hash": cfg.hash,
+                             "identity": self.identity, "data": data_info(cfg, self.dataset), "config": cfg.to_yaml(),
+                             "loss": self.last_loss, "evals_due": ledger.due, "evals_done": sorted(ledger.done),
+                             "scaler": scaler.state_dict() if scaler else None},
+                            self.ckpt_dir, self.step, keep=cfg.log.keep_checkpoints, protect=ledger.protected())
+            ledger.write(step=self.step)
+        self.accelerator.wait_for_everyone()
 
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    def handler(signum, frame):
-        stop["signum"] = signum
-    return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    # -- the end -------------------------------------------------------------------------------------
 
+    def record_failure(self, e: BaseException) -> None:
+        """A stop by signal (KILLED) or an error (FAILED), recorded in progress.json and MLflow."""
+        if not self.tracker:
+            return
+        killed = isinstance(e, (TrainingInterrupted, KeyboardInterrupt))
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+        self.ledger.write(status="killed" if killed else "failed", step=self.step, reason=reason)
+        if not killed:
+            self.tracker.set_tags({"fcdm.failure": reason})
+        self.tracker.end("KILLED" if killed else "FAILED")
 
-def _restore_signal_handlers(handlers: dict) -> None:
-    for s, h in handlers.items():
-        signal.signal(s, h)
-
-
-class _progress:
-    """A rich progress bar with step, loss and steps/s (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, start: int, total: int):
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.1f} steps/s"),
-                                TimeRemainingColumn())
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), rate=0.0)
-            self.start, self.t0 = start, time.perf_counter()
-
-    def update(self, step: int, loss: float) -> None:
-        if self.bar:
-            rate = (step - self.start) / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.task, completed=step, loss=loss, rate=rate)
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
-            self.bar = None
+    def finish(self, max_steps: int | None) -> TrainResult:
+        """FINISHED once the last step and its evaluations are done; else stopped by max_steps (resumable)."""
+        finished = self.step == self.cfg.train.steps and not self.ledger.pending(self.step)
+        if self.tracker and finished:
+            self.ledger.write(status="finished", step=self.step, reason=None)
+            self.tracker.end("FINISHED")
+        elif self.tracker:  # stopped early by max_steps: resumable, not finished
+            self.ledger.write(status="killed", step=self.step, reason=f"stopped after max_steps={max_steps}")
+            self.tracker.end("KILLED")
+        self.accelerator.wait_for_everyone()
+        if self.world > 1 and torch.distributed.is_initialized():
+            # gloo can abort at interpreter exit with a live process group; tear it down explicitly.
+            torch.distributed.destroy_process_group()
+        return TrainResult(self.run_id, self.step, "FINISHED" if finished else "STOPPED", self.ckpt_dir,
+                           self.last_loss, self.main)

@@ -1,12 +1,11 @@
 """Run configuration: YAML round trip, overrides, canonical hash, clear errors."""
-from pathlib import Path
-
 import pytest
+from helpers import ROOT, SMOKE
 
-from fcdm.config import ConfigError, RunConfig, load_config
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "ablations" / "configs" / "smoke.yaml"
+from fcdm.config import SCHEMA_VERSION, ConfigError, RunConfig, load_config
+from fcdm.config.identity import resolved_model_kwargs
+from fcdm.spec import expand
+from fcdm.store.layout import checkpoint_dir
 
 
 def test_smoke_config_loads_and_round_trips_through_yaml(tmp_path):
@@ -85,8 +84,6 @@ def test_learned_sigma_and_sampler_defaults_follow_the_objective():
 
 
 def test_a_renamed_config_is_the_same_run_with_the_same_checkpoints(tmp_path):
-    from fcdm.store.layout import checkpoint_dir
-
     a, b = load_config(SMOKE), load_config(SMOKE, ["name=renamed"])
     assert checkpoint_dir(tmp_path, a) == checkpoint_dir(tmp_path, b)
     assert checkpoint_dir(tmp_path, a) != checkpoint_dir(tmp_path, load_config(SMOKE, ["seed=1"]))
@@ -126,9 +123,6 @@ def test_different_training_gives_different_hashes(a, b):
 
 
 def test_identity_is_resolved_and_versioned():
-    from fcdm.config.identity import resolved_model_kwargs
-    from fcdm.config import SCHEMA_VERSION
-
     cfg = load_config(SMOKE, ["model.args.mlp_ratio=3.0"])
     ident = cfg.identity()
     assert ident["schema"] == SCHEMA_VERSION
@@ -140,8 +134,6 @@ def test_identity_is_resolved_and_versioned():
 
 
 def test_resolved_model_kwargs_need_no_dataset():
-    from fcdm.config.identity import resolved_model_kwargs
-
     latent = load_config(None, ["model.name=DiT-XL/2", "data.name=latent-array", "data.path=/nowhere",
                                 "data.image_size=64", "eval.metrics=[]"])
     kw = resolved_model_kwargs(latent)
@@ -209,8 +201,6 @@ PINNED = {("configs/smoke.yaml", None): "a523cb367f84",
 
 @pytest.mark.parametrize("where,job", list(PINNED), ids=[f"{w}:{j}" for w, j in PINNED])
 def test_shipped_configuration_hashes_are_pinned(where, job):
-    from fcdm.spec import expand
-
     path = ROOT / "ablations" / where
     if job is None:
         h = load_config(path).hash

@@ -7,16 +7,15 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import ROOT, SMOKE, TINY, all_runs
 from typer.testing import CliRunner
 
-from fcdm.store.checkpoints import CheckpointError, list_checkpoints, load_latest
 from fcdm.cli import app
 from fcdm.config import ConfigError, load_config
 from fcdm.data import DataError
+from fcdm.store.checkpoints import CheckpointError, list_checkpoints, load_latest
 from fcdm.store.layout import checkpoint_dir
 from fcdm.train import train
-
-from conftest import ROOT, SMOKE, TINY, all_runs
 
 runner = CliRunner()
 LATENT = [*TINY, "eval.metrics=[]", "eval.cfg_scale=1.0", "train.batch_size=8", "train.steps=4",

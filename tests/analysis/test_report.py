@@ -4,16 +4,17 @@ import math
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from conftest import SMOKE, TINY
+from helpers import SMOKE
+from synthetic import experiment, known_for_tests, log_run
 from typer.testing import CliRunner
 
 from analysis import figures
 from analysis.aggregate import ReportError, View
-from analysis.collect import collect
 from analysis.report import build_report
-from synthetic import experiment, known_store_copy, log_run
 from fcdm.cli import app
+from fcdm.spec import expand
 
 runner = CliRunner()
 SPEC = """name: {name}
@@ -39,12 +40,6 @@ profiles:
 """
 
 
-def make_config(*overrides):
-    from fcdm.config import load_config
-
-    return load_config(SMOKE, [*TINY, *overrides])
-
-
 def write_spec(folder: Path, name: str, seeds: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
@@ -54,17 +49,13 @@ def write_spec(folder: Path, name: str, seeds: str) -> Path:
 
 @pytest.fixture(scope="module")
 def known(tmp_path_factory):
-    jobs, uri = known_store_copy(tmp_path_factory.getbasetemp() / "known-template", tmp_path_factory.mktemp("known"),
-                                 make_config)
-    return collect(jobs, uri)
+    return known_for_tests(tmp_path_factory)[2]
 
 
 @pytest.fixture(scope="module")
 def spec_store(tmp_path_factory):
     """A spec of 2 kernel sizes x 2 seeds and a synthetic store of its runs (FID at steps 10 and 20)."""
-    from mlflow import MlflowClient
-
-    from fcdm.spec import expand
+    from mlflow import MlflowClient  # heavy: only for the tests that log
 
     root = tmp_path_factory.mktemp("spec")
     spec = write_spec(root / "ablations", "tinyks", "[0, 1]")
@@ -190,10 +181,7 @@ def test_cli_missing_spec_and_empty_stores(spec_store, tmp_path):
 def test_end_to_end_two_trained_jobs_every_spec_in_the_store(tmp_path, monkeypatch):
     """Train k=7 and k=3 for 20 steps (FID at 10 and 20), then `report` with no SPEC finds the spec by its
     runs' tags in ./ablations and reports what the trainer really recorded."""
-    import pandas as pd
-
-    from fcdm.spec import expand
-    from fcdm.train import train
+    from fcdm.train import train  # heavy (torch): only for the one end-to-end test
 
     spec = write_spec(tmp_path / "ablations", "tinyks", "[0]")
     store = tmp_path / "store"

@@ -1,9 +1,9 @@
 """Malformed specs through the CLI, as a user meets them: `fcdm-ablate plan SPEC` prints one line
 "error: <file>: <key path>: <value>: <fix>", exits 2, shows no traceback and writes nothing."""
 import pytest
+from helpers import SMOKE
 from typer.testing import CliRunner
 
-from conftest import SMOKE
 from fcdm.cli import app
 
 runner = CliRunner()

@@ -1,13 +1,13 @@
-"""`fcdm-ablate plan` (fcdm/plan.py): the jobs, their cost and status, with no side effects."""
+"""`fcdm-ablate plan` (fcdm.runner.plan): the jobs, their cost and status, with no side effects."""
 import csv
 import io
 import json
 import time
 
 import pytest
+from helpers import ROOT, SMOKE
 from typer.testing import CliRunner
 
-from conftest import ROOT, SMOKE
 from fcdm.cli import app
 from fcdm.spec import expand
 

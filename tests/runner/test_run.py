@@ -1,7 +1,7 @@
-"""The job runner (fcdm/runner.py, fcdm/launchers.py) and `fcdm-ablate run`, with real trainer processes.
+"""The job runner (fcdm.runner, fcdm.launchers) and `fcdm-ablate run`, with real trainer processes.
 
 The end-to-end tests (two runners, SIGINT / SIGKILL then rerun) start real `fcdm-ablate run` processes,
-as the issue asks; each trainer is the tiny config of conftest.py (width 8, 20-300 steps).
+as the issue asks; each trainer is the tiny config of helpers.py (width 8, 20-300 steps).
 """
 import json
 import os
@@ -12,18 +12,18 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import SMOKE, all_runs, client
 from typer.testing import CliRunner
 
-from conftest import SMOKE, all_runs, client
-from fcdm.store import claims
 from fcdm.cli import app
-from fcdm.spec.job import Job
-from fcdm.store.jobs import job_dir, job_status
 from fcdm.launchers import LauncherError, launcher_options, make_launcher
 from fcdm.launchers.resources import default_parallel, slot_env
 from fcdm.launchers.slurm import slurm_minutes
-from fcdm.runner.session import TAG_SPECS
 from fcdm.runner import run_jobs
+from fcdm.spec.job import Job
+from fcdm.store import claims
+from fcdm.store.jobs import job_dir, job_status
+from fcdm.store.tracking import TAG_SPECS
 
 TINY_PROFILE = {"model.args.hidden_size": 8, "model.args.depth": [1, 0, 1, 0, 1], "train.batch_size": 16,
                 "train.steps": 20, "log.every": 5, "log.checkpoint_every": 5, "eval.at": [1.0],
@@ -97,7 +97,7 @@ def test_launcher_options_and_their_errors(tiny_config):
         acc.check([_job(tiny_config, "t", 3)])
     argv = make_launcher("accelerate", {"num_processes": 2}).argv(_job(tiny_config, "t", 3), Path("c.yaml"),
                                                                   Path("s"), "sqlite:///x", {"OMP_NUM_THREADS": "1"})
-    # DESIGN.md 5: two gloo processes on CPU need --multi_gpu (--cpu silently runs one).
+    # Two gloo processes on CPU need --multi_gpu (--cpu silently runs one).
     assert "--multi_gpu" in argv and argv[argv.index("--num_processes") + 1] == "2"
     assert argv[argv.index("--mixed_precision") + 1] == "no" and "--main_process_port" in argv
 

@@ -1,35 +1,26 @@
-"""Every cell of the report's tables over a synthetic store of known values (analysis.synthetic.KNOWN_FID):
+"""Every cell of the report's tables over a synthetic store of known values (tests/synthetic.py, KNOWN_FID):
 k=7 is the baseline (FID 30/20/10, 32/22/12, 31/21/11 at steps 100/200/300), k=3 crosses its final FID
 between steps 200 and 300, k=5 never does (one seed FAILED), k=9 is RUNNING and reaches it at its first
 evaluation, k=1 was evaluated under another protocol, k=11 never ran."""
 import math
 
 import pytest
-from conftest import SMOKE, TINY
 from scipy import stats as st
+from synthetic import SUFFIX, known_for_tests
 
 from analysis import tables
 from analysis.aggregate import ReportError, View, protocols
-from analysis.collect import collect
+from analysis.published import published_table
 from analysis.render import cell_text, to_csv, to_latex, to_markdown
 from analysis.stats import Summary
-from synthetic import SUFFIX, known_store_copy
 
 T = float(st.t.ppf(0.975, 2) / math.sqrt(3))  # CI half-width per unit std with 3 seeds
 PROTO = "FID-0.5K vs digits-test, digits-classifier"
 
 
-def make_config(*overrides):
-    from fcdm.config import load_config
-
-    return load_config(SMOKE, [*TINY, *overrides])
-
-
 @pytest.fixture(scope="module")
 def frame(tmp_path_factory):
-    jobs, uri = known_store_copy(tmp_path_factory.getbasetemp() / "known-template", tmp_path_factory.mktemp("known"),
-                                 make_config)
-    return collect(jobs, uri)
+    return known_for_tests(tmp_path_factory)[2]
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +176,6 @@ def test_renderers(view):
 
 
 def test_published_rows_are_their_own_table():
-    from analysis.published import published_table
-
     t = published_table("kernel_size", comparable=False)
     assert all(r[0].value == "published" for r in t.rows) and t.rows[0][1].value == "FCDM-L k7 (default)"
     k3 = next(r for r in t.rows if r[1].value == "FCDM-L k3")

@@ -3,25 +3,17 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import SMOKE, TINY
+from helpers import make_config
+from synthetic import SUFFIX, known_for_tests, log_run
 
 from analysis.collect import MISSING, collect, config_label
-from analysis.store import StoreError, _read_client, read_store, spec_names
-from synthetic import SUFFIX, known_store_copy
+from analysis.store import StoreError, read_store, read_via_client, spec_names
 from fcdm.spec.job import Job
-
-
-def make_config(*overrides):
-    from fcdm.config import load_config
-
-    return load_config(SMOKE, [*TINY, *overrides])
 
 
 @pytest.fixture(scope="module")
 def known(tmp_path_factory):
-    jobs, uri = known_store_copy(tmp_path_factory.getbasetemp() / "known-template", tmp_path_factory.mktemp("known"),
-                                 make_config)
-    return jobs, uri, collect(jobs, uri)
+    return known_for_tests(tmp_path_factory)
 
 
 def rows(frame, k, seed=None):
@@ -69,9 +61,7 @@ def test_failed_running_and_missing_jobs_are_kept_and_marked(known):
 
 
 def test_newest_run_of_a_hash_and_seed_wins_and_deleted_runs_are_ignored(known):
-    from mlflow import MlflowClient
-
-    from synthetic import log_run
+    from mlflow import MlflowClient  # heavy: only for the test that logs
 
     _, uri, _ = known
     # a configuration of its own (k=13) in the same store, so the other tests' jobs are untouched
@@ -90,7 +80,7 @@ def test_direct_sql_read_equals_the_mlflow_client_read(known):
     jobs, uri, _ = known
     hashes = {j.hash for j in jobs}
     runs, metrics = read_store(uri, hashes)
-    runs2, metrics2 = _read_client(uri, hashes, None)
+    runs2, metrics2 = read_via_client(uri, hashes, None)
     key = lambda df: df.sort_values("run_id").reset_index(drop=True)  # noqa: E731
     assert key(runs).drop(columns="tags").equals(key(runs2).drop(columns="tags"))
     assert key(runs)["tags"].tolist() == key(runs2)["tags"].tolist()

@@ -13,10 +13,11 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from helpers import free_port
 
 
 def _bin_dir() -> Path:
@@ -25,12 +26,6 @@ def _bin_dir() -> Path:
         raise RuntimeError("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin; install Debian's "
                            "`postgresql` package (.ci/run does when it is missing)")
     return Path(found[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres(*cmd: str) -> list[str]:
@@ -50,7 +45,7 @@ def postgres_server(database: str = "fcdm"):
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
         shutil.chown(sock, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
     run = lambda *cmd: subprocess.run(_as_postgres(*cmd), check=True, capture_output=True, text=True, cwd=root)  # noqa: E731
     try:
         run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")

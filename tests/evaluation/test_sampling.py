@@ -5,9 +5,18 @@ import torch
 
 from fcdm.build import build_objective
 from fcdm.evaluation.protocol import Protocol
-from fcdm.evaluation.sampling import gather_samples, sample_images
+from fcdm.evaluation.sampling import (
+    gather_samples,
+    generate,
+    sample_generators,
+    sample_images,
+    sample_labels,
+    sample_seed,
+    spread_labels,
+)
 from fcdm.models import create_model
-from fcdm.evaluation.sampling import generate, sample_generators, sample_labels, sample_seed, spread_labels
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: width-8 models run fastest on one thread
 
 
 def tiny_model(**kwargs):
@@ -17,16 +26,6 @@ def tiny_model(**kwargs):
     for p in model.parameters():
         p.data.normal_(0, 0.1)
     return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Width-8 models gain nothing from threads, and two OpenMP threads on a busy two-core machine were
-    measured 30-70x slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

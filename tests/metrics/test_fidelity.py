@@ -6,25 +6,23 @@ import time
 import numpy as np
 import pytest
 import torch
-
 import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 import torch_fidelity.metric_fid as tf_fid
-from fcdm.data.digits import digits_arrays
-from fcdm.metrics import MetricsError, compute_metrics, inception_weights_path, load_digits_classifier, protocol
-from fcdm.metrics import digits_classifier as dc
-from fcdm.metrics import fidelity
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from fcdm.data.digits import digits_arrays
+from fcdm.metrics import (
+    MetricsError,
+    compute_metrics,
+    fidelity,
+    inception_weights_path,
+    load_digits_classifier,
+    protocol,
+)
+from fcdm.metrics import digits_classifier as dc
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A 60k-parameter CNN gains nothing from threads; two OpenMP threads on a busy two-core machine were
-    measured many times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: a 60k-parameter CNN runs fastest on one thread
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fcdm.data import (DataError, DigitsDataset, LatentArrayDataset, LatentFolderDataset, build_dataset,
-                       digits_arrays, prepare_latents)
+from fcdm.data import (
+    DataError,
+    DigitsDataset,
+    LatentArrayDataset,
+    LatentFolderDataset,
+    build_dataset,
+    digits_arrays,
+    prepare_latents,
+)
 from fcdm.data.prepare import center_crop_arr
 
 # --------------------------------------------------------------------------------------------

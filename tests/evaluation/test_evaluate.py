@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers import SMOKE, TINY, all_runs, client, history
 from typer.testing import CliRunner
 
 from fcdm.cli import app
@@ -13,25 +14,7 @@ from fcdm.config import load_config
 from fcdm.evaluation.protocol import Protocol
 from fcdm.evaluation.sampling import gather_samples, shard_indices
 
-from conftest import SMOKE, TINY, all_runs, client
-
 runner = CliRunner()
-
-
-def history(store, run_id, key):
-    return [(m.step, m.value) for m in client(store).get_metric_history(run_id, key)]
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Width-8 models gain nothing from threads; two OpenMP threads on a busy two-core machine were
-    measured 30-70x slower than one."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

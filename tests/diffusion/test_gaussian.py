@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from fcdm.diffusion import (FlowMatching, GaussianDiffusion, create_objective, guided_model_fn, respace, sample,
-                            space_timesteps)
+from fcdm.diffusion import (
+    FlowMatching,
+    GaussianDiffusion,
+    create_objective,
+    guided_model_fn,
+    respace,
+    sample,
+    space_timesteps,
+)
 
 # Independent reference schedule (improved DDPM "linear", T = 1000), computed in numpy.
 BETAS_REF = np.linspace(1e-4, 2e-2, 1000, dtype=np.float64)

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from fcdm.models.flops import count_params
 from fcdm.models import CONDITIONING_TYPES, DIT_PRESETS, FCDM, LABEL_DROPOUT_TYPES, create_model, list_models
+from fcdm.models.flops import count_params
 
-# Exact counts from the FCDM model table (DESIGN.md section 1).
+# Exact counts of the FCDM paper's model table (the presets in fcdm.models).
 FCDM_PARAMS = {"FCDM-S": 32_699_912, "FCDM-B": 127_675_400, "FCDM-L": 504_453_128, "FCDM-XL": 698_754_056}
 
 

@@ -1,7 +1,7 @@
 """`fcdm-ablate sweep --optuna`: the search space, the study machinery, and end-to-end sweeps of tiny trials.
 
 The end-to-end tests train real (tiny) jobs in subprocesses through the job runner, on SQLite storage
-and a real MLflow store; the PostgreSQL ones are in test_sweep_postgres.py.
+and a real MLflow store; the PostgreSQL ones are in test_postgres.py.
 """
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from sweep_specs import LR, mlflow_runs, write_spec
 from typer.testing import CliRunner
 
 from fcdm.cli import app
-from fcdm.spec.search import overrides, parse_search
 from fcdm.spec import SpecError
+from fcdm.spec.search import overrides, parse_search
 
-ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -168,8 +168,7 @@ def test_always_pruner_spares_trial_zero():
 
 def test_a_study_refuses_another_search_space_and_counts_its_budget(tmp_path):
     from fcdm.sweep import SweepError
-    from fcdm.sweep.study import make_storage, open_study
-    from fcdm.sweep.study import Budget
+    from fcdm.sweep.study import Budget, make_storage, open_study
 
     storage = make_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat=None)
     space = parse_search(search(), "s.yaml")
@@ -244,23 +243,6 @@ def test_cli_sweep_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, sea
 
 # -- end to end: tiny trials trained by the job runner, SQLite storage, one store shared by these tests --
 
-TINY_PROFILE = {"model.args.hidden_size": 8, "model.args.depth": [1, 0, 1, 0, 1], "train.steps": 30,
-                "train.batch_size": 16, "log.every": 5, "log.checkpoint_every": 10, "eval.at": [0.5, 1.0],
-                "eval.num_samples": 30, "eval.sampling_steps": 2, "eval.grid_per_class": 1, "eval.metrics": ["fid"]}
-LR = {"train.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True}}
-
-
-def write_spec(folder: Path, name: str, search_section: dict | None, **extra) -> Path:
-    """A tests-only spec: the smoke config shrunk to a 30-step width-8 model with a 30-sample FID."""
-    spec = {"name": name, "base": str(ROOT / "ablations" / "configs" / "smoke.yaml"),
-            "profiles": {"smoke": TINY_PROFILE}, **extra}
-    if search_section is not None:
-        spec["search"] = search_section
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return tmp_path_factory.mktemp("sweep-store")
@@ -274,13 +256,6 @@ def sweep(spec: Path, store: Path, *args: str):
 
 def load(store: Path, name: str):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{store / 'optuna.db'}")
-
-
-def mlflow_runs(store: Path, flt: str = ""):
-    from mlflow import MlflowClient
-
-    c = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
-    return c, c.search_runs([e.experiment_id for e in c.search_experiments()], filter_string=flt)
 
 
 def test_sweep_two_workers_then_rerun_adds_the_difference(store):
@@ -328,8 +303,8 @@ def test_always_pruner_prunes_every_trial_but_the_first_under_accelerate_launch(
 
 
 def test_a_trial_of_an_already_trained_config_trains_nothing(store):
-    from fcdm.store.jobs import LOG, job_dir
     from fcdm.spec import expand
+    from fcdm.store.jobs import LOG, job_dir
 
     spec = write_spec(store, "tdedup", {"metric": "fid", "params": {"model.args.kernel_size": [7]}})  # the base's k
     result = runner.invoke(app, ["run", str(spec), "--store", str(store), "--no-progress"])

@@ -16,9 +16,8 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-
-from _pg import postgres_server
-from test_sweep import LR, mlflow_runs, write_spec
+from pg import postgres_server
+from sweep_specs import LR, mlflow_runs, write_spec
 
 TRIALS = 6
 

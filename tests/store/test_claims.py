@@ -1,4 +1,4 @@
-"""Job claims: atomic, exclusive, taken over only when their holder is dead (fcdm/claims.py)."""
+"""Job claims: atomic, exclusive, taken over only when their holder is dead (fcdm.store.claims)."""
 import json
 import multiprocessing as mp
 import os

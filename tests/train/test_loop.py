@@ -9,16 +9,15 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, SMOKE, TINY, all_runs, client
 from typer.testing import CliRunner
 
-from fcdm.store.checkpoints import list_checkpoints, load_latest
 from fcdm.cli import app
 from fcdm.config import load_config
-from fcdm.store.tracking import TAG_HASH
+from fcdm.store.checkpoints import list_checkpoints, load_latest
 from fcdm.store.layout import checkpoint_dir, run_name
+from fcdm.store.tracking import TAG_HASH
 from fcdm.train import TrainingDiverged, train
-
-from conftest import ROOT, SMOKE, TINY, all_runs, client
 
 runner = CliRunner()
 

@@ -9,6 +9,7 @@ import time
 import urllib.request
 
 import pytest
+from helpers import SMOKE, TINY, free_port
 from typer.testing import CliRunner
 
 from fcdm.cli import app
@@ -17,7 +18,6 @@ from fcdm.cli import app
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, request):
     """A store holding one finished tiny run in the experiment 'uitest'."""
-    from conftest import SMOKE, TINY
     from fcdm.config import load_config
     from fcdm.train import train
 
@@ -27,15 +27,9 @@ def store(tmp_path_factory, request):
     return store, result.run_id
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ui_serves_the_runs_of_a_spec_and_stops_on_ctrl_c(store):
     store_dir, run_id = store
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "fcdm.cli", "ui", "--port", str(port), "--store", str(store_dir),
                              "--spec", "uitest"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

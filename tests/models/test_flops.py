@@ -1,14 +1,14 @@
-"""FLOPs in DiT's convention against the published tables (reference/published.csv, DESIGN.md)."""
+"""FLOPs in DiT's convention against the published tables (analysis/reference/published.csv)."""
 import csv
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 
-from fcdm.models.flops import config_gflops, model_gflops, preset_gflops, training_gflops
 from fcdm.models import DIT_PRESETS, create_model
+from fcdm.models.flops import config_gflops, model_gflops, preset_gflops, training_gflops
 
-REFERENCE = Path(__file__).resolve().parents[1] / "analysis" / "reference" / "published.csv"
+REFERENCE = ROOT / "analysis" / "reference" / "published.csv"
 
 
 def published_dit_gflops() -> dict[str, float]:
