@@ -35,13 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import add_common_args, load1, machine, record, wait_for_load
 
 from fcdm.config import load_config
-from fcdm.evaluation.protocol import Protocol
 from fcdm.evaluation.evaluate import evaluate_run, make_decoder, measure
+from fcdm.evaluation.protocol import Protocol
 from fcdm.evaluation.sampling import sample_images
 from fcdm.train import train
-from _common import add_common_args, load1, machine, record, wait_for_load
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "ablations" / "configs" / "smoke.yaml"

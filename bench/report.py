@@ -55,6 +55,7 @@ def build(store: Path) -> tuple[Path, float]:
     """The spec file and the seconds it took to build the store (0 when reused)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic store is test support
     from synthetic import build_store
+
     from fcdm.spec import expand
 
     spec = store.parent / "bench_report.yaml"

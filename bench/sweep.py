@@ -37,8 +37,8 @@ def draw(trials: int, seed: int) -> list[dict]:
     """`trials` parameter sets of the spec's search space, from a seeded random sampler (Optuna-encoded)."""
     import optuna
 
-    from fcdm.spec.search import parse_search
     from fcdm.spec import load_spec
+    from fcdm.spec.search import parse_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_spec(SPEC)
