@@ -44,6 +44,7 @@ import datetime
 import json
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -127,9 +128,9 @@ class Context:
         self.lines.append(line)
         with self.out.open("a") as f:  # reopened per line: a killed run keeps everything measured so far
             f.write(json.dumps(line, default=str) + "\n")
-        print(f"[{line['t']:7.1f}s] {section}: " + ", ".join(f"{k}={_short(v)}" for k, v in fields.items()
-                                                              if k not in ("flops_note", "what", "paper_note")),
-              file=sys.stderr)
+        quiet = ("flops_note", "what", "paper_note", "traceback")  # long and the same on every line
+        print(f"[{line['t']:7.1f}s] {section}: "
+              + ", ".join(f"{k}={_short(v)}" for k, v in fields.items() if k not in quiet), file=sys.stderr)
 
 
 def _short(v) -> str:
@@ -146,12 +147,18 @@ def run(ctx: Context, only: set[str] | None) -> None:
             continue
         ctx.section_deadline = time.perf_counter() + budget
         t0 = time.perf_counter()
-        try:
-            fn(ctx)
-        except Exception as e:  # one failing section must not cost the others their measurements
-            ctx.emit(name, error=f"{type(e).__name__}: {e}"[:4000])
+        guarded(ctx, name, lambda: fn(ctx))
         ctx.emit(name, done=True, seconds=round(time.perf_counter() - t0, 2))
-        ctx.dev.free()
+        guarded(ctx, name, ctx.dev.free)
+
+
+def guarded(ctx: Context, section: str, fn) -> None:
+    """fn(); an exception becomes an error line of `section`, so one failure does not cost the other
+    sections their measurements (the traceback's end included: the GPU run is not repeated lightly)."""
+    try:
+        fn()
+    except Exception as e:
+        ctx.emit(section, error=f"{type(e).__name__}: {e}"[:4000], traceback=traceback.format_exc()[-3000:])
 
 
 def newest_run(path: Path) -> list[dict]:
@@ -160,44 +167,51 @@ def newest_run(path: Path) -> list[dict]:
     return [line for line in lines if line["started"] == lines[-1]["started"]]
 
 
+def _fmt(v, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = [header, ["---"] * len(header), *rows]
+    return ["", *("| " + " | ".join(cells) + " |" for cells in lines)]
+
+
 def tables(lines: list[dict]) -> str:
-    """Markdown tables of one run's lines, for the terminal and bench/RESULTS.md."""
-    by = lambda s: [x for x in lines if x["section"] == s and not x.get("done")]  # noqa: E731
-    f = lambda v, spec=".1f": "-" if v is None else format(v, spec)  # noqa: E731
-    out = []
-    pre = next(iter(by("preflight")), {})
-    if pre:
-        out.append(f"{pre['gpu']} ({pre['gpu_memory_gib']} GiB); torch {pre['torch']}, CUDA {pre['cuda']}, "
-                   f"cuDNN {pre['cudnn']}, accelerate {pre['accelerate']}; defaults: matmul TF32 "
-                   f"{pre['matmul_allow_tf32']}, cuDNN TF32 {pre['cudnn_allow_tf32']}, float32 matmul precision "
-                   f"{pre['float32_matmul_precision']!r}, cudnn.benchmark {pre['cudnn_benchmark']}; commit "
-                   f"{pre['git_commit']}" + (" (TINY stand-ins)" if lines[0]["tiny"] else ""))
-    out += ["", "| model | GMAC/img | batch | peak memory (GiB), full bf16 step |", "|---|---|---|---|"]
-    out += [f"| {x['model']} | {f(x.get('gmac_per_img'), '.2f')} | {x['batch']} | "
-            + (x.get("skipped") or ("OOM" if x["oom"] else f(x["peak_gib"], ".2f"))) + " |"
-            for x in by("memory") if "model" in x]
-    out += ["", "| model | variant | batch | img/s | ms/step | first step (s) | GMAC/img | MFU |", "|---|---|---|---|---|---|---|---|"]
-    for x in by("train") + by("train_compiled"):
-        if "model" in x:
-            out.append(f"| {x['model']} | {x['variant']} | " + (f"{x['skipped']} | | | | | |" if "skipped" in x else
-                       f"{x['batch']} | {f(x['img_per_s'])} | {f(x['step_ms'])} | {f(x['first_step_s'], '.2f')} | "
-                       f"{f(x['gmac_per_img'], '.2f')} | {f(x['mfu'], '.1%')} |"))
-    out += ["", f"MFU: {S.FLOPS_NOTE}.", "", "| model | precision | batch | img/s | paper it/s |", "|---|---|---|---|---|"]
-    out += [f"| {x['model']} | {x['precision']} | {x.get('batch', '-')} | {f(x.get('img_per_s'))} | "
-            f"{f(x.get('paper_its'))} |" for x in by("inference") if "model" in x]
+    """Markdown tables of one run's lines, for the terminal and bench/RESULTS.md. A skipped measurement
+    says why in its row; errors are listed at the end."""
+    def rows(key: str, *sections: str) -> list[dict]:
+        return [x for x in lines if x["section"] in sections and key in x]
+
+    out = [f"{x['gpu']} ({x['gpu_memory_gib']} GiB); torch {x['torch']}, CUDA {x['cuda']}, cuDNN {x['cudnn']}, "
+           f"accelerate {x['accelerate']}; defaults: matmul TF32 {x['matmul_allow_tf32']}, cuDNN TF32 "
+           f"{x['cudnn_allow_tf32']}, float32 matmul precision {x['float32_matmul_precision']!r}, cudnn.benchmark "
+           f"{x['cudnn_benchmark']}; commit {x['git_commit']}" + (" (TINY stand-ins)" if x["tiny"] else "")
+           for x in rows("torch", "preflight")]
+    out += _table(["model", "GMAC/img", "batch", "peak memory (GiB), full bf16 step"],
+                  [[x["model"], _fmt(x.get("gmac_per_img"), ".4g"), str(x["batch"]),
+                    x.get("skipped") or ("OOM" if x["oom"] else _fmt(x["peak_gib"], ".2f"))]
+                   for x in rows("model", "memory")])
+    out += _table(["model", "variant", "batch", "img/s", "ms/step", "first step (s)", "GMAC/img", "MFU"],
+                  [[x["model"], x["variant"], *([x["skipped"]] + [""] * 5 if "skipped" in x else
+                    [str(x["batch"]), _fmt(x["img_per_s"]), _fmt(x["step_ms"]), _fmt(x["first_step_s"], ".2f"),
+                     _fmt(x["gmac_per_img"], ".4g"), _fmt(x["mfu"], ".1%")])]
+                   for x in rows("model", "train", "train_compiled")])
+    out += ["", f"{S.FLOPS_NOTE}."]
+    out += _table(["model", "precision", "batch", "img/s", "paper it/s"],
+                  [[x["model"], x["precision"], *([x["skipped"], "", ""] if "skipped" in x else
+                    [str(x["batch"]), _fmt(x["img_per_s"]), _fmt(x["paper_its"])])]
+                   for x in rows("model", "inference")])
     out += [f"\n{x['summary']}: " + ", ".join(f"{m} {r:.2f}x" for m, r in x["ratio"].items())
             + f" (paper: {x['paper_ratio']:.2f}x, its Table 4 throughput at 256 px on its own hardware)"
-            for x in by("inference") if "summary" in x]
-    out += ["", "| model | sampler | batch | precision | s/img | FID-50K hours |", "|---|---|---|---|---|---|"]
-    out += [f"| {x['model']} | {x.get('sampler', '-')} {x.get('steps', '')} | {x.get('batch', '-')} | "
-            f"{x.get('precision', '-')} | {f(x.get('s_per_img'), '.4f')} | {f(x.get('fid50k_hours'), '.2f')} |"
-            for x in by("sampler") if "model" in x]
-    for x in by("e2e"):
-        if x.get("phase") == "resume":
-            out.append(f"\nEnd-to-end (FCDM-S, paper profile, batch {x['batch']}): {x['status']} at step "
-                       f"{x['final_step']} after a SIGTERM at step {x['stopped_at_step']} and a resume; steps/s "
-                       f"{f(x['steps_per_sec_before'], '.2f')} before, {f(x['steps_per_sec_after'], '.2f')} after "
-                       f"({f(x['after_over_before'], '.2f')}x)")
+            for x in rows("ratio", "inference")]
+    out += _table(["model", "sampler", "batch", "precision", "s/img", "FID-50K hours"],
+                  [[x["model"], *([x["skipped"], "", "", "", ""] if "skipped" in x else
+                    [f"ddpm {x['steps']}", str(x["batch"]), x["precision"], _fmt(x["s_per_img"], ".4f"),
+                     _fmt(x["fid50k_hours"], ".2f")])] for x in rows("model", "sampler")])
+    out += [f"\nEnd-to-end (FCDM-S, paper profile, batch {x['batch']}): {x['status']} at step {x['final_step']} "
+            f"after a SIGTERM at step {x['stopped_at_step']} and a resume; steps/s "
+            f"{_fmt(x['steps_per_sec_before'], '.2f')} before, {_fmt(x['steps_per_sec_after'], '.2f')} after "
+            f"({_fmt(x['after_over_before'], '.2f')}x)" for x in rows("phase", "e2e") if x["phase"] == "resume"]
     out += [f"\n**{x['section']}: {x['error'].splitlines()[0]}**" for x in lines if "error" in x]
     return "\n".join(out)
 

@@ -244,7 +244,8 @@ def main() -> None:
                    + (f" (after waiting {waited:.0f} s for it to drop below {args.max_load})" if waited else "")
                    + f", {load_after:.2f} at the end of the timed repeats (the latter includes this benchmark)\n"
                    "- Work: smoke config (FCDM width 32, depths [1,1,2,1,1], flow, digits 8x8, batch 64, AdamW, "
-                   f"grad clip 1.0, EMA with warm-up), one process on {device.type}; trainer with eval.at=[], eval.metrics=[], "
+                   f"grad clip 1.0, EMA with warm-up), one process on {device.type}; trainer with eval.at=[], "
+                   "eval.metrics=[], "
                    "only the final checkpoint, log.every 10. Trainer timed by MLflow metric timestamps "
                    "(steady-state loop incl. its MLflow writes); bare loop by perf_counter over the same steps.\n\n"
                    + body + "\n")
