@@ -53,7 +53,7 @@ def write_config(work: Path, data: Path, e) -> Path:
     cfg["name"] = "gpu-e2e"
     cfg["model"] = {"name": "FCDM-S", "args": dict(e.model_args)}
     cfg["data"].update(path=str(data), image_size=e.size, num_classes=e.classes)
-    cfg["train"].update(steps=e.steps, batch_size=e.batch, mixed_precision=e.mixed_precision)
+    cfg["train"].update(steps=e.steps, batch_size=e.batch)  # mixed_precision: bf16, as paper.yaml
     cfg["eval"].update(at=[], metrics=[], vae=None, reference=None, sampling_steps=e.sampling_steps,
                        grid_per_class=1, batch_size=16)
     cfg["log"].update(every=e.log_every, checkpoint_every=e.checkpoint_every)

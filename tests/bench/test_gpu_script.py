@@ -1,5 +1,5 @@
 """bench/gpu.py --cpu --tiny: the prepared GPU run executes every section on the CPU, with tiny stand-in
-models, before a GPU is ever used. Everything but its CUDA-only calls runs here (about 30-50 s on one core,
+models, before a GPU is ever used. Everything but its CUDA-only calls runs here (about 25 s on one core,
 most of it the three CLI processes of the end-to-end section)."""
 import json
 import os
