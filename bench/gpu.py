@@ -182,7 +182,8 @@ def tables(lines: list[dict]) -> str:
     def rows(key: str, *sections: str) -> list[dict]:
         return [x for x in lines if x["section"] in sections and key in x]
 
-    out = [f"{x['gpu']} ({x['gpu_memory_gib']} GiB); torch {x['torch']}, CUDA {x['cuda']}, cuDNN {x['cudnn']}, "
+    out = [f"{x['gpu']}" + (f" ({x['gpu_memory_gib']} GiB)" if x["gpu_memory_gib"] else "")
+           + f"; torch {x['torch']}, CUDA {x['cuda']}, cuDNN {x['cudnn']}, "
            f"accelerate {x['accelerate']}; defaults: matmul TF32 {x['matmul_allow_tf32']}, cuDNN TF32 "
            f"{x['cudnn_allow_tf32']}, float32 matmul precision {x['float32_matmul_precision']!r}, cudnn.benchmark "
            f"{x['cudnn_benchmark']}; commit {x['git_commit']}" + (" (TINY stand-ins)" if x["tiny"] else "")
