@@ -8,6 +8,13 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+# Dense bf16 tensor-core peak in TFLOP/s by GPU name; the first key found in the name wins (PCIe before SXM).
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def peak_bf16_tflops(gpu_name: str) -> float | None:
+    """The dense bf16 peak of a GPU from its name (torch.cuda.get_device_name()), or None if unknown."""
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu_name), None)
 
 
 def add_common_args(parser) -> None:

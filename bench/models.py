@@ -9,12 +9,14 @@ mode, loss = mean(output ** 2). CPU: batch 8. CUDA: batch 32 under bf16 autocast
 spread drift; the table gives the median over repeats. Peak memory is measured per model in a fresh
 spawned process: on CPU the peak RSS (VmHWM from /proc/self/status, reset after the model and inputs
 were built) minus the RSS at that point (so it counts gradients, activations and allocator slack, not weights); on CUDA
-torch.cuda.max_memory_allocated (everything, weights included). --record appends a dated section to
-bench/RESULTS.md.
+torch.cuda.max_memory_allocated (everything, weights included). A worker that dies (killed for memory,
+a crash) or runs past --memory-timeout gives no number: its cell says so and the benchmark goes on.
+--record appends a dated section to bench/RESULTS.md.
 """
 import argparse
 import datetime
 import multiprocessing as mp
+import queue as queue_module
 import statistics
 import sys
 import time
@@ -22,14 +24,13 @@ from contextlib import nullcontext
 
 import psutil
 import torch
-from _common import RESULTS, load1, machine, record
+from _common import RESULTS, load1, machine, peak_bf16_tflops, record
 
 from fcdm.models import create_model
 from fcdm.models.flops import preset_gflops
 
 PAIRS = {"cpu": ("FCDM-S", "DiT-S/2"), "cuda": ("FCDM-XL", "DiT-XL/2")}
 DEFAULTS = {"cpu": dict(batch=8, warmup=2, iters=3, repeats=6), "cuda": dict(batch=32, warmup=10, iters=20, repeats=6)}
-PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, first match wins
 
 
 def make_inputs(batch: int, n: int, device: str, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
@@ -82,14 +83,31 @@ def vm_hwm() -> int:
     return int(line.split()[1]) * 1024
 
 
-def peak_memory(name: str, device: str, batch: int) -> int:
+def peak_memory(name: str, device: str, batch: int, timeout: float = 900.0) -> int | str:
+    """Peak memory (bytes) of `name` from a fresh spawned worker, or why there is none: the worker died
+    without a result (its exit code: -9 is the kernel's OOM killer, 1 an exception on its stderr), or it
+    ran past `timeout` seconds and was killed."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=memory_worker, args=(name, device, batch, torch.get_num_threads(), queue))
     proc.start()
-    result = queue.get()
-    proc.join()
-    return result
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                return queue.get(timeout=1.0)
+            except queue_module.Empty:
+                pass
+            if proc.exitcode is not None:
+                try:  # a result put just before a normal exit may still be on its way
+                    return queue.get(timeout=5.0)
+                except queue_module.Empty:
+                    return f"worker died (exit code {proc.exitcode})"
+            if time.monotonic() > deadline:
+                proc.kill()
+                return f"worker killed after {timeout:.0f} s"
+    finally:
+        proc.join(timeout=30)
 
 
 def throughput(names, device: str, batch: int, warmup: int, iters: int, repeats: int) -> dict[str, list[float]]:
@@ -116,10 +134,7 @@ def throughput(names, device: str, batch: int, warmup: int, iters: int, repeats:
 
 
 def peak_tflops(flag: float | None) -> float | None:
-    if flag:
-        return flag
-    gpu = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
+    return flag or peak_bf16_tflops(torch.cuda.get_device_name())
 
 
 def bench(device: str, args) -> tuple[str, str]:
@@ -127,7 +142,10 @@ def bench(device: str, args) -> tuple[str, str]:
     cfg = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in DEFAULTS[device].items()}
     names = PAIRS[device]
     print(f"[{device}] {names[0]} vs {names[1]}, {cfg}", file=sys.stderr)
-    mem = {n: peak_memory(n, device, cfg["batch"]) for n in names}  # first, while this process is small
+    mem = {n: peak_memory(n, device, cfg["batch"], args.memory_timeout) for n in names}  # while this process is small
+    for n, m in mem.items():
+        if isinstance(m, str):
+            print(f"  peak memory of {n}: {m}; no number for it", file=sys.stderr)
     rates = throughput(names, device, cfg["batch"], cfg["warmup"], cfg["iters"], cfg["repeats"])
     peak = peak_tflops(args.peak_tflops) if device == "cuda" else None
     mem_col = "peak RSS increase (MiB)" if device == "cpu" else "max_memory_allocated (MiB)"
@@ -137,8 +155,9 @@ def bench(device: str, args) -> tuple[str, str]:
         med, g = statistics.median(rates[n]), preset_gflops(n, 256)
         mfu = f"{g * 1e9 * 2 * 3 * med / (peak * 1e12):.1%}" if peak else "-"
         where = "CPU fp32" if device == "cpu" else f"{torch.cuda.get_device_name()} bf16 autocast"
+        mib = f"{mem[n] / 2**20:.0f}" if isinstance(mem[n], int) else mem[n]  # or why the worker gave none
         rows.append(f"| {n} | {where} | {cfg['batch']} | {g:.2f} | {med:.2f} ({min(rates[n]):.2f}-{max(rates[n]):.2f}) "
-                    f"| {mfu} | {mem[n] / 2**20:.0f} |")
+                    f"| {mfu} | {mib} |")
     ratio = statistics.median(rates[names[0]]) / statistics.median(rates[names[1]])
     summary = (f"Throughput ratio {names[0]} / {names[1]}: **{ratio:.2f}x** (median of {cfg['repeats']} repeats "
                f"x {cfg['iters']} timed steps after {cfg['warmup']} warm-up steps; threads: {torch.get_num_threads()}"
@@ -156,6 +175,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, help="interleaved repeats; the median is reported (default 6)")
     p.add_argument("--peak-tflops", type=float, help="GPU peak dense bf16 TFLOP/s for MFU "
                    "(default from the device name: H100 SXM 989, H100 PCIe 756, H200 989, A100 312)")
+    p.add_argument("--memory-timeout", type=float, default=900.0,
+                   help="seconds a memory worker may run before it is killed (default 900)")
     p.add_argument("--record", action="store_true", help=f"append a dated section to {RESULTS}")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

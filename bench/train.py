@@ -5,7 +5,9 @@
 
 Both sides train the smoke config (ablations/configs/smoke.yaml: FCDM width 32, depths [1,1,2,1,1],
 flow matching, digits 8x8, batch 64, AdamW lr 1e-3, grad clip 1.0, EMA 0.999 with warm-up) for
-`--steps` steps, one process, on this machine's CPU threads:
+`--steps` steps, one process, on one device (`--device`: auto = CUDA when available, else the CPU's
+threads; `--device cpu` hides CUDA from this process, so the trainer, which takes the GPU whenever it sees
+one, runs on the CPU too):
 
 - trainer: `fcdm.train.train(cfg, store=tmpdir, progress=False)` with `eval.at=[]` (no eval steps),
   `eval.metrics=[]`, `log.checkpoint_every=10**9` (only the final checkpoint), `log.every` 10 (default),
@@ -13,7 +15,8 @@ flow matching, digits 8x8, batch 64, AdamW lr 1e-3, grad clip 1.0, EMA 0.999 wit
 - bare: the same model (`build_model`), objective (`build_objective`), batches (the same
   `StepBatchSampler` index lists, gathered by plain tensor indexing instead of a DataLoader),
   AdamW (same lr, betas, weight decay), `torch.nn.utils.clip_grad_norm_`, and EMA update
-  (`update_ema(ema, model, ema_decay(cfg, step))`), seeded the same; no logging, no reduce, no `.item()`.
+  (`update_ema(ema, model, ema_decay(cfg, step))`), seeded the same, on the trainer's device; no
+  logging, no reduce, no `.item()` (on CUDA its timing synchronises at both ends instead).
 
 Timing window: steps `--skip`+1 .. `--steps` (default 11..300) of each run. For the trainer it is read
 back from MLflow: every `log.every` steps the trainer logs `loss` with a wall-clock timestamp (ms) taken
@@ -29,7 +32,8 @@ untimed warm-up of each; the table gives medians, and overhead % = (bare / train
 `--breakdown` also times, in isolation (median of 2000 calls, in microseconds), what the trainer does per
 step that the bare loop does not: the DataLoader batch vs tensor indexing, the single-process
 `accelerator.reduce` + two `.item()`s, the `AcceleratedOptimizer` step vs the raw one, and one MLflow
-`log_metrics` write (made every `log.every` steps).
+`log_metrics` write (made every `log.every` steps). Its Accelerator is made for the device the trainer
+used: accelerate's state is per process, and asking for `cpu=True` after a CUDA trainer is a ValueError.
 
 Before timing (and with --record) the script waits while the 1-minute load average is above
 `--max-load` (checks every 30 s, up to `--max-wait` s) and records the load it saw.
@@ -37,6 +41,7 @@ Before timing (and with --record) the script waits while the 1-minute load avera
 import argparse
 import copy
 import datetime
+import os
 import statistics
 import sys
 import tempfile
@@ -83,31 +88,38 @@ def time_trainer(cfg, store: str, skip: int) -> dict:
     return {"rate": rate, "own": own, "wall": wall}
 
 
-def time_bare(cfg, steps: int, skip: int) -> float:
-    """The same training in a bare loop; steps/s over steps skip+1..steps."""
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_bare(cfg, steps: int, skip: int, device: torch.device) -> float:
+    """The same training in a bare loop on `device`; steps/s over steps skip+1..steps."""
     dataset = build_dataset(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, dataset)
+    model = build_model(cfg, dataset).to(device)
     objective = build_objective(cfg)
     ema = copy.deepcopy(model).float().requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                             betas=cfg.train.betas)
     torch.manual_seed(cfg.seed * 1_000_003)
-    images, labels = dataset.images, dataset.labels
+    images, labels = dataset.images.to(device), dataset.labels.to(device)
     batches = StepBatchSampler(len(dataset), cfg.train.batch_size, 0, 1, cfg.seed, 0, steps)
     model.train()
     t0 = None
     for step, idx in enumerate(batches):
         if step == skip:
+            sync(device)
             t0 = time.perf_counter()
         x, y = images[idx], labels[idx]
-        t = objective.sample_t(len(x))
+        t = objective.sample_t(len(x), device=device)
         loss = objective.training_losses(lambda xt, tt: model(xt, tt, y), x, t)["loss"].mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         update_ema(ema, model, ema_decay(cfg, step))
+    sync(device)
     return (steps - skip) / (time.perf_counter() - t0)
 
 
@@ -123,37 +135,37 @@ def micro(fn, n: int = 2000) -> float:
     return statistics.median(times) * 1e6
 
 
-def breakdown(cfg, store: str) -> list[tuple[str, float]]:
-    """Per-call cost (us) of what the trainer adds per step, measured in isolation."""
+def breakdown(cfg, store: str, device: torch.device) -> list[tuple[str, float]]:
+    """Per-call cost (us) of what the trainer adds per step, measured in isolation on the trainer's device."""
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
     from fcdm.store.tracking import Tracker
 
-    acc = Accelerator(cpu=True)
+    acc = Accelerator(cpu=device.type == "cpu")  # the trainer's choice: accelerate's state cannot change device
     dataset = build_dataset(cfg)
     sampler = StepBatchSampler(len(dataset), cfg.train.batch_size, 0, 1, cfg.seed, 0, 10**7)
     loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=0, generator=torch.Generator().manual_seed(0)))
     idx_iter = iter(sampler)
     out = [("DataLoader batch of 64 (per-item __getitem__ + collate)", micro(lambda: next(loader))),
            ("tensor indexing of the same batch (bare loop)", micro(lambda: (lambda i: (dataset.images[i], dataset.labels[i]))(next(idx_iter))))]
-    loss = torch.tensor(0.5)
+    loss = torch.tensor(0.5, device=device)
 
     def reduce_item():
-        packed = acc.reduce(torch.stack([loss.detach().float(), torch.tensor(0.0)]), reduction="sum")
+        packed = acc.reduce(torch.stack([loss.detach().float(), torch.tensor(0.0, device=device)]), reduction="sum")
         return packed[0].item(), int(packed[1].item())
     out.append(("accelerator.reduce(stack of 2) + 2 x .item(), one process", micro(reduce_item)))
     torch.manual_seed(0)
-    model = build_model(cfg, dataset)
+    model = build_model(cfg, dataset).to(device)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     raw = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    out.append(("torch AdamW.step (bare loop)", micro(raw.step, 500)))
-    model2 = build_model(cfg, dataset)
+    out.append(("torch AdamW.step (bare loop)", micro(lambda: (raw.step(), sync(device)), 500)))
+    model2 = build_model(cfg, dataset).to(device)
     for p in model2.parameters():
         p.grad = torch.zeros_like(p)
     _, wrapped = acc.prepare(model2, torch.optim.AdamW(model2.parameters(), lr=cfg.train.lr))
-    out.append(("AcceleratedOptimizer.step (trainer)", micro(wrapped.step, 500)))
+    out.append(("AcceleratedOptimizer.step (trainer)", micro(lambda: (wrapped.step(), sync(device)), 500)))
     tracker = Tracker(Path(store))
     tracker.open(trainer_config(20, 999, 10), tags={})
     step = iter(range(10**7))
@@ -172,8 +184,15 @@ def main() -> None:
                    "a multiple of log.every (default 10)")
     p.add_argument("--every", type=int, default=10, help="log.every of the trainer (default 10, the config's)")
     p.add_argument("--breakdown", action="store_true", help="also time the trainer's per-step extras in isolation")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where both sides train (default auto: CUDA when available, else the CPU)")
     add_common_args(p)
     args = p.parse_args()
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before CUDA is first queried: the trainer then sees no GPU
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch.cuda.is_available() is False")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     load_before, waited = wait_for_load(args.max_load, args.max_wait)
     started = datetime.datetime.now().astimezone()
@@ -181,7 +200,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as store:
         # Warm-up (untimed): creates the MLflow database and touches every code path once.
         time_trainer(trainer_config(args.skip + 2 * args.every, 1000, args.every), store, args.skip)
-        time_bare(trainer_config(args.skip + 20, 1000, args.every), args.skip + 20, args.skip)
+        time_bare(trainer_config(args.skip + 20, 1000, args.every), args.skip + 20, args.skip, device)
         for r in range(args.repeats):
             cfg = trainer_config(args.steps, r, args.every)
             for side in (("trainer", "bare") if r % 2 == 0 else ("bare", "trainer")):
@@ -191,11 +210,11 @@ def main() -> None:
                     print(f"  repeat {r + 1}/{args.repeats} trainer: {res['rate']:.2f} steps/s "
                           f"(own steps_per_sec {res['own']:.2f}, train() wall {res['wall']:.2f} s)", file=sys.stderr)
                 else:
-                    rate = time_bare(cfg, args.steps, args.skip)
+                    rate = time_bare(cfg, args.steps, args.skip, device)
                     runs["bare"].append({"rate": rate})
                     print(f"  repeat {r + 1}/{args.repeats} bare:    {rate:.2f} steps/s", file=sys.stderr)
         load_after = load1()
-        extras = breakdown(trainer_config(args.steps, 0, args.every), store) if args.breakdown else []
+        extras = breakdown(trainer_config(args.steps, 0, args.every), store, device) if args.breakdown else []
 
     med = {k: statistics.median(x["rate"] for x in v) for k, v in runs.items()}
     own = statistics.median(x["own"] for x in runs["trainer"])
@@ -225,7 +244,8 @@ def main() -> None:
                    + (f" (after waiting {waited:.0f} s for it to drop below {args.max_load})" if waited else "")
                    + f", {load_after:.2f} at the end of the timed repeats (the latter includes this benchmark)\n"
                    "- Work: smoke config (FCDM width 32, depths [1,1,2,1,1], flow, digits 8x8, batch 64, AdamW, "
-                   "grad clip 1.0, EMA with warm-up), one process; trainer with eval.at=[], eval.metrics=[], "
+                   f"grad clip 1.0, EMA with warm-up), one process on {device.type}; trainer with eval.at=[], "
+                   "eval.metrics=[], "
                    "only the final checkpoint, log.every 10. Trainer timed by MLflow metric timestamps "
                    "(steady-state loop incl. its MLflow writes); bare loop by perf_counter over the same steps.\n\n"
                    + body + "\n")
