@@ -13,6 +13,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from fcdm.errors import ConfigError
+from fcdm.models.registry import family_of, preset_kwargs, resolve_kwargs
 
 if TYPE_CHECKING:
     from fcdm.config.schema import RunConfig
@@ -60,8 +61,6 @@ def model_kwargs(cfg: RunConfig, dataset=None) -> dict:
     dataset: only for checkpoints of older versions whose stored config does not declare the data shape;
     anything with `channels`, `image_size` and `num_classes` attributes.
     """
-    from fcdm.models import family_of, preset_kwargs  # torch, as below
-
     channels, size, _ = cfg.data_shape
     num_classes = cfg.num_classes
     if dataset is not None:
@@ -81,8 +80,6 @@ def resolved_model_kwargs(cfg: RunConfig) -> dict:
     constructor's signature defaults for the rest, so an explicit default and an omitted one are equal.
     Needs no dataset. Raises ConfigError for an argument the family does not take.
     """
-    from fcdm.models import resolve_kwargs  # the model families import torch: only when a hash is asked for
-
     try:
         return canonical(resolve_kwargs(cfg.model.name, model_kwargs(cfg)))
     except ValueError as e:

@@ -15,7 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fcdm.config.identity import canonical, digest, flatten, resolved_model_kwargs
+from fcdm.diffusion import SAMPLERS
 from fcdm.errors import DataError
+from fcdm.models.registry import check_model_args, family_of
 
 # Bump whenever a code default that changes the trained weights changes (a model or objective default,
 # the data split, the flip RNG), so a new default never attaches to an old run's checkpoints.
@@ -117,8 +119,6 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        from fcdm.diffusion import SAMPLERS  # torch: imported on first validation, not at `import fcdm.config`
-
         d, o = self.data, self.objective
         if d.name != "digits" and not d.path:
             raise ValueError(f"data.path is required for data.name={d.name!r}: point it at the latents "
@@ -152,8 +152,6 @@ class RunConfig(_Section):
             raise ValueError(f"eval.cfg_scale={self.eval.cfg_scale:g} needs a class-conditional model, but "
                              f"model.args.conditioning={self.model.args['conditioning']!r} has no class input, so "
                              "guidance would only double the sampling cost; set eval.cfg_scale: 1.0")
-        from fcdm.models import check_model_args  # torch, as above
-
         check_model_args(self.model.name, self.model.args)
         return self
 
@@ -225,7 +223,6 @@ class RunConfig(_Section):
         missing files raise fcdm.data.DataError; `try_hash` answers None instead.
         """
         from fcdm.data.identity import data_identity  # numpy: only when a hash is asked for
-        from fcdm.models import family_of  # the model families import torch: only when a hash is asked for
 
         d = self.data
         return canonical({

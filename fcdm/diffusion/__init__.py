@@ -11,18 +11,24 @@ guidance (`guidance`), and the registry below that builds an objective by name.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
-from fcdm.diffusion.common import ModelFn
-from fcdm.diffusion.flow import FlowMatching
-from fcdm.diffusion.gaussian import GaussianDiffusion, linear_beta_schedule
-from fcdm.diffusion.guidance import guided_model_fn
-from fcdm.diffusion.respace import respace, space_timesteps
+    from fcdm.diffusion.common import ModelFn
+    from fcdm.diffusion.flow import FlowMatching
+    from fcdm.diffusion.gaussian import GaussianDiffusion
+
+# The objectives and samplers import torch: they load on first use (PEP 562), so SAMPLERS (which the
+# configuration checks) imports in milliseconds.
+_LAZY = {"ModelFn": "common", "FlowMatching": "flow", "GaussianDiffusion": "gaussian",
+         "linear_beta_schedule": "gaussian", "guided_model_fn": "guidance", "respace": "respace",
+         "space_timesteps": "respace"}
 
 __all__ = [
     "FlowMatching",
@@ -39,16 +45,28 @@ __all__ = [
     "space_timesteps",
 ]
 
-OBJECTIVES = {"ddpm": GaussianDiffusion, "flow": FlowMatching}
 # Which samplers each objective allows, keyed by objective name.
 SAMPLERS = {"ddpm": ("ddpm", "ddim"), "flow": ("euler", "euler-sde")}
 
 
+def __getattr__(name: str):
+    if name == "OBJECTIVES":  # objective name -> class
+        return {"ddpm": __getattr__("GaussianDiffusion"), "flow": __getattr__("FlowMatching")}
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"fcdm.diffusion.{_LAZY[name]}"), name)
+        # Importing a submodule binds it on this package under its own name: `respace` the module would
+        # then shadow `respace` the function. Bind the name asked for, after that import.
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fcdm.diffusion' has no attribute {name!r}")
+
+
 def objective_arguments(name: str) -> list[str]:
     """The keyword arguments ``create_objective(name, ...)`` takes (the objective's settings)."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; allowed values are {sorted(OBJECTIVES)}.")
-    params = inspect.signature(OBJECTIVES[name].__init__).parameters.values()
+    objectives = __getattr__("OBJECTIVES")
+    if name not in objectives:
+        raise ValueError(f"unknown objective {name!r}; allowed values are {sorted(objectives)}.")
+    params = inspect.signature(objectives[name].__init__).parameters.values()
     # betas / timestep_map are respacing internals, not settings.
     return [p.name for p in params if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
 
@@ -67,7 +85,7 @@ def create_objective(name: str, **kwargs: Any) -> GaussianDiffusion | FlowMatchi
     if unknown:
         raise ValueError(f"objective {name!r} does not take {', '.join(unknown)}; "
                          f"allowed arguments: {', '.join(allowed)}.")
-    return OBJECTIVES[name](**kwargs)
+    return __getattr__("OBJECTIVES")[name](**kwargs)
 
 
 def sample(
@@ -88,6 +106,8 @@ def sample(
     evaluation); "euler" / "euler-sde" integrate the flow from noise to data. Both clip the predicted
     clean data to [-1, 1] when the objective was built with ``clip_x0=True``.
     """
+    objectives = __getattr__("OBJECTIVES")  # heavy: torch, only when sampling (and never the bare submodules)
+    GaussianDiffusion, FlowMatching, respace = objectives["ddpm"], objectives["flow"], __getattr__("respace")
     kind = "ddpm" if isinstance(objective, GaussianDiffusion) else "flow" \
         if isinstance(objective, FlowMatching) else None
     if kind is None:

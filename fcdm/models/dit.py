@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from fcdm.models.fcdm import LABEL_DROPOUT_TYPES
 from fcdm.models.layers import LabelEmbedder, TimestepEmbedder, guided_forward, modulate, zero_init
+from fcdm.models.registry import check_dit_arguments
 
 #################################################################################
 #                        Patch embedding, attention and MLP                     #
@@ -104,14 +104,7 @@ class DiT(nn.Module):
                  num_classes: int = 1000, learn_sigma: bool = True, gradient_checkpointing: bool = False,
                  label_dropout: str = "per-level"):
         super().__init__()
-        if label_dropout not in LABEL_DROPOUT_TYPES:
-            raise ValueError(f"label_dropout={label_dropout!r} is not supported; allowed values: "
-                             f"{', '.join(map(repr, LABEL_DROPOUT_TYPES))}")
-        if input_size % patch_size:
-            raise ValueError(f"input_size={input_size} is not divisible by patch_size={patch_size}; "
-                             "choose a patch size that divides the latent resolution")
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
+        check_dit_arguments(label_dropout, input_size, patch_size, hidden_size, num_heads)
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels

@@ -2,8 +2,8 @@
 
 Layout, initialisation and parameter names follow the public release (star-kwon/FCDM
 `models/fcdm_models.py`), so its checkpoints load with `load_state_dict(strict=True)`.
-Every choice the ablations vary is a constructor argument (README, "Models"); the presets and the
-registry that builds them by name live in fcdm.models.
+Every choice the ablations vary is a constructor argument (README, "Models"); the presets, the allowed
+values and their checks live in fcdm.models.registry, and fcdm.models builds a preset by name.
 """
 import torch
 import torch.nn as nn
@@ -17,46 +17,7 @@ from fcdm.models.layers import (
     modulate,
     zero_init,
 )
-
-# How the conditioning vector enters a block; "unconditional" is adaLN-Zero on the timestep alone,
-# with no class input anywhere (the model generates unconditionally, and guidance does not apply).
-CONDITIONING_TYPES = ("adaln-zero", "adaln", "additive", "unconditional")
-BLOCK_CONDITIONING = ("adaln-zero", "adaln", "additive")
-# "per-level": each level's label embedder drops labels on its own (the public release); "joint": one
-# draw per sample drops the label at every level together (see FCDM.joint_drop_ids).
-LABEL_DROPOUT_TYPES = ("per-level", "joint")
-
-
-def _check_choice(name: str, value, allowed) -> None:
-    if name == "conditioning" and value == "none":
-        raise ValueError("conditioning='none' is now called 'unconditional' (no class input at all: "
-                         "unconditional generation, blocks use adaLN-Zero on the timestep alone); allowed "
-                         f"values: {', '.join(map(repr, allowed))}")
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(repr, allowed))}")
-
-
-def _check_arguments(conditioning: str, label_dropout: str, class_dropout_prob: float, kernel_size: int,
-                     depth, hidden_size: int, mlp_ratio: float) -> None:
-    """ValueError naming the allowed values for an FCDM constructor argument outside them."""
-    _check_choice("conditioning", conditioning, CONDITIONING_TYPES)
-    _check_choice("label_dropout", label_dropout, LABEL_DROPOUT_TYPES)
-    if not 0.0 <= class_dropout_prob < 1.0:
-        raise ValueError(f"class_dropout_prob={class_dropout_prob!r} is not supported; allowed values: "
-                         "0 <= p < 1 (0 trains no null class, so guidance is unavailable)")
-    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size={kernel_size!r} is not supported; allowed values: odd integers >= 1 "
-                         "(3, 5, 7, ...) so that padding k//2 keeps the resolution")
-    depth = list(depth)
-    if len(depth) != 5 or not all(isinstance(d, int) and d >= 0 for d in depth):
-        raise ValueError(f"depth={depth!r} is not supported; allowed values: five non-negative integers "
-                         "[enc1, enc2, mid, dec2, dec1], e.g. [2, 4, 8, 4, 2]")
-    if hidden_size < 1 or hidden_size % 4:
-        raise ValueError(f"hidden_size={hidden_size!r} is not supported; allowed values: positive multiples "
-                         "of 4 (the downsampling conv produces out_width/4 channels)")
-    if mlp_ratio <= 0:
-        raise ValueError(f"mlp_ratio={mlp_ratio!r} is not supported; allowed values: > 0")
-
+from fcdm.models.registry import BLOCK_CONDITIONING, check_choice, check_fcdm_arguments
 
 #################################################################################
 #                                 Core FCDM layers                              #
@@ -87,7 +48,7 @@ class FCDMBlock(nn.Module):
     def __init__(self, dim: int, cond_dim: int, mlp_ratio: float = 3.0, kernel_size: int = 7,
                  grn: bool = True, conditioning: str = "adaln-zero"):
         super().__init__()
-        _check_choice("conditioning", conditioning, BLOCK_CONDITIONING)
+        check_choice("conditioning", conditioning, BLOCK_CONDITIONING)
         self.conditioning = conditioning
         hidden = int(dim * mlp_ratio)
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=kernel_size, padding=kernel_size // 2, groups=dim)
@@ -182,7 +143,8 @@ class FCDM(nn.Module):
                  class_dropout_prob: float = 0.1, num_classes: int = 1000, learn_sigma: bool = True,
                  gradient_checkpointing: bool = False, label_dropout: str = "per-level"):
         super().__init__()
-        _check_arguments(conditioning, label_dropout, class_dropout_prob, kernel_size, depth, hidden_size, mlp_ratio)
+        check_fcdm_arguments(conditioning, label_dropout, class_dropout_prob, kernel_size, depth, hidden_size,
+                             mlp_ratio)
         depth = list(depth)
         self.in_channels = in_channels
         self.learn_sigma = learn_sigma

@@ -46,7 +46,7 @@ def plan_rows(jobs: Sequence[Job], store: str | Path | None = None) -> list[dict
         target = cfg.log.tags.get("fcdm.flops_target")
         rows.append({"name": job.name, "seed": job.seed, "hash": h, "variant": job.variant or "", "axes": job.axes,
                      "params": c.params, "gflops": c.gflops,
-                     # fcdm.models.flops.training_gflops (forward + ~2x backward per image), inlined: it imports torch
+                     # fcdm.models.flops.training_gflops (forward + ~2x backward per image), inlined: that module counts with torch
                      "train_gflops": c.gflops * 3 * cfg.train.batch_size * cfg.train.steps,
                      "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
                      "flops_target": float(target) if target else None,

@@ -22,6 +22,7 @@ from fcdm.config import ConfigError, merge, resolved_model_kwargs, validate_conf
 from fcdm.spec.errors import SpecError, show
 from fcdm.spec.job import TAG_AXES, TAG_FLOPS_TARGET, TAG_JOB, TAG_PROFILE, TAG_SPEC, TAG_VARIANT, Job
 from fcdm.spec.load import Spec, load_spec, resolve_profile
+from fcdm.spec.matching import NoFit, cost, solve
 from fcdm.spec.sections import nest, parse_sets
 from fcdm.spec.view import MatchFlops, ProfileView, Variant, lookup, matches
 
@@ -187,8 +188,6 @@ class _Matcher:
         return self.view.origin(key, p.variant)
 
     def cost(self, cfg, data: dict, p: _Point, name: str, where: str | None = None):
-        from fcdm.spec.matching import cost  # torch (fcdm.models): `import fcdm.spec` stays light for the runner
-
         try:
             return cost(cfg)
         except ValueError as e:
@@ -215,8 +214,6 @@ class _Matcher:
 
     def match(self, cfg, data: dict, p: _Point, name: str):
         """cfg costed, with match_flops applied (the solved key re-set and the config re-validated)."""
-        from fcdm.spec.matching import NoFit, solve  # torch (fcdm.models), as in cost
-
         mf = self.view.matching(p.variant)
         try:
             self.cost(cfg, data, p, name)

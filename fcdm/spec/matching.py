@@ -3,8 +3,7 @@
     cost(cfg)                                    # Cost(params, gflops), cached per architecture
     solve(cfg, "model.args.hidden_size", 48.23)  # Solution(value, gflops, kept) within 2 %, or NoFit
 
-The numbers come from fcdm.models.costs (closed forms in DiT's FLOPs convention); importing this module
-imports the model families (torch), so fcdm.spec.expansion imports it only when it costs jobs.
+The numbers come from fcdm.models.costs (closed forms in DiT's FLOPs convention, no torch).
 
 Matching rule: a job already within `tolerance` of the target keeps its value (so the spec's default
 configuration stays the very run other specs train); otherwise the valid value whose GFLOPs are closest
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fcdm.config import RunConfig, resolved_model_kwargs
-from fcdm.models import family_of
+from fcdm.models.registry import family_of
 from fcdm.models.costs import Cost, architecture_cost, architecture_gflops
 
 MAX_VALUE = 1 << 16  # largest width (or other solved integer) the bisection considers
