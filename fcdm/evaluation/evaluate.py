@@ -74,8 +74,10 @@ def check_ready(cfg: RunConfig, proto: Protocol, cache_dir: Path) -> None:
 # -- during training -----------------------------------------------------------------------------
 
 def evaluate_in_training(accelerator, tracker, cfg: RunConfig, protocol, ema: nn.Module, objective, shape,
-                         num_classes: int, step: int, store: Path) -> None:
-    """Every process samples its share; the main process measures and logs at this training step."""
+                         num_classes: int, step: int, store: Path) -> dict[str, float]:
+    """Every process samples its share; the main process measures and logs at this training step, and
+    returns the metrics as logged ({} on the other processes)."""
+    logged: dict[str, float] = {}
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     conditional = not is_unconditional(cfg)
     with preserved_rng():
@@ -87,8 +89,9 @@ def evaluate_in_training(accelerator, tracker, cfg: RunConfig, protocol, ema: nn
             images, labels = gather_samples(shares, cfg.eval.batch_size)
             values = measure(images, labels if conditional else None, proto, cfg.eval.metrics, store / "cache",
                              cfg.eval.fid_weights)
-            log_evaluation(tracker, proto, values, step, shape[0])
+            logged = log_evaluation(tracker, proto, values, step, shape[0])
     accelerator.wait_for_everyone()
+    return logged
 
 
 def log_sample_grid(tracker, cfg: RunConfig, ema: nn.Module, objective, shape, num_classes: int,

@@ -231,6 +231,11 @@ def architecture_gflops(name: str, kwargs: dict[str, Any], shape: tuple[int, int
     return _gflops(name, _key(kwargs), tuple(shape))
 
 
+def training_gflops(gflops_per_forward: float, batch_size: int, steps: int) -> float:
+    """Training compute in GFLOPs: forward + backward (about 2x forward) per image, times batch, times steps."""
+    return gflops_per_forward * 3 * batch_size * steps
+
+
 def clear_caches() -> None:
     """Forget every cached cost (for timing the cold path)."""
     _cost.cache_clear()

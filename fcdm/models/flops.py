@@ -16,6 +16,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 
 from fcdm.models import create_model, family_of
+from fcdm.models.costs import training_gflops  # noqa: F401  (defined with the closed forms: torch-free)
 
 VAE_DOWNSAMPLE = 8  # SD-VAE maps 256 px images to 32 x 32 latents
 
@@ -115,8 +116,3 @@ def preset_gflops(name: str, resolution: int = 256, latent_channels: int = 4) ->
     """GFLOPs of a preset on SD-VAE latents of a `resolution` px image."""
     size = resolution // VAE_DOWNSAMPLE
     return config_gflops(name, (latent_channels, size, size))[1]
-
-
-def training_gflops(gflops_per_forward: float, batch_size: int, steps: int) -> float:
-    """Training compute in GFLOPs: forward + backward (about 2x forward) per image, times batch, times steps."""
-    return gflops_per_forward * 3 * batch_size * steps

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
+from fcdm.models.costs import training_gflops
 from fcdm.spec.job import Job
 from fcdm.spec.matching import architecture, cost
 from fcdm.store.jobs import job_status
@@ -46,8 +47,7 @@ def plan_rows(jobs: Sequence[Job], store: str | Path | None = None) -> list[dict
         target = cfg.log.tags.get("fcdm.flops_target")
         rows.append({"name": job.name, "seed": job.seed, "hash": h, "variant": job.variant or "", "axes": job.axes,
                      "params": c.params, "gflops": c.gflops,
-                     # fcdm.models.flops.training_gflops (forward + ~2x backward per image), inlined: that module counts with torch
-                     "train_gflops": c.gflops * 3 * cfg.train.batch_size * cfg.train.steps,
+                     "train_gflops": training_gflops(c.gflops, cfg.train.batch_size, cfg.train.steps),
                      "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
                      "flops_target": float(target) if target else None,
                      "status": _status(store_path, job, h)})

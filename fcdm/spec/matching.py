@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fcdm.config import RunConfig, resolved_model_kwargs
-from fcdm.models.registry import family_of
 from fcdm.models.costs import Cost, architecture_cost, architecture_gflops
+from fcdm.models.registry import family_of
 
 MAX_VALUE = 1 << 16  # largest width (or other solved integer) the bisection considers
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # job run (its study, trial number, and whether it was pruned).
 TAG_HASH, TAG_SEED, TAG_CKPT = "fcdm.config_hash", "fcdm.seed", "fcdm.checkpoint_dir"
 TAG_SPECS = "fcdm.specs"
+TAG_THREADS = "fcdm.threads"  # the CPU threads a run trained with: '1', or '1; 2 from step 212' (fcdm.train.threads)
 TAG_KIND, TAG_STUDY, TAG_TRIAL, TAG_PRUNED = "fcdm.kind", "fcdm.study", "fcdm.trial", "fcdm.pruned"
 
 

@@ -34,15 +34,16 @@ from torch.utils.data import DataLoader
 
 from fcdm.build import build_dataset, build_model, build_objective, data_info
 from fcdm.config import RunConfig
-from fcdm.config.identity import model_kwargs
+from fcdm.config.identity import resolved_model_kwargs
 from fcdm.evaluation import evaluate as ev
 from fcdm.evaluation.protocol import Protocol
-from fcdm.models.flops import config_gflops, training_gflops
+from fcdm.models.costs import architecture_cost, training_gflops
 from fcdm.store.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from fcdm.store.layout import checkpoint_dir, resolve_store
 from fcdm.store.progress import read_progress
-from fcdm.store.tracking import TAG_CKPT, Tracker
-from fcdm.train.display import ProgressBar
+from fcdm.store.tracking import TAG_CKPT, TAG_THREADS, Tracker
+from fcdm.store.trainlog import eval_line, step_line
+from fcdm.train.display import ProgressBar, TrainLog
 from fcdm.train.ledger import EvalLedger, check_identity
 from fcdm.train.state import (
     SeededItems,
@@ -55,6 +56,8 @@ from fcdm.train.state import (
     set_rng_state,
     update_ema,
 )
+from fcdm.train.threads import ThreadControl
+from fcdm.util.process import started_at
 from fcdm.util.signals import handled_signals
 
 
@@ -97,15 +100,18 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     run.open_tracking(tracking_uri)
     with handled_signals(run.request_stop, (signal.SIGINT, signal.SIGTERM)):
         bar = ProgressBar(run.main and progress, run.start, cfg.train.steps)
+        run.step_lines = not bar.shown  # the bar shows loss and rate itself
         try:
             # Evaluations a kill interrupted, each with the EMA of its own step, before the training RNG
             # is restored (so they cannot disturb it) and before training moves on.
             for at in pending:
-                run.accelerator.print(f"Evaluating step {at} first: its evaluation was interrupted")
+                run.log(f"evaluating step {at} first: its evaluation was interrupted")
                 run.evaluate(run.ema_of_step(at), at)
             run.restore_rng()
             for x, y in run.batches():
                 loss = run.train_step(x, y)
+                if run.step == run.start + 1:
+                    run.log_first_step()
                 signum = run.sync(loss)
                 bar.update(run.step, run.last_loss)
                 run.log_metrics()
@@ -140,6 +146,9 @@ class Trainer:
                                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=2))])
         self.rank, self.world, self.device = acc.process_index, acc.num_processes, acc.device
         self.main = acc.is_main_process
+        self.log = TrainLog(self.main)
+        self.step_lines = True  # a step line every log.every steps (not while a terminal bar shows them)
+        self.threads = ThreadControl(enabled=self.world == 1)  # threads the runner hands over (fcdm.train.threads)
         self.cfg, self.store = cfg, resolve_store(store)
         self.ckpt_dir = checkpoint_dir(self.store, cfg)
         self.dataset = build_dataset(cfg)  # checked against the declared data.image_size and data.num_classes
@@ -171,7 +180,7 @@ class Trainer:
             if progress.get("status") != "finished":
                 self.ledger.write(status="finished", step=cfg.train.steps, reason=None,
                                   run_id=run.info.run_id if run is not None else progress.get("run_id"))
-            self.accelerator.print(f"{cfg.name} (hash {cfg.hash}, seed {cfg.seed}) already finished; nothing to do")
+            self.log(f"{cfg.name} (hash {cfg.hash}, seed {cfg.seed}) already finished; nothing to do")
         return TrainResult(None, self.start, "SKIPPED", self.ckpt_dir, self.state.get("loss"),
                            main_process=self.main)
 
@@ -184,7 +193,8 @@ class Trainer:
             ev.check_ready(cfg, self.protocol, self.store / "cache")
         self.sampler = StepBatchSampler(len(self.dataset), cfg.train.batch_size, self.rank, self.world, cfg.seed,
                                         self.start, cfg.train.steps, with_step=True)
-        self.params, self.gflops = config_gflops(cfg.model.name, self.shape, **model_kwargs(cfg))
+        cost = architecture_cost(cfg.model.name, resolved_model_kwargs(cfg), self.shape)  # closed forms, no meta model
+        self.params, self.gflops = cost.params, cost.gflops
         self.ema = copy.deepcopy(self.model).float().requires_grad_(False).eval()
         opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                                 betas=cfg.train.betas)
@@ -200,16 +210,33 @@ class Trainer:
 
     def open_tracking(self, tracking_uri: str | None) -> None:
         """The main process opens the run's MLflow run (the same one again on resume) and progress.json."""
+        cfg = self.cfg
         if self.main:
             self.tracker = Tracker(self.store, tracking_uri)
-            self.run_id, _ = self.tracker.open(self.cfg, tags={
-                "fcdm.params": self.params, "fcdm.gflops": f"{self.gflops:.6g}", "fcdm.model": self.cfg.model.name,
-                TAG_CKPT: str(self.ckpt_dir), "fcdm.processes": self.world})
+            self.run_id, _ = self.tracker.open(cfg, tags={
+                "fcdm.params": self.params, "fcdm.gflops": f"{self.gflops:.6g}", "fcdm.model": cfg.model.name,
+                TAG_CKPT: str(self.ckpt_dir), "fcdm.processes": self.world, TAG_THREADS: self.threads.describe()})
             self.ledger.write(status="running", step=self.start, run_id=self.run_id, reason=None)
+            self.log(f"start {cfg.name} (hash {cfg.hash}, seed {cfg.seed}): {cfg.model.name} "
+                     f"{self.params / 1e6:.3g}M params, {self.gflops:.4g} GFLOPs; {cfg.train.steps} steps of batch "
+                     f"{cfg.train.batch_size}, evaluations at {self.ledger.due or 'none'}; {self.device}, "
+                     f"{self.world} process(es), {self.threads.threads} thread(s); MLflow run {self.run_id}")
             if self.state:
-                self.accelerator.print(f"Resumed {self.run_id} from {list_checkpoints(self.ckpt_dir)[-1][1]} "
-                                       f"at step {self.start}")
+                self.log(f"resumed from {list_checkpoints(self.ckpt_dir)[-1][1]} at step {self.start}")
         self.window, self.t0 = [], time.perf_counter()  # the losses (and time) since the last logged step
+
+    def log_first_step(self) -> None:
+        """How long the trainer took from its process's start to its first step."""
+        began = started_at()
+        if began is not None:
+            self.log(f"first step {time.time() - began:.2f} s after the process started")
+
+    def take_threads(self) -> None:
+        """Threads the runner handed over since the last look (fcdm.train.threads), applied and recorded."""
+        if self.threads.poll(self.step) is not None and self.main:
+            self.log(f"threads: {self.threads.threads} from step {self.step} (handed over by the runner)")
+            if self.tracker:
+                self.tracker.set_tags({TAG_THREADS: self.threads.describe()})
 
     def request_stop(self, signum: int) -> None:
         """The signal handler: checkpoint and stop after the current step."""
@@ -219,12 +246,15 @@ class Trainer:
 
     def evaluate(self, weights: nn.Module, at: int) -> None:
         """Measure and log the evaluation of step `at` with `weights`, and record it as done."""
+        self.take_threads()
+        began = time.perf_counter()
         # Looked up on the module at each call, so a test can stand in for it (a kill during an evaluation).
-        ev.evaluate_in_training(self.accelerator, self.tracker, self.cfg, self.protocol, weights, self.objective,
-                                self.shape, self.num_classes, step=at, store=self.store)
+        values = ev.evaluate_in_training(self.accelerator, self.tracker, self.cfg, self.protocol, weights,
+                                         self.objective, self.shape, self.num_classes, step=at, store=self.store)
         self.ledger.done.add(at)
         if self.main:
             self.ledger.write(step=self.step)
+            self.log(eval_line(at, self.cfg.train.steps, values or {}, time.perf_counter() - began))
 
     def ema_of_step(self, at: int) -> nn.Module:
         """The EMA weights of step `at` (from its checkpoint) in a copy of the EMA's architecture."""
@@ -295,9 +325,12 @@ class Trainer:
         self.window.append(self.last_loss)
         if self.tracker and (step % cfg.log.every == 0 or step == cfg.train.steps):
             elapsed = time.perf_counter() - self.t0
-            self.tracker.log_metrics({"loss": float(np.mean(self.window)),
-                                      "steps_per_sec": len(self.window) / elapsed, "lr": self.opt.param_groups[0]["lr"],
+            loss, rate, lr = float(np.mean(self.window)), len(self.window) / elapsed, self.opt.param_groups[0]["lr"]
+            self.tracker.log_metrics({"loss": loss, "steps_per_sec": rate, "lr": lr,
                                       "train_gflops": training_gflops(self.gflops, cfg.train.batch_size, step)}, step)
+            if self.step_lines:
+                self.log(step_line(step, cfg.train.steps, loss, rate, lr))
+            self.take_threads()
             self.window, self.t0 = [], time.perf_counter()
 
     # -- checkpoints ---------------------------------------------------------------------------------
@@ -327,16 +360,18 @@ class Trainer:
                              "scaler": scaler.state_dict() if scaler else None},
                             self.ckpt_dir, self.step, keep=cfg.log.keep_checkpoints, protect=ledger.protected())
             ledger.write(step=self.step)
+            self.log(f"checkpoint at step {self.step}: {self.ckpt_dir}")
         self.accelerator.wait_for_everyone()
 
     # -- the end -------------------------------------------------------------------------------------
 
     def record_failure(self, e: BaseException) -> None:
         """A stop by signal (KILLED) or an error (FAILED), recorded in progress.json and MLflow."""
-        if not self.tracker:
-            return
         killed = isinstance(e, (TrainingInterrupted, KeyboardInterrupt))
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+        self.log(f"{'KILLED' if killed else 'FAILED'} at step {self.step}: {reason}")
+        if not self.tracker:
+            return
         self.ledger.write(status="killed" if killed else "failed", step=self.step, reason=reason)
         if not killed:
             self.tracker.set_tags({"fcdm.failure": reason})
@@ -351,6 +386,9 @@ class Trainer:
         elif self.tracker:  # stopped early by max_steps: resumable, not finished
             self.ledger.write(status="killed", step=self.step, reason=f"stopped after max_steps={max_steps}")
             self.tracker.end("KILLED")
+        began = started_at()
+        self.log(f"{'FINISHED' if finished else f'STOPPED after max_steps={max_steps}'} at step {self.step}, loss "
+                 f"{self.last_loss:.4f}" + (f", {time.time() - began:.1f} s after the process started" if began else ""))
         self.accelerator.wait_for_everyone()
         if self.world > 1 and torch.distributed.is_initialized():
             # gloo can abort at interpreter exit with a live process group; tear it down explicitly.

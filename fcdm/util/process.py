@@ -39,3 +39,16 @@ def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subp
         return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                                 start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
+
+
+def started_at(pid: int | str = "self") -> float | None:
+    """Unix time at which process `pid` started (Linux: /proc; 10 ms resolution), None where unknown.
+
+    A forked process starts at its fork, an exec'd one at its fork too: the interpreter's own start-up
+    counts from there."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        uptime = float(open("/proc/uptime").read().split()[0])  # seconds since boot, 10 ms resolution
+        return time.time() - (uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None

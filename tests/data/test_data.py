@@ -28,6 +28,23 @@ from fcdm.data.prepare import center_crop_arr
 #                                          digits
 # --------------------------------------------------------------------------------------------
 
+def test_digits_are_read_without_importing_sklearn_and_equal_load_digits():
+    import subprocess
+    import sys
+
+    code = ("import sys; from fcdm.data.digits import _load; images, labels = _load(); "
+            "print('sklearn' in sys.modules, images.shape, images.dtype, labels.dtype)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "(1797,", "8,", "8)", "uint8", "int64"]
+    from sklearn.datasets import load_digits
+
+    from fcdm.data.digits import _load
+
+    images, labels = _load()
+    reference = load_digits()
+    assert np.array_equal(images, reference.images.astype(np.uint8)) and np.array_equal(labels, reference.target)
+
+
 
 def test_digits_splits_cover_everything_disjointly_and_deterministically():
     train, test, full = (DigitsDataset(s) for s in ("train", "test", "all"))

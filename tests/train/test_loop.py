@@ -159,6 +159,53 @@ def test_two_cpu_processes_under_accelerate_train_one_run(tmp_path):
     assert state["step"] == 20 and len(state["rng"]) == 2  # every rank's RNG state is saved
 
 
+# -- what train.log shows, threads handed over (issue 17) ------------------------------------------------
+
+def test_a_running_trainers_log_shows_loss_lines_and_each_evaluations_fid(tmp_path):
+    from fcdm.store.trainlog import parse_tail, read_tail
+    from fcdm.util.process import spawn
+
+    overrides = [*TINY, "train.steps=40", "log.every=5", "eval.at=[0.5, 1.0]", "eval.metrics=[fid]",
+                 "eval.num_samples=40"]
+    config = tmp_path / "job.yaml"
+    config.write_text(load_config(SMOKE, overrides).to_yaml())
+    log = tmp_path / "train.log"  # as the runner starts a job: its output appended to the job's log
+    proc = spawn([sys.executable, "-m", "fcdm.cli", "train", str(config), "--store", str(tmp_path / "s"),
+                  "--no-progress"], log, {"OMP_NUM_THREADS": "1"})
+    seen = None
+    while proc.poll() is None and seen is None:  # while it runs: a loss line the live view can read
+        live = parse_tail(read_tail(log))
+        seen = live if live.step else None
+        time.sleep(0.05)
+    assert proc.wait(timeout=600) == 0, log.read_text()
+    assert seen is not None and seen.steps == 40 and seen.rate > 0, log.read_text()
+    text = log.read_text()
+    assert "start " in text and "hash " in text and "seed 0" in text and "1 thread(s)" in text, text
+    assert "first step " in text and " s after the process started" in text
+    assert "step 5/40  loss " in text and "step 40/40  loss " in text  # every log.every steps
+    evaluations = [ln for ln in text.splitlines() if "] evaluation at step " in ln]
+    assert [ln.split("evaluation at step ")[1].split(":")[0] for ln in evaluations] == ["20/40", "40/40"], text
+    assert all(": fid " in ln for ln in evaluations)
+    assert parse_tail(text).metrics["fid"] == pytest.approx(float(evaluations[-1].split(": fid ")[1].split()[0]))
+    assert "checkpoint at step 40" in text and "FINISHED at step 40" in text
+
+
+def test_threads_the_runner_hands_over_are_taken_up_and_recorded(tmp_path, tiny_config, one_thread, monkeypatch,
+                                                                 capsys):
+    from fcdm.store.trainlog import THREADS_ENV
+
+    handed = tmp_path / "threads"
+    handed.write_text("2")
+    monkeypatch.setenv(THREADS_ENV, str(handed))
+    try:
+        result = train(tiny_config("train.steps=12"), store=tmp_path / "s", progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert "threads: 2 from step 5 (handed over by the runner)" in capsys.readouterr().out
+    assert client(tmp_path / "s").get_run(result.run_id).data.tags["fcdm.threads"] == "1; 2 from step 5"
+
+
 # -- bad input -----------------------------------------------------------------------------------------
 
 def test_typo_in_config_exits_nonzero_with_one_message_and_no_store(tmp_path):
