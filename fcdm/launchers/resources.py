@@ -53,3 +53,16 @@ def slot_envs(parallel: int, gpus: list[str], cpus: int, procs: int = 1, cluster
     """The environment of each of `parallel` concurrency slots (slot_env); empty ones for a `cluster`
     launcher (Slurm), whose jobs get their resources from the cluster."""
     return [{} if cluster else slot_env(i, parallel, gpus, cpus, procs) for i in range(parallel)]
+
+
+def hand_over_threads(cpus: int, threads: dict[str, int], seconds_left: dict[str, float]) -> dict[str, int]:
+    """The running jobs' threads once nothing is left to start: the cores no job uses go, one at a time,
+    to the job that would otherwise end last (the most seconds left per thread), so no core idles
+    while work remains. `threads`: each running job's threads now; a job never loses threads."""
+    out = dict(threads)
+    spare = cpus - sum(out.values())
+    while spare > 0 and out:
+        last = max(out, key=lambda k: (seconds_left.get(k, 0.0) / out[k], k))
+        out[last] += 1
+        spare -= 1
+    return out

@@ -1,6 +1,7 @@
-"""The runner's terminal view: one live rich panel (jobs done, steps done, one bar per running job)
-with a line printed above it for each job that starts, ends or is skipped. Without a terminal (CI,
-a log file, `--no-progress`) only those lines are printed, so job output never interleaves.
+"""The runner's terminal view: one live rich panel (jobs done, steps done, one bar per running job with
+its seed, step/total, ETA, last evaluation and threads) with a line printed above it for each job that
+starts, ends or is skipped. Without a terminal (CI, a log file, `--no-progress`) only those lines are
+printed, so job output never interleaves.
 """
 from __future__ import annotations
 
@@ -13,20 +14,20 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from fcdm.store.trainlog import clock
+
 
 @dataclass
 class Row:
     """One running job as the view shows it."""
-    name: str
+    name: str  # with its seed: 'kernel_size=3 s0'
     step: int
     steps: int
     started: float  # unix time
     where: str  # "pid 123", "slurm job 42"
-
-
-def _clock(seconds: float) -> str:
-    s = int(max(seconds, 0))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    eta: float | None = None  # seconds left (training and evaluations due), from its measured rate
+    last: str = ""  # its last evaluation: 'fid 0.4848 @150'
+    threads: int | None = None
 
 
 class LiveView:
@@ -78,12 +79,16 @@ class LiveView:
         table.add_column(no_wrap=True)
         parts = [f"{v} {k}" for k, v in self._counts.items() if v]
         table.add_row(f"[bold]{self.title}[/]", ProgressBar(total=max(self.total_jobs, 1), completed=done, width=32),
-                      f"{done}/{self.total_jobs} jobs  {', '.join(parts)}  {_clock(time.time() - self.t0)}")
+                      f"{done}/{self.total_jobs} jobs  {', '.join(parts)}  {clock(time.time() - self.t0)}")
         table.add_row("steps", ProgressBar(total=max(self.total_steps, 1), completed=self._steps_done, width=32),
                       f"{self._steps_done}/{self.total_steps}")
         for r in self._rows:
+            eta = f"  eta {clock(r.eta)}" if r.eta is not None else ""
+            last = f"  {r.last}" if r.last else ""
+            threads = f", {r.threads} thread{'s' if r.threads > 1 else ''}" if r.threads else ""
             table.add_row(f"  {r.name}", ProgressBar(total=max(r.steps, 1), completed=r.step, width=32),
-                          f"step {r.step}/{r.steps}  {_clock(time.time() - r.started)}  {r.where}")
+                          f"step {r.step}/{r.steps}{eta}{last}  ({clock(time.time() - r.started)}, {r.where}"
+                          f"{threads})")
         if self._note:
             table.add_row(f"[dim]{self._note}[/]", "", "")
         return table

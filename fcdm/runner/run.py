@@ -13,6 +13,12 @@ and training log live in `<store>/jobs/<hash>-s<seed>/` (config.yaml, train.log,
 
 What each job goes through (claim, start, poll, record, tag) is fcdm.runner.session; this module
 schedules: slots, the live view, Ctrl-C, --fail-fast, waiting for jobs other runners hold.
+
+Scheduling (README, "Running specs"): jobs start longest first by the plan's cost model, corrected by
+rates the store measured (fcdm.runner.estimate), so the long ones never end alone. On a machine without
+GPUs and the local launcher, once nothing is left to start, the cores of finished jobs go to the jobs
+still running (fcdm.launchers.resources.hand_over_threads), which take them up at their next log
+interval (fcdm.train.threads): no core idles while work remains.
 """
 from __future__ import annotations
 
@@ -20,13 +26,16 @@ import signal
 import time
 
 from fcdm.launchers import LauncherError
-from fcdm.launchers.resources import cpu_count, default_parallel, detect_gpus, slot_envs
+from fcdm.launchers.resources import cpu_count, default_parallel, detect_gpus, hand_over_threads, slot_envs
+from fcdm.runner.estimate import longest_first, measured_rate, remaining_work, seconds_left
 from fcdm.runner.live import LiveView, Row
 from fcdm.runner.session import RunningJob, Session
 from fcdm.runner.summary import OUTCOMES, JobOutcome, RunSummary, outcome_line
 from fcdm.spec.job import Job
 from fcdm.store import claims
-from fcdm.store.jobs import LOG, job_dir
+from fcdm.store.jobs import LOG, job_dir, job_status
+from fcdm.store.trainlog import THREADS, THREADS_ENV, parse_tail, read_tail
+from fcdm.util.files import atomic_write
 from fcdm.util.signals import handled_signals
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # the first checkpoints the jobs, the next kills them
@@ -48,7 +57,9 @@ def run_jobs(jobs: list[Job], store=None, tracking_uri=None, *, parallel: int | 
     if parallel is None:
         parallel = len(unique) if launcher == "slurm" else default_parallel(gpus, cpus, len(unique))
     session = Session(store, tracking_uri, launcher, launcher_options, force)
-    schedule = Schedule(session, unique, parallel, fail_fast, wait_elsewhere)
+    # Threads handed over at the end of a spec: CPU-only machines, one local process per job.
+    schedule = Schedule(session, unique, parallel, fail_fast, wait_elsewhere,
+                        cpus=cpus if launcher == "local" and not gpus else None)
     t0 = time.time()
     try:
         session.launcher.check(unique)
@@ -72,20 +83,25 @@ def _header(schedule: Schedule, launcher: str, gpus: list[str]) -> str:
     jobs = schedule.jobs
     profiles = sorted({j.profile for j in jobs if j.profile})
     return (f"{schedule.title}{' (profile ' + ', '.join(profiles) + ')' if profiles else ''}: {len(jobs)} jobs, "
-            f"{schedule.parallel} at a time ({launcher} launcher"
-            f"{', GPUs ' + ','.join(gpus) if gpus and launcher != 'slurm' else ''}); logs in "
-            f"{schedule.session.store / 'jobs'}")
+            f"{schedule.parallel} at a time, longest first ({launcher} launcher"
+            f"{', GPUs ' + ','.join(gpus) if gpus and launcher != 'slurm' else ''}"
+            f"{f'; {schedule.cpus} cores, handed to the last jobs as others end' if schedule.cpus else ''}); "
+            f"logs in {schedule.session.store / 'jobs'}")
 
 
 class Schedule:
     """The state of one `run_jobs` call: jobs pending, running (each in a slot) and settled, and the stop
     requests (signals, --fail-fast). `run` loops until no job is pending or running."""
 
-    def __init__(self, session: Session, jobs: list[Job], parallel: int, fail_fast: bool, wait_elsewhere: bool):
+    def __init__(self, session: Session, jobs: list[Job], parallel: int, fail_fast: bool, wait_elsewhere: bool,
+                 cpus: int | None = None):
         self.session, self.jobs, self.parallel = session, jobs, parallel
         self.fail_fast, self.wait_elsewhere = fail_fast, wait_elsewhere
+        self.cpus = cpus  # cores to hand over as jobs end (None: each slot keeps its resources)
         self.title = jobs[0].spec if jobs else "run"
-        self.pending: list[Job] = list(jobs)
+        self.works = self._estimate(jobs)
+        self.pending: list[Job] = longest_first(jobs, self.works)
+        self.threads: dict[str, int] = {}  # running job -> its CPU threads (when handing over)
         self.running: list[RunningJob] = []
         self.outcomes: dict[str, JobOutcome] = {}
         self.free = list(range(parallel))  # the concurrency slots no job occupies
@@ -97,6 +113,15 @@ class Schedule:
     def on_signal(self, signum: int) -> None:
         self.stops += 1
         self.signals += 1
+
+    def _estimate(self, jobs: list[Job]) -> dict:
+        """Each job's work left (fcdm.runner.estimate), with the rate a job of the same configuration logged."""
+        store = self.session.store
+        rates = {}
+        for j in jobs:
+            if rates.get(j.hash) is None:
+                rates[j.hash] = measured_rate(store, j)
+        return {j.key: remaining_work(j, job_status(store, j).step, rates[j.hash]) for j in jobs}
 
     def ordered(self) -> list[JobOutcome]:
         """The outcomes in the jobs' order."""
@@ -138,7 +163,8 @@ class Schedule:
         for job in list(self.pending):
             if not self.free:
                 break
-            started = self.session.begin(job, envs[self.free[0]], self.free[0])
+            env = self._threads_env(job, envs[self.free[0]])
+            started = self.session.begin(job, env, self.free[0])
             if started is None:
                 continue  # held by another runner: look again later
             self.pending.remove(job)
@@ -148,9 +174,49 @@ class Schedule:
                 continue
             self.free.pop(0)
             self.running.append(started)
+            if self.cpus:
+                self.threads[job.key] = int(env["OMP_NUM_THREADS"])
             what = f"resuming at step {started.resumed_from}" if started.resumed_from else "starting"
-            view.event(f"  {what} {job.name} ({started.handle.describe}, "
+            threads = f", {env['OMP_NUM_THREADS']} thread(s)" if "OMP_NUM_THREADS" in env else ""
+            view.event(f"  {what} {job.label} ({started.handle.describe}{threads}, "
                        f"log {job_dir(self.session.store, job) / LOG})")
+        self._hand_over(view)
+
+    # -- CPU threads ---------------------------------------------------------------------------------------
+
+    def _threads_env(self, job: Job, env: dict[str, str]) -> dict[str, str]:
+        """The slot's environment; when handing over threads, the job's thread count (a share of the free
+        cores if it is the last to start) and the file through which it takes more."""
+        if not self.cpus:
+            return env
+        threads = int(env.get("OMP_NUM_THREADS", "1"))
+        if self.pending == [job]:  # the last to start: the cores nobody uses are its from the first step
+            left = self._seconds_left()
+            left[job.key] = seconds_left(self.works)[job.key]
+            threads = hand_over_threads(self.cpus, {**self.threads, job.key: threads}, left)[job.key]
+        path = job_dir(self.session.store, job) / THREADS
+        atomic_write(path, str(threads))
+        return {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), THREADS_ENV: str(path)}
+
+    def _seconds_left(self) -> dict[str, float]:
+        """Each running job's estimated seconds left, from its log's newest step and rate."""
+        works = {}
+        for r in self.running:
+            live = parse_tail(read_tail(job_dir(self.session.store, r.job) / LOG))
+            works[r.job.key] = remaining_work(r.job, max(r.step, live.step or 0), live.rate)
+        return seconds_left(works)
+
+    def _hand_over(self, view: LiveView) -> None:
+        """Once nothing is left to start, the cores no job uses go to the jobs that would end last."""
+        if not self.cpus or self.pending or not self.running or self.stops:
+            return
+        now = hand_over_threads(self.cpus, self.threads, self._seconds_left())
+        for r in self.running:
+            old, new = self.threads[r.job.key], now[r.job.key]
+            if new != old:
+                atomic_write(job_dir(self.session.store, r.job) / THREADS, str(new))
+                self.threads[r.job.key] = new
+                view.event(f"  {r.job.label}: {old} -> {new} threads (a core is free and nothing is left to start)")
 
     def _collect(self, view: LiveView) -> None:
         """Settle the running jobs that ended and free their slots; --fail-fast stops the rest at a failure."""
@@ -159,6 +225,7 @@ class Schedule:
             if outcome is None:
                 continue
             self.running.remove(r)
+            self.threads.pop(r.job.key, None)
             self.free.append(r.slot)
             self.free.sort()
             self._dirty = True
@@ -167,11 +234,20 @@ class Schedule:
             if outcome.state == "failed" and self.fail_fast and not self.stops:
                 view.event("--fail-fast: stopping the other jobs")
                 self.stops = 1
+        if self._dirty:
+            self._hand_over(view)
 
     def _show(self, view: LiveView) -> None:
         note = (f"waiting for {len(self.pending)} job(s) held by other runners" if self.pending and not self.running
                 else f"{len(self.pending)} queued" if self.pending else "")
-        rows = [Row(r.job.name, r.step, r.job.config.train.steps, r.started, r.handle.describe) for r in self.running]
+        rows = []
+        for r in self.running:  # where each stands, from the newest lines of its log
+            live = parse_tail(read_tail(job_dir(self.session.store, r.job) / LOG))
+            r.step = max(r.step, live.step or 0)
+            eta = remaining_work(r.job, r.step, live.rate).seconds if live.rate else None
+            last = f"{_first_metric(live.metrics)} @{live.eval_step}" if live.metrics else ""
+            rows.append(Row(r.job.label, r.step, r.job.config.train.steps, r.started, r.handle.describe, eta, last,
+                            self.threads.get(r.job.key)))
         view.update(rows, _counts(self.outcomes), _steps_done(self.jobs, self.outcomes, self.running), note)
 
     def abandon(self) -> None:
@@ -179,6 +255,12 @@ class Schedule:
         for r in self.running:
             r.handle.kill()
             claims.release(r.claim)
+
+
+def _first_metric(metrics: dict[str, float]) -> str:
+    """'fid 0.4848': the evaluation's first metric (FID when it was measured)."""
+    key = "fid" if "fid" in metrics else next(iter(metrics))
+    return f"{key} {metrics[key]:.4g}"
 
 
 def _counts(outcomes: dict[str, JobOutcome]) -> dict[str, int]:

@@ -34,6 +34,7 @@ from fcdm.store import claims
 from fcdm.store.jobs import CONFIG, LOG, job_dir, job_status, write_record
 from fcdm.store.layout import checkpoint_dir, resolve_store, resolve_tracking_uri
 from fcdm.store.tracking import TAG_HASH, TAG_SEED, TAG_SPECS, Tracker
+from fcdm.store.trainlog import parse_tail, read_tail
 from fcdm.util.files import atomic_write
 
 
@@ -141,8 +142,8 @@ class Session:
         log = job_dir(self.store, job) / LOG
         if status.state == "finished" and not (self.force and not self._fresh(status)):
             self.tag_spec(job, status.run_id)
-            return JobOutcome(job, "elsewhere" if self._fresh(status) else "skipped", status.step,
-                              log=log, run_id=status.run_id)
+            return with_results(JobOutcome(job, "elsewhere" if self._fresh(status) else "skipped", status.step,
+                                           log=log, run_id=status.run_id))
         if status.state == "failed" and self._fresh(status):
             return JobOutcome(job, "failed", status.step, reason=f"{status.reason} (in another runner)", log=log,
                               run_id=status.run_id)
@@ -181,7 +182,7 @@ class Session:
             claims.release(r.claim)
         if outcome.run_id:
             self.tag_spec(r.job, outcome.run_id)
-        return outcome
+        return with_results(outcome)
 
     # -- store and MLflow helpers ------------------------------------------------------------------------
     def _write_config(self, job: Job) -> Path:
@@ -221,6 +222,14 @@ class Session:
         (job_dir(self.store, job) / "runner.json").unlink(missing_ok=True)
         for run in self._runs(job):
             self.client.delete_run(run.info.run_id)
+
+
+def with_results(outcome: JobOutcome) -> JobOutcome:
+    """The outcome with the job's last evaluation, read from its log (the trainer's own lines)."""
+    if outcome.log is not None:
+        live = parse_tail(read_tail(outcome.log))
+        outcome.metrics, outcome.eval_step = live.metrics, live.eval_step
+    return outcome
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fcdm.config.schema import RunConfig
-from fcdm.store.layout import run_key
+from fcdm.store.layout import run_key, short_name
 
 TAG_SPEC, TAG_PROFILE, TAG_VARIANT, TAG_JOB = "fcdm.spec", "fcdm.profile", "fcdm.variant", "fcdm.job"
 TAG_AXES, TAG_FLOPS_TARGET = "fcdm.axes", "fcdm.flops_target"
@@ -32,6 +32,11 @@ class Job:
     @property
     def hash(self) -> str:
         return self.config.hash
+
+    @property
+    def label(self) -> str:
+        """'kernel_size=3 s0': the name without the spec, and the seed (the live view, the summary, MLflow)."""
+        return short_name(self.name, self.seed)
 
     @property
     def key(self) -> str:

@@ -37,8 +37,15 @@ def run_key(cfg: RunConfig) -> str:
 
 
 def run_name(cfg: RunConfig) -> str:
-    """The MLflow run name: `sample` and `evaluate` accept it in place of the run id."""
+    """The long run name of older versions, '<name>-<hash8>-s<seed>': `sample` and `evaluate` still accept
+    it (fcdm.store.tracking.find_run) in place of the run id."""
     return f"{cfg.name}-{cfg.hash[:8]}-s{cfg.seed}"
+
+
+def short_name(name: str, seed: int) -> str:
+    """How a job reads in the live view, the summary and MLflow's run table: its name without the spec
+    prefix (the experiment names the spec), and its seed: 'kernel_size/kernel_size=3', 0 -> 'kernel_size=3 s0'."""
+    return f"{name.split('/', 1)[-1] or name} s{seed}"
 
 
 def checkpoint_dir(store: Path, cfg: RunConfig) -> Path:

@@ -138,7 +138,7 @@ def test_trains_takes_over_a_dead_claim_reports_failures_and_skips_on_rerun(tmp_
     assert states[ok.key].state == "finished" and states[ok.key].resumed_from is None
     assert states[bad.key].state == "failed" and states[bad.key].exit_code == 3
     assert "loss became" in states[bad.key].reason and "lower train.lr" in states[bad.key].reason
-    assert not summary.ok and "FAILED  t/kernel_size=5" in summary.render()
+    assert not summary.ok and "FAILED  kernel_size=5 s0" in summary.render()
     assert str(job_dir(store, bad) / "train.log") in summary.render()
     assert job_status(store, ok).state == "finished" and job_status(store, bad).state == "failed"
     assert claims.holder(store, ok.key).generation == 1 and claims.holder(store, ok.key).state == "released"
@@ -156,10 +156,31 @@ def test_trains_takes_over_a_dead_claim_reports_failures_and_skips_on_rerun(tmp_
     assert client(store).get_run(run.info.run_id).data.tags[TAG_SPECS] == ",t,u,"
     assert _starts(store, ok) == 1
 
-    # --fail-fast: the failure stops the queue; the next job never starts.
-    later = _job(tiny_config, "t", 7)
+    # --fail-fast: the failure stops the queue; the next job (less work left: it starts second) never starts.
+    later = _job(tiny_config, "t", 7, "train.steps=10")
     ff = run_jobs([bad, later], store, parallel=1, fail_fast=True, progress=False)
     assert [o.state for o in ff.outcomes] == ["failed", "pending"] and _starts(store, later) == 0
+
+
+def test_the_longest_job_starts_first_and_takes_the_core_the_other_frees(tmp_path, tiny_config, monkeypatch, capsys):
+    import fcdm.runner.run as run_module
+
+    monkeypatch.setattr(run_module, "cpu_count", lambda: 2)  # 2 cores, one thread per job, whatever runs the test
+    store = tmp_path / "store"
+    short = _job(tiny_config, "h", 3)
+    long = _job(tiny_config, "h", 5, "train.steps=1000", "log.checkpoint_every=1000")
+    summary = run_jobs([short, long], store, parallel=2, progress=False)
+    out = capsys.readouterr().out
+    assert summary.ok, out
+    assert out.index(f"starting {long.label}") < out.index(f"starting {short.label}"), out  # longest first
+    assert f"starting {short.label} (pid " in out and ", 1 thread(s), log " in out
+    assert f"{long.label}: 1 -> 2 threads (a core is free and nothing is left to start)" in out, out
+    log = (job_dir(store, long) / "train.log").read_text()
+    assert "threads: 2 from step " in log, log
+    run = _runs_by_key(store)[long.key][0]
+    assert run.data.tags["fcdm.threads"].startswith("1; 2 from step ")
+    table = [ln.split()[:3] for ln in summary.render().splitlines()[1:]]
+    assert table == [["job", "seed", "status"], ["kernel_size=3", "0", "finished"], ["kernel_size=5", "0", "finished"]]
 
 
 def test_accelerate_launcher_runs_two_gloo_processes(tmp_path, tiny_config):
@@ -243,7 +264,7 @@ def test_sigint_and_sigkill_then_rerun_resume_the_interrupted_job(tmp_path):
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 130, out
-    assert f"finished {first.name}" in out and f"stopped {second.name}" in out, out
+    assert f"finished {first.label}" in out and f"stopped {second.label}" in out, out
     side = json.loads((ckpt / "progress.json").read_text())
     assert side["status"] == "killed" and side["step"] >= step1
     run = _runs_by_key(store)[second.key][0]
@@ -263,7 +284,7 @@ def test_sigint_and_sigkill_then_rerun_resume_the_interrupted_job(tmp_path):
     proc = _cli(spec, "--store", store, "--jobs", "1")
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out
-    assert f"skipped {first.name}: already finished" in out and f"finished {second.name}" in out, out
+    assert f"skipped {first.label}: already finished" in out and f"finished {second.label}" in out, out
     resumed_at = int(out.split("resuming at step ")[1].split()[0])
     assert resumed_at >= step2 > side["step"], out
     runs = _runs_by_key(store)[second.key]
