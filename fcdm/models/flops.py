@@ -16,7 +16,6 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 
 from fcdm.models import create_model, family_of
-from fcdm.models.costs import training_gflops  # noqa: F401  (defined with the closed forms: torch-free)
 
 VAE_DOWNSAMPLE = 8  # SD-VAE maps 256 px images to 32 x 32 latents
 

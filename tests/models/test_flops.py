@@ -6,7 +6,8 @@ import torch
 from helpers import ROOT
 
 from fcdm.models import DIT_PRESETS, create_model
-from fcdm.models.flops import config_gflops, model_gflops, preset_gflops, training_gflops
+from fcdm.models.costs import training_gflops
+from fcdm.models.flops import config_gflops, model_gflops, preset_gflops
 
 REFERENCE = ROOT / "analysis" / "reference" / "published.csv"
 
