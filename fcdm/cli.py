@@ -345,6 +345,37 @@ def report(specs: Annotated[list[Path] | None, typer.Argument(help="Spec files (
         raise typer.Exit(1)
 
 
+@app.command("serve-trainers", hidden=True)
+def serve_trainers():
+    """The runner's fork server (fcdm.util.forkserver): imports a trainer's libraries once, then forks a
+    `train` per job on request. Started by `run` on machines without GPUs; not for direct use."""
+    import os
+
+    # Preloaded once for every trainer this process forks: what a trainer imports before its first step
+    # (the optimiser pulls in torch._dynamo), MLflow's SQL store, and the metrics an evaluation needs.
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    import torch._dynamo  # noqa: F401
+
+    import fcdm.metrics  # noqa: F401
+    import fcdm.train  # noqa: F401
+    from fcdm.util.forkserver import FD_ENV, serve
+
+    serve(int(os.environ.pop(FD_ENV)), _forked_train)
+
+
+def _forked_train(argv: list[str]) -> int:
+    """In a child of the fork server: its share of threads (the environment is read only at torch's
+    start), then the command as `fcdm-ablate ARGV` would run it; its exit code."""
+    import os
+
+    import torch  # preloaded by the server
+
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    app(args=argv, prog_name="fcdm-ablate")
+    return 0
+
+
 def main() -> None:
     app()
 

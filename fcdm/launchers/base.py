@@ -91,3 +91,6 @@ class Launcher:
               claim=None) -> Handle:
         proc = spawn([sys.executable, *train_argv(config, store, tracking_uri)], log, env)
         return ProcessHandle(f"pid {proc.pid}", proc)
+
+    def close(self) -> None:
+        """Release what the launcher holds once its session ends (the local launcher's fork server)."""

@@ -60,6 +60,8 @@ def run_jobs(jobs: list[Job], store=None, tracking_uri=None, *, parallel: int | 
     # Threads handed over at the end of a spec: CPU-only machines, one local process per job.
     schedule = Schedule(session, unique, parallel, fail_fast, wait_elsewhere,
                         cpus=cpus if launcher == "local" and not gpus else None)
+    if schedule.cpus:  # trainers forked from one process that imported their libraries once
+        session.launcher.use_fork_server(session.store)
     t0 = time.time()
     try:
         session.launcher.check(unique)

@@ -101,6 +101,7 @@ class Session:
 
     def close(self) -> None:
         self.heartbeat.stop()
+        self.launcher.close()
 
     # -- starting and finishing one job ------------------------------------------------------------------
     def begin(self, job: Job, env: dict[str, str], slot: int = 0) -> RunningJob | JobOutcome | None:

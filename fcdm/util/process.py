@@ -1,6 +1,7 @@
 """Child processes that die with their parent: `spawn` starts a command in its own session with its output
 appended to a log, and Linux's PR_SET_PDEATHSIG sends it SIGTERM (checkpoint, stop) when the spawning
-thread's process dies, even by SIGKILL, so no orphan runs on."""
+thread's process dies, even by SIGKILL, so no orphan runs on (`die_with_parent` does the same for a
+process forked without exec, fcdm.util.forkserver). `started_at` tells when a process started."""
 from __future__ import annotations
 
 import ctypes
@@ -26,18 +27,34 @@ def _die_with_parent(parent: int):
     return preexec
 
 
-def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def log_header(log: Path, argv: list[str]) -> None:
+    """Append the line that opens each start of a process in its log: '=== <date time.ms> <host> pid <the
+    starter's pid>: <command>' (the start time is what per-job start-up is measured from)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    with open(log, "ab") as f:
+        f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d} "
+                f"{socket.gethostname()} pid {os.getpid()}: {' '.join(argv)}\n".encode())
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child just forked by `parent`: SIGTERM when the parent dies (Linux), and exit at once if it
+    already has."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(143)
+
+
+def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None, pass_fds=()) -> subprocess.Popen:
     """Start `argv` with its output appended to `log`; it gets SIGTERM when this thread's process dies.
 
     PR_SET_PDEATHSIG fires when the *thread* that forked exits: call this from a thread that outlives
     the child (the runner's loop, or a thread blocked waiting on it)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log_header(log, argv)
     with open(log, "ab") as f:
-        f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {socket.gethostname()} pid {os.getpid()}: "
-                f"{' '.join(argv)}\n".encode())
-        f.flush()
         return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, pass_fds=pass_fds,
                                 start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
 
 
