@@ -30,6 +30,7 @@ from fcdm.store.tracking import TAG_HASH, TAG_SPECS
 TRAINING_METRICS = ("loss", "steps_per_sec", "lr", "train_gflops")
 # Read for the throughput column; loss, lr and train_gflops histories are not needed (and are most rows).
 READ_TRAINING = ("steps_per_sec",)
+SYSTEM_PREFIX = "system/"  # MLflow's system metrics (log.system_metrics): never read
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 RUN_COLUMNS = ["run_id", "experiment_id", "run_name", "status", "start_time", "end_time", "artifact_uri", "tags"]
@@ -110,7 +111,7 @@ def _read_sql(uri: str, hashes: set[str] | None, spec: str | None) -> tuple[pd.D
             return runs, pd.DataFrame(columns=METRIC_COLUMNS)
         skipped = [k for k in TRAINING_METRICS if k not in READ_TRAINING]
         query = sa.text("SELECT run_uuid AS run_id, key, step, value, timestamp, is_nan FROM metrics "
-                        "WHERE key NOT IN :skip AND run_uuid IN :ids").bindparams(
+                        f"WHERE key NOT IN :skip AND key NOT LIKE '{SYSTEM_PREFIX}%' AND run_uuid IN :ids").bindparams(
             sa.bindparam("skip", expanding=True), sa.bindparam("ids", expanding=True))
         ids = runs["run_id"].tolist()
         # Chunks keep the IN list under every backend's bound-parameter limit (SQLite: 32766).
@@ -155,7 +156,8 @@ def read_via_client(uri: str, hashes: set[str] | None = None,
                         columns=[*RUN_COLUMNS, "_keys"])
     runs = _select(runs, hashes, spec)
     calls = [(rid, key) for rid, keys in zip(runs["run_id"], runs["_keys"])
-             for key in keys if key not in TRAINING_METRICS or key in READ_TRAINING]
+             for key in keys if (key not in TRAINING_METRICS or key in READ_TRAINING)
+             and not key.startswith(SYSTEM_PREFIX)]
 
     def history(call):
         rid, key = call

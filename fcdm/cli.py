@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 from fcdm.errors import DataError, UserError
 from fcdm.launchers import LAUNCHERS, launcher_options
 from fcdm.spec.search import PRUNERS, SAMPLERS
-from fcdm.store.layout import run_name
+from fcdm.store.layout import short_name
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -102,7 +102,7 @@ def train(config: Annotated[Path, typer.Argument(help="YAML run config, e.g. abl
         typer.echo(f"{cfg.name}: already finished at step {result.step} ({result.checkpoint_dir})")
     else:
         typer.echo(f"{cfg.name}: {result.status} at step {result.step}, loss {result.final_loss:.4f}, "
-                   f"run {run_name(cfg)} ({result.run_id})")
+                   f"run '{short_name(cfg.name, cfg.seed)}' ({result.run_id})")
 
 
 @app.command()

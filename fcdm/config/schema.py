@@ -105,6 +105,8 @@ class LogConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1)
     experiment: str | None = None  # MLflow experiment a new run is created in; None: the run's name
     tags: dict[str, str] = Field(default_factory=dict)  # set on the MLflow run whenever it is opened
+    # MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) every 10 s, as system/*
+    system_metrics: bool = False
 
 
 class RunConfig(_Section):

@@ -4,17 +4,21 @@ names of every tag fcdm-ablate writes on runs (TAG_*).
 
     tracker = Tracker(store, tracking_uri); run_id, existed = tracker.open(cfg, tags)
     tracker.log_metrics({"loss": 0.1}, step); tracker.end("FINISHED")
-    find_run("smoke-3d8b3abe-s0", store)      # by run id or run name
+    tracker.log_dataset(cfg, num_examples=1437)         # what the run trained on: MLflow's Datasets column
+    find_run("kernel_size=3 s0", store)       # by run id, run name, or the older '<name>-<hash8>-s<seed>'
     reopen_run(client, experiment_id, {TAG_KIND: "study", TAG_STUDY: name}, "study-" + name)   # one run per key
 """
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fcdm.config.identity import digest
 from fcdm.errors import RunNotFoundError
-from fcdm.store.layout import resolve_tracking_uri, run_name
+from fcdm.store.layout import resolve_tracking_uri, short_name
 
 if TYPE_CHECKING:
     from fcdm.config import RunConfig
@@ -74,7 +78,8 @@ class Tracker:
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
             return self.run_id, True
-        run = self.client.create_run(self.experiment_id(cfg.log.experiment or cfg.name), run_name=run_name(cfg),
+        run = self.client.create_run(self.experiment_id(cfg.log.experiment or cfg.name),
+                                     run_name=short_name(cfg.name, cfg.seed),
                                      tags={**tags, TAG_HASH: cfg.hash, TAG_SEED: str(cfg.seed)})
         self.run_id = run.info.run_id
         # MLflow params are immutable: logged once, when the run is created.
@@ -83,6 +88,31 @@ class Tracker:
             self.client.log_batch(self.run_id, params=params[i:i + 100])
         self.client.log_text(self.run_id, cfg.to_yaml(), "config.yaml")
         return self.run_id, False
+
+    def log_dataset(self, cfg: RunConfig, num_examples: int) -> None:
+        """Record what the run trains on with MLflow's dataset tracking (once per run): named `data.name`,
+        its digest that of the data identity the configuration hash covers, its source the data's path
+        (or scikit-learn's bundled digits), its profile the number of examples and their shape."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag  # heavy: mlflow only once a run is tracked
+
+        if self.client.get_run(self.run_id).inputs.dataset_inputs:
+            return
+        d = cfg.data
+        source = {"uri": str(Path(d.path).resolve())} if d.path else {"uri": "sklearn.datasets.load_digits"}
+        dataset = Dataset(name=d.name, digest=digest(cfg.identity()["data"]),
+                          source_type="local" if d.path else "sklearn", source=json.dumps(source),
+                          profile=json.dumps({"num_examples": num_examples, "shape": list(cfg.data_shape),
+                                              "num_classes": cfg.num_classes}))
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+
+    def system_metrics(self, interval_s: float = 10.0):
+        """MLflow's system metrics monitor on this run, started (`.finish()` stops it): CPU, memory, disk and
+        network, and GPU where nvidia-ml-py finds one, logged as `system/*` every `interval_s` seconds."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # heavy: only when asked
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, tracking_uri=self.uri)
+        monitor.start()
+        return monitor
 
     # -- logging ----------------------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int, flush: bool = True) -> None:
@@ -124,8 +154,13 @@ def reopen_run(client, experiment_id: str, match: dict[str, str], run_name: str,
     return client.create_run(experiment_id, run_name=run_name, tags={**match, **(tags or {})}).info.run_id, True
 
 
+_LONG_NAME = re.compile(r"^(?P<name>.+)-(?P<hash>[0-9a-f]{8})-s(?P<seed>\d+)$")
+
+
 def find_run(run: str, store: Path, tracking_uri: str | None = None):
-    """An MLflow run by id or by run name (newest first); RunNotFoundError when none matches."""
+    """An MLflow run by id or by run name ('kernel_size=3 s0', newest first), or by the long name older
+    versions gave runs, '<name>-<hash8>-s<seed>' (found by its hash and seed tags). RunNotFoundError when
+    none matches, or when a short name belongs to runs of several configurations."""
     from mlflow.exceptions import MlflowException  # heavy: mlflow only once a run is looked up
 
     uri = resolve_tracking_uri(store, tracking_uri)
@@ -138,8 +173,18 @@ def find_run(run: str, store: Path, tracking_uri: str | None = None):
     except MlflowException:
         pass
     ids = [e.experiment_id for e in tracker.client.search_experiments()]
-    found = tracker.client.search_runs(ids, filter_string=f"attributes.run_name = '{run}'",
-                                       order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    quoted = run.replace("'", "\\'")
+    found = tracker.client.search_runs(ids, filter_string=f"attributes.run_name = '{quoted}'",
+                                       order_by=["attributes.start_time DESC"]) if ids else []
+    long = _LONG_NAME.match(run)
+    if not found and long and ids:
+        flt = f"tags.`{TAG_HASH}` LIKE '{long['hash']}%' and tags.`{TAG_SEED}` = '{int(long['seed'])}'"
+        found = tracker.client.search_runs(ids, filter_string=flt, order_by=["attributes.start_time DESC"])
+    configs = {r.data.tags.get(TAG_HASH) for r in found}
+    if len(configs) > 1:
+        listed = ", ".join(f"{r.info.run_id} (hash {r.data.tags.get(TAG_HASH)})" for r in found[:5])
+        raise RunNotFoundError(f"run name {run!r} names runs of {len(configs)} configurations ({listed}); pass a "
+                               "run id, or '<name>-<hash8>-s<seed>' for one configuration")
     if not found:
         raise RunNotFoundError(f"no run with id or name {run!r} in {tracker.uri}; list runs with "
                                f"`mlflow ui --backend-store-uri {tracker.uri}` or pass --store DIR")

@@ -164,6 +164,7 @@ class Trainer:
         self.ledger = EvalLedger(cfg, self.ckpt_dir, self.state)
         self.last_loss = self.state.get("loss") if self.state else None
         self.tracker: Tracker | None = None
+        self.monitor = None  # MLflow's system metrics monitor (log.system_metrics)
         self.run_id: str | None = None
         self.stop_signal = 0  # set by SIGINT/SIGTERM; every rank sees any rank's at the next step
 
@@ -216,6 +217,9 @@ class Trainer:
             self.run_id, _ = self.tracker.open(cfg, tags={
                 "fcdm.params": self.params, "fcdm.gflops": f"{self.gflops:.6g}", "fcdm.model": cfg.model.name,
                 TAG_CKPT: str(self.ckpt_dir), "fcdm.processes": self.world, TAG_THREADS: self.threads.describe()})
+            self.tracker.log_dataset(cfg, len(self.dataset))
+            if cfg.log.system_metrics:
+                self.monitor = self.tracker.system_metrics()
             self.ledger.write(status="running", step=self.start, run_id=self.run_id, reason=None)
             self.log(f"start {cfg.name} (hash {cfg.hash}, seed {cfg.seed}): {cfg.model.name} "
                      f"{self.params / 1e6:.3g}M params, {self.gflops:.4g} GFLOPs; {cfg.train.steps} steps of batch "
@@ -365,6 +369,11 @@ class Trainer:
 
     # -- the end -------------------------------------------------------------------------------------
 
+    def stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
+
     def record_failure(self, e: BaseException) -> None:
         """A stop by signal (KILLED) or an error (FAILED), recorded in progress.json and MLflow."""
         killed = isinstance(e, (TrainingInterrupted, KeyboardInterrupt))
@@ -372,6 +381,7 @@ class Trainer:
         self.log(f"{'KILLED' if killed else 'FAILED'} at step {self.step}: {reason}")
         if not self.tracker:
             return
+        self.stop_monitor()
         self.ledger.write(status="killed" if killed else "failed", step=self.step, reason=reason)
         if not killed:
             self.tracker.set_tags({"fcdm.failure": reason})
@@ -380,6 +390,7 @@ class Trainer:
     def finish(self, max_steps: int | None) -> TrainResult:
         """FINISHED once the last step and its evaluations are done; else stopped by max_steps (resumable)."""
         finished = self.step == self.cfg.train.steps and not self.ledger.pending(self.step)
+        self.stop_monitor()
         if self.tracker and finished:
             self.ledger.write(status="finished", step=self.step, reason=None)
             self.tracker.end("FINISHED")

@@ -206,6 +206,33 @@ def test_threads_the_runner_hands_over_are_taken_up_and_recorded(tmp_path, tiny_
     assert client(tmp_path / "s").get_run(result.run_id).data.tags["fcdm.threads"] == "1; 2 from step 5"
 
 
+def test_the_mlflow_run_reads_as_its_row_names_its_dataset_and_logs_system_metrics(tmp_path, tiny_config, one_thread,
+                                                                                  monkeypatch):
+    import json
+
+    from analysis.store import read_store
+    from fcdm.build import build_dataset
+    from fcdm.config.identity import digest
+    from fcdm.store.tracking import Tracker, find_run
+
+    every = Tracker.system_metrics
+    monkeypatch.setattr(Tracker, "system_metrics", lambda self: every(self, interval_s=0.2))
+    cfg = tiny_config("name=ks/kernel_size=3", "train.steps=20", "log.system_metrics=true")
+    assert train(cfg, store=tmp_path, progress=False, max_steps=10).status == "STOPPED"
+    result = train(cfg, store=tmp_path, progress=False)  # resumed: the same run, its dataset logged once
+    run = client(tmp_path).get_run(result.run_id)
+    assert run.info.run_name == "kernel_size=3 s0"
+    (given,) = run.inputs.dataset_inputs
+    assert (given.dataset.name, given.dataset.digest) == ("digits", digest(cfg.identity()["data"]))
+    assert given.dataset.source_type == "sklearn" and [t.value for t in given.tags] == ["training"]
+    assert json.loads(given.dataset.profile)["num_examples"] == len(build_dataset(cfg))
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
+    assert not any(k.startswith("system/") for k in read_store(f"sqlite:///{tmp_path / 'mlflow.db'}")[1]["key"])
+    # `sample` and `evaluate` find the run by its new name and by the long name older versions gave runs.
+    assert find_run("kernel_size=3 s0", tmp_path).info.run_id == result.run_id
+    assert find_run(run_name(cfg), tmp_path).info.run_id == result.run_id
+
+
 # -- bad input -----------------------------------------------------------------------------------------
 
 def test_typo_in_config_exits_nonzero_with_one_message_and_no_store(tmp_path):
