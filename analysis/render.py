@@ -143,9 +143,9 @@ WRITERS = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
 def to_rich(t: Table):
     """A rich.table.Table for the terminal: mean ± std without the interval (the files have it), bold
     kept, caption and notes under it."""
-    rt = RichTable(title=t.title, caption=" ".join([t.caption, *t.notes]), caption_justify="left")
-    for i, c in enumerate(t.columns):
-        rt.add_column(c, justify="left" if i == 0 else "right", overflow="fold")
+    rt = RichTable(title=escape(t.title), caption=escape(" ".join([t.caption, *t.notes])), caption_justify="left")
+    for i, c in enumerate(t.columns):  # 'FID [ddpm-250-...]' is text, not rich markup
+        rt.add_column(escape(c), justify="left" if i == 0 else "right", overflow="fold")
     for row in t.rows:
         rt.add_row(*[f"[bold]{escape(cell_text(c, ci=False))}[/bold]" if c.bold else escape(cell_text(c, ci=False))
                      for c in row])

@@ -34,6 +34,7 @@ class _Commands(TyperGroup):
             _fail(str(e))
 
 
+# Help text is rich markup: a literal `[` is written `\\[` (tests/test_cli.py checks every bracket survives).
 app = typer.Typer(help="Controlled ablations of fully convolutional diffusion models (FCDM) against DiT.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=_Commands)
 
@@ -236,7 +237,7 @@ def ui(port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0
        spec: Annotated[str | None, typer.Option(help="Open this spec's experiment (a name or a spec file).")] = None,
        store: StoreOption = None,
        optuna_: Annotated[bool, typer.Option("--optuna", help="Open optuna-dashboard on the sweep studies instead "
-                                             "(pip install 'fcdm-ablate[dashboard]').")] = False,
+                                             "(pip install 'fcdm-ablate\\[dashboard]').")] = False,
        storage: Annotated[str | None, typer.Option(help="With --optuna: the study storage (default: the store's "
                                                    "optuna.db).")] = None):
     """Start the MLflow UI on the store (127.0.0.1) and print the URL of each spec's training-runs table."""
@@ -262,8 +263,9 @@ def sweep(spec: Annotated[Path, typer.Argument(help="Spec with a `search` sectio
           trials: Annotated[int | None, typer.Option(min=1, help="The study's TOTAL trials, finished + pruned + running "
                                                      "(default: search.trials, else 20); rerun with more to add trials.")] = None,
           timeout: Annotated[float | None, typer.Option(min=0, help="Start no new trial after this many seconds.")] = None,
-          storage: Annotated[str | None, typer.Option(help="Optuna storage: sqlite:///FILE, postgresql://user@host/db, "
-                                                      "journal:PATH (default: sqlite:///<store>/optuna.db).")] = None,
+          storage: Annotated[str | None, typer.Option(help="Optuna storage: sqlite:///FILE, postgresql://user@host/db "
+                                                      "(pip install 'fcdm-ablate\\[postgres]'), journal:PATH (default: "
+                                                      "sqlite:///<store>/optuna.db).")] = None,
           study: Annotated[str | None, typer.Option(help="Study name (default: <spec name>-<profile>).")] = None,
           workers: Annotated[int, typer.Option(min=1, help="Trials trained at once on this machine; the same command "
                                                "on other machines with the same --storage joins the study.")] = 1,

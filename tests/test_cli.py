@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+from helpers import ROOT
 from typer.testing import CliRunner
 
 from fcdm.cli import app
@@ -62,3 +63,27 @@ def test_sample_of_an_unknown_run_names_the_store(tmp_path):
     result = runner.invoke(app, ["sample", "no-such-run", "--store", str(tmp_path)])
     assert result.exit_code == 2 and "no run with id or name 'no-such-run'" in result.output
     assert not list(tmp_path.iterdir())  # looking up a run writes nothing
+
+
+def test_help_text_keeps_its_square_brackets_and_names_each_extra():
+    """No help loses `[...]` to rich markup: every bracketed word a command's help declares is in its
+    rendered --help, and each optional extra's install line is shown somewhere."""
+    import re
+    import tomllib
+
+    import typer
+
+    group = typer.main.get_command(app)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    shown = []
+    for name, command in group.commands.items():
+        if command.hidden:
+            continue
+        out = runner.invoke(app, [name, "--help"], terminal_width=120)
+        assert out.exit_code == 0, out.output
+        declared = " ".join(filter(None, [command.help, *(getattr(p, "help", None) for p in command.params)]))
+        for token in re.findall(r"\[[^\]\s]+\]", declared):
+            assert token in out.output, (name, token, out.output)
+        shown.append(" ".join(re.sub(r"[\u2500-\u257f]", " ", out.output).split()))  # without rich's box lines
+    for extra in (e for e in extras if e != "test"):
+        assert any(f"pip install 'fcdm-ablate[{extra}]'" in text for text in shown), extra

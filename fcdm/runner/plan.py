@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fcdm.models.costs import training_gflops
@@ -229,7 +230,7 @@ def table(rows: Sequence[dict], title: str):
                  compute(r["train_gflops"]),
                  *([duration(r["est_seconds"]) if r["est_seconds"] is not None else "too large here"] if measured else []),
                  r["status"]]
-        t.add_row(*cells)
+        t.add_row(*map(escape, cells))  # names and axis values are text, not rich markup
     return t
 
 
