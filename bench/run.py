@@ -1,26 +1,37 @@
-"""Job runner: wall time of the kernel-size smoke ablation with `--jobs 1`, `--jobs 2`, ..., and the
-orchestration overhead of `fcdm-ablate run` against training the same configs one after another.
+"""Job runner: README command one (`fcdm-ablate run ablations/kernel_size.yaml`) end to end, how well it
+packs the machine, and per-job start-up; optionally `--jobs 1`, `--jobs 2`, ... and the orchestration
+overhead against training the same configs one after another.
 
-    python bench/run.py                      # jobs 1 and 2, one repeat, print only
-    python bench/run.py --jobs 1 2 3 --record
+    python bench/run.py --record                 # README command one, then its rerun; appended to RESULTS.md
+    python bench/run.py --jobs 1 2 --sequential  # also `run --jobs N` and the sequential baseline
     python bench/run.py --set train.steps=60 --set eval.num_samples=100   # a scaled-down spec (busy machine)
 
 Each measurement starts from an empty store (a temporary directory) and times, wall clock, a real
 command in a subprocess, as a user would type it:
 
-- sequential: `fcdm-ablate train <job config> --store S --no-progress` for each of the spec's jobs
-  in turn (the same configs `run` writes to `<store>/jobs/<key>/config.yaml`), each process with
-  torch's default threads (all cores);
-- run: `fcdm-ablate run ablations/kernel_size.yaml --store S --no-progress --jobs N`;
-- rerun: the same `run` command again on the finished store (trains nothing; acceptance < 15 s).
+- README command one: `fcdm-ablate run ablations/kernel_size.yaml --store S --no-progress` (the runner's
+  defaults: one job per core, longest first, cores handed to the last jobs, trainers forked from one
+  process), then the same command again on the finished store (trains nothing);
+- with `--jobs N`: the same with `--jobs N`; with `--sequential`: `fcdm-ablate train <job config> --store S
+  --no-progress` for each job in turn, each with torch's default threads (all cores);
+  overhead % = (run --jobs 1 / sequential - 1) * 100 (goal <= 5%).
 
-Overhead % = (run --jobs 1 / sequential - 1) * 100 (goal <= 5%): `--jobs 1` gives its one job all
-cores, like the sequential loop, so the difference is the runner itself (expansion, claims, MLflow
-set-up, the live view, polling). Before timing, the script waits while the 1-minute load average is
-above --max-load (see bench/_common.py).
+From each job's train.log (the runner's header line when it asked for the job to start, then the
+trainer's own timestamped lines) the script reads, per job: its start (the header), its first step, its
+end (the last line), and its thread count over time (the start line's `N thread(s)`, each `threads: N
+from step S` line). Then:
+
+- per-job start-up = first step - start (the runner's request to the first training step; it includes
+  waiting for the trainer server's imports for the first jobs). Goal: < 3 s;
+- packing efficiency = sum over jobs of threads x seconds / (cores x wall of the command). Goal: >= 0.9;
+- wall time of README command one. Goal: < 270 s on 2 cores (220 s stretch goal).
+
+Before timing, the script waits while the 1-minute load average is above --max-load (bench/_common.py).
 """
 import argparse
 import datetime
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,15 +43,70 @@ from _common import add_common_args, load1, machine, record, wait_for_load
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "ablations" / "kernel_size.yaml"
 CLI = [sys.executable, "-m", "fcdm.cli"]
+_HEADER = re.compile(r"^=== (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) ")
+_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)\] (.*)$")
 
 
-def _timed(cmd: list[str]) -> float:
+def _timed(cmd: list[str], cwd=ROOT) -> tuple[float, str]:
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return wall
+        raise SystemExit(f"{' '.join(map(str, cmd))} exited {done.returncode}:\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
+    return wall, done.stdout
+
+
+def _time(text: str) -> float:
+    fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in text else "%Y-%m-%d %H:%M:%S"
+    return datetime.datetime.strptime(text, fmt).timestamp()
+
+
+def job_timeline(log: Path) -> dict:
+    """start, first step, end (unix times) and [(time, threads)] of the last start of a job in its log."""
+    lines = log.read_text(errors="replace").split("\n=== ")[-1].splitlines()
+    out = {"start": _time(_HEADER.match("=== " + lines[0]).group(1)), "first": None, "end": None, "threads": []}
+    for ln in lines[1:]:
+        m = _STAMP.match(ln)
+        if not m:
+            continue
+        t, text = _time(m.group(1)), m.group(2)
+        out["end"] = t
+        if text.startswith("start ") and (n := re.search(r"(\d+) thread\(s\)", text)):
+            out["threads"].append((out["start"], int(n.group(1))))
+        elif text.startswith("first step"):
+            out["first"] = t
+        elif text.startswith("threads: "):
+            out["threads"].append((t, int(text.split()[1])))
+    return out
+
+
+def thread_seconds(job: dict) -> float:
+    """Sum of threads x seconds from the job's start to its end."""
+    marks = job["threads"] + [(job["end"], 0)]
+    return sum(n * (marks[i + 1][0] - t) for i, (t, n) in enumerate(marks[:-1]))
+
+
+def readme_command(spec: Path, profile: str | None, sets: list[str], jobs: int | None) -> dict:
+    """Run the spec in a fresh store (and again, finished); the wall times and each job's timeline."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "store"
+        cmd = [*CLI, "run", str(spec), "--store", str(store), "--no-progress"]
+        cmd += ["--jobs", str(jobs)] if jobs else []
+        cmd += ["--profile", profile] if profile else []
+        cmd += [a for kv in sets for a in ("--set", kv)]
+        wall, out = _timed(cmd)
+        rerun, _ = _timed(cmd)
+        logs = sorted(p for p in (store / "jobs").glob("*/train.log"))
+        timelines = {p.parent.name: job_timeline(p) for p in logs}
+        names = {p.parent.name: next((ln.split("start ", 1)[1].split(" (hash")[0] for ln in p.read_text().splitlines()
+                                      if "] start " in ln), p.parent.name) for p in logs}
+    cores = len(os.sched_getaffinity(0))
+    busy = sum(thread_seconds(t) for t in timelines.values())
+    return {"wall": wall, "rerun": rerun, "cores": cores, "efficiency": busy / (cores * wall), "busy": busy,
+            "jobs": [(names[k], t["end"] - t["start"], t["first"] - t["start"], thread_seconds(t),
+                      "; ".join(f"{n}@{t_ - t['start']:.0f}s" for t_, n in t["threads"]))
+                     for k, t in sorted(timelines.items(), key=lambda kv: kv[1]["start"])],
+            "summary": out.strip().splitlines()}
 
 
 def sequential(spec: Path, profile: str | None, sets: list[str]) -> float:
@@ -60,59 +126,51 @@ def sequential(spec: Path, profile: str | None, sets: list[str]) -> float:
         return time.perf_counter() - t0
 
 
-def run(spec: Path, profile: str | None, jobs: int, sets: list[str]) -> tuple[float, float]:
-    """(wall of `run --jobs N` in a fresh store, wall of the rerun that finds everything finished)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [*CLI, "run", str(spec), "--store", str(Path(tmp) / "store"), "--no-progress", "--jobs", str(jobs)]
-        cmd += ["--profile", profile] if profile else []
-        cmd += [a for kv in sets for a in ("--set", kv)]
-        return _timed(cmd), _timed(cmd)
+def report(res: dict, title: str) -> str:
+    rows = ["| job (in start order) | seconds (start to end) | start-up (s, start to first step) | thread-seconds | "
+            "threads from its start |", "|---|---|---|---|---|"]
+    rows += [f"| {n} | {s:.1f} | {f:.2f} | {ts:.1f} | {th} |" for n, s, f, ts, th in res["jobs"]]
+    startups = [j[2] for j in res["jobs"]]
+    return (f"{title}: **{res['wall']:.1f} s** wall, packing efficiency **{res['efficiency']:.3f}** "
+            f"({res['busy']:.0f} thread-seconds on {res['cores']} cores in {res['wall']:.1f} s; goal >= 0.9), "
+            f"per-job start-up {min(startups):.2f}-{max(startups):.2f} s (goal < 3 s); rerun (all finished) "
+            f"{res['rerun']:.1f} s.\n\n" + "\n".join(rows) + "\n\nSummary printed by the run:\n\n```\n"
+            + "\n".join(res["summary"][-12:]) + "\n```\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", type=Path, default=SPEC)
     parser.add_argument("--profile", default=None, help="spec profile (default: the spec's default)")
-    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="--jobs values to time")
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--no-sequential", action="store_true", help="skip the sequential baseline")
+    parser.add_argument("--jobs", type=int, nargs="*", default=[], help="also time `run --jobs N` for these N")
+    parser.add_argument("--sequential", action="store_true", help="also time the sequential `train` baseline")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="override in every job, as run --set")
     add_common_args(parser)
     args = parser.parse_args()
 
     seen, waited = wait_for_load(args.max_load, args.max_wait)
-    print(f"machine: {machine()}\nload before timing: {seen:.2f} (waited {waited:.0f} s)")
-    rows = []
-    for rep in range(args.repeats):
-        if not args.no_sequential:
-            rows.append(("sequential `fcdm-ablate train` x jobs", rep, sequential(args.spec, args.profile, args.sets), None))
-            print(f"  repeat {rep}: sequential {rows[-1][2]:.1f} s (load {load1():.2f})")
-        for n in args.jobs:
-            wall, rerun = run(args.spec, args.profile, n, args.sets)
-            rows.append((f"`fcdm-ablate run --jobs {n}`", rep, wall, rerun))
-            print(f"  repeat {rep}: run --jobs {n}: {wall:.1f} s, rerun {rerun:.1f} s (load {load1():.2f})")
-
-    def median(name):
-        vals = sorted(r[2] for r in rows if r[0] == name)
-        return vals[len(vals) // 2] if vals else None
-
-    names = list(dict.fromkeys(r[0] for r in rows))
-    seq, one = median(names[0]) if not args.no_sequential else None, median("`fcdm-ablate run --jobs 1`")
-    lines = ["| what | wall (s, median) | rerun, all finished (s) | vs sequential |", "|---|---|---|---|"]
-    for name in names:
-        reruns = sorted(r[3] for r in rows if r[0] == name and r[3] is not None)
-        rel = f"{median(name) / seq:.3f}x" if seq else ""
-        lines.append(f"| {name} | {median(name):.1f} | {reruns[len(reruns) // 2]:.1f} | {rel} |" if reruns
-                     else f"| {name} | {median(name):.1f} | | {rel} |")
-    table = "\n".join(lines)
-    overhead = f"orchestration overhead (run --jobs 1 vs sequential): {(one / seq - 1) * 100:+.1f}%" if seq and one else ""
-    print(table + "\n" + overhead)
+    print(f"machine: {machine()}\nload before timing: {seen:.2f} (waited {waited:.0f} s)", flush=True)
+    sections = []
+    res = readme_command(args.spec, args.profile, args.sets, None)
+    sections.append(report(res, f"`fcdm-ablate run {args.spec.relative_to(ROOT) if args.spec.is_relative_to(ROOT) else args.spec}`"))
+    print(sections[-1], flush=True)
+    for n in args.jobs:
+        res = readme_command(args.spec, args.profile, args.sets, n)
+        sections.append(report(res, f"`... --jobs {n}`"))
+        print(sections[-1], f"(load {load1():.2f})", flush=True)
+    if args.sequential:
+        seq = sequential(args.spec, args.profile, args.sets)
+        sections.append(f"Sequential `fcdm-ablate train` per job (all cores each): {seq:.1f} s.\n")
+        print(sections[-1], flush=True)
+    after = load1()
     if args.record:
         sets = "".join(f" --set {kv}" for kv in args.sets)
-        record(f"\n## Job runner: {args.spec.name} ({args.profile or 'default profile'}), "
-               f"{datetime.date.today()}\n\n`python bench/run.py --jobs {' '.join(map(str, args.jobs))} --repeats "
-               f"{args.repeats}{sets}`; {machine()}; load before timing {seen:.2f}; one fresh store per command.\n\n"
-               f"{table}\n\n{overhead}\n")
+        record(f"\n## {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC - job runner: {args.spec.name} "
+               f"({args.profile or 'default profile'})\n\n- Command: `python bench/run.py{sets}"
+               f"{' --jobs ' + ' '.join(map(str, args.jobs)) if args.jobs else ''}"
+               f"{' --sequential' if args.sequential else ''} --record`\n- Machine: {machine()}\n"
+               f"- 1-minute load average: {seen:.2f} before (waited {waited:.0f} s), {after:.2f} at the end "
+               f"(the latter includes this benchmark)\n\n" + "\n".join(sections))
 
 
 if __name__ == "__main__":

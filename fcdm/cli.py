@@ -354,15 +354,18 @@ def serve_trainers():
     import os
 
     # Preloaded once for every trainer this process forks: what a trainer imports before its first step
-    # (the optimiser pulls in torch._dynamo), MLflow's SQL store, and the metrics an evaluation needs.
+    # (the optimiser pulls in torch._dynamo) and MLflow's SQL store; once the first trainers are forked,
+    # the metrics an evaluation needs (torch-fidelity), for the later ones.
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import torch._dynamo  # noqa: F401
 
-    import fcdm.metrics  # noqa: F401
     import fcdm.train  # noqa: F401
     from fcdm.util.forkserver import FD_ENV, serve
 
-    serve(int(os.environ.pop(FD_ENV)), _forked_train)
+    def later() -> None:
+        import fcdm.metrics  # noqa: F401  (heavy: torch-fidelity)
+
+    serve(int(os.environ.pop(FD_ENV)), _forked_train, idle=later)
 
 
 def _forked_train(argv: list[str]) -> int:

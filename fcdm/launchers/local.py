@@ -56,14 +56,20 @@ class LocalLauncher(Launcher):
         self.server: ForkServer | None = None
         self._server_log: Path | None = None
 
-    def use_fork_server(self, store: Path) -> None:
-        """Fork trainers from a server started at the first job (call from the thread that runs the jobs)."""
+    def use_fork_server(self, store: Path, now: bool = False) -> None:
+        """Fork trainers from a server, started now (its imports overlap the runner's own start) or at the
+        first job. Call from the thread that runs the jobs: the server dies with it."""
         self._server_log = Path(store) / "jobs" / SERVER_LOG
+        if now:
+            self._start_server()
+
+    def _start_server(self) -> None:
+        self.server = ForkServer.start([sys.executable, "-m", "fcdm.cli", "serve-trainers"], self._server_log)
 
     def start(self, job, config: Path, log: Path, store: Path, tracking_uri: str, env: dict[str, str],
               claim=None) -> Handle:
         if self._server_log is not None and self.server is None:
-            self.server = ForkServer.start([sys.executable, "-m", "fcdm.cli", "serve-trainers"], self._server_log)
+            self._start_server()
         if self.server is not None:
             try:
                 pid = self.server.fork(train_argv(config, store, tracking_uri)[2:], env, log)

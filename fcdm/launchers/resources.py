@@ -1,5 +1,6 @@
 """How many jobs run at once on this machine and what each one gets: its GPUs (CUDA_VISIBLE_DEVICES) or
-its share of the CPU threads (OMP_NUM_THREADS and friends). Read without importing torch."""
+its share of the CPU threads (OMP_NUM_THREADS and friends), and at the end of a spec the idle cores
+(hand_over_threads, IdleMeter). Read without importing torch."""
 from __future__ import annotations
 
 import os
@@ -55,14 +56,37 @@ def slot_envs(parallel: int, gpus: list[str], cpus: int, procs: int = 1, cluster
     return [{} if cluster else slot_env(i, parallel, gpus, cpus, procs) for i in range(parallel)]
 
 
-def hand_over_threads(cpus: int, threads: dict[str, int], seconds_left: dict[str, float]) -> dict[str, int]:
-    """The running jobs' threads once nothing is left to start: the cores no job uses go, one at a time,
-    to the job that would otherwise end last (the most seconds left per thread), so no core idles
-    while work remains. `threads`: each running job's threads now; a job never loses threads."""
+def hand_over_threads(spare: int, threads: dict[str, int], seconds_left: dict[str, float]) -> dict[str, int]:
+    """The running jobs' threads once nothing is left to start: `spare` cores go, one at a time, to the
+    job that would otherwise end last (the most seconds left per thread), so no core idles while work
+    remains. `threads`: each running job's threads now; a job never loses threads."""
     out = dict(threads)
-    spare = cpus - sum(out.values())
     while spare > 0 and out:
         last = max(out, key=lambda k: (seconds_left.get(k, 0.0) / out[k], k))
         out[last] += 1
         spare -= 1
     return out
+
+
+def cpu_times() -> tuple[float, float]:
+    """(idle, total) jiffies of every CPU of this machine so far (Linux /proc/stat; (0, 0) elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return fields[3] + (fields[4] if len(fields) > 4 else 0.0), sum(fields[:8])
+
+
+class IdleMeter:
+    """How many cores sat idle since the last look: a core is handed to a job only if nobody else (another
+    user's process, another runner) uses it, since a job with more threads than free cores spins."""
+
+    def __init__(self, cores: int):
+        self.cores, self.last = cores, cpu_times()
+
+    def idle_cores(self) -> float:
+        now = cpu_times()
+        idle, total = now[0] - self.last[0], now[1] - self.last[1]
+        self.last = now
+        return self.cores * idle / total if total > 0 else float(self.cores)

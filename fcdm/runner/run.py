@@ -26,7 +26,7 @@ import signal
 import time
 
 from fcdm.launchers import LauncherError
-from fcdm.launchers.resources import cpu_count, default_parallel, detect_gpus, hand_over_threads, slot_envs
+from fcdm.launchers.resources import IdleMeter, cpu_count, default_parallel, detect_gpus, hand_over_threads, slot_envs
 from fcdm.runner.estimate import longest_first, measured_rate, remaining_work, seconds_left
 from fcdm.runner.live import LiveView, Row
 from fcdm.runner.session import RunningJob, Session
@@ -60,10 +60,10 @@ def run_jobs(jobs: list[Job], store=None, tracking_uri=None, *, parallel: int | 
     # Threads handed over at the end of a spec: CPU-only machines, one local process per job.
     schedule = Schedule(session, unique, parallel, fail_fast, wait_elsewhere,
                         cpus=cpus if launcher == "local" and not gpus else None)
-    if schedule.cpus:  # trainers forked from one process that imported their libraries once
-        session.launcher.use_fork_server(session.store)
     t0 = time.time()
     try:
+        if schedule.cpus:  # trainers forked from one process that imported their libraries once, meanwhile
+            session.launcher.use_fork_server(session.store, now=schedule.work_left())
         session.launcher.check(unique)
         envs = slot_envs(parallel, gpus, cpus, session.launcher.processes_per_job(), cluster=launcher == "slurm")
         session.prepare(unique)
@@ -104,6 +104,7 @@ class Schedule:
         self.works = self._estimate(jobs)
         self.pending: list[Job] = longest_first(jobs, self.works)
         self.threads: dict[str, int] = {}  # running job -> its CPU threads (when handing over)
+        self.meter = IdleMeter(cpus) if cpus else None
         self.running: list[RunningJob] = []
         self.outcomes: dict[str, JobOutcome] = {}
         self.free = list(range(parallel))  # the concurrency slots no job occupies
@@ -125,6 +126,10 @@ class Schedule:
                 rates[j.hash] = measured_rate(store, j)
         return {j.key: remaining_work(j, job_status(store, j).step, rates[j.hash]) for j in jobs}
 
+    def work_left(self) -> bool:
+        """Whether any job has something left to train (a rerun of a finished spec starts nothing)."""
+        return any(w.gflop > 0 for w in self.works.values())
+
     def ordered(self) -> list[JobOutcome]:
         """The outcomes in the jobs' order."""
         return [self.outcomes[j.key] for j in self.jobs if j.key in self.outcomes]
@@ -138,6 +143,7 @@ class Schedule:
                 self._last_scan, self._dirty = time.time(), False
                 self._start(view, envs)
             self._collect(view)
+            self._hand_over(view)
             if self.pending and not self.running and not self.wait_elsewhere:
                 for j in self.pending:  # every one left is held by another runner
                     self.outcomes[j.key] = JobOutcome(j, "pending", reason="held by another runner")
@@ -178,6 +184,7 @@ class Schedule:
             self.running.append(started)
             if self.cpus:
                 self.threads[job.key] = int(env["OMP_NUM_THREADS"])
+                self.meter.idle_cores()  # the cores it takes are not idle from now on
             what = f"resuming at step {started.resumed_from}" if started.resumed_from else "starting"
             threads = f", {env['OMP_NUM_THREADS']} thread(s)" if "OMP_NUM_THREADS" in env else ""
             view.event(f"  {what} {job.label} ({started.handle.describe}{threads}, "
@@ -195,7 +202,8 @@ class Schedule:
         if self.pending == [job]:  # the last to start: the cores nobody uses are its from the first step
             left = self._seconds_left()
             left[job.key] = seconds_left(self.works)[job.key]
-            threads = hand_over_threads(self.cpus, {**self.threads, job.key: threads}, left)[job.key]
+            spare = self._spare(extra=threads)
+            threads = hand_over_threads(spare, {**self.threads, job.key: threads}, left)[job.key]
         path = job_dir(self.session.store, job) / THREADS
         atomic_write(path, str(threads))
         return {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), THREADS_ENV: str(path)}
@@ -208,11 +216,19 @@ class Schedule:
             works[r.job.key] = remaining_work(r.job, max(r.step, live.step or 0), live.rate)
         return seconds_left(works)
 
+    def _spare(self, extra: int = 0) -> int:
+        """Cores neither this runner's jobs (and `extra` threads about to start) nor anything else use."""
+        unused = self.cpus - sum(self.threads.values()) - extra
+        return min(unused, round(self.meter.idle_cores()) - extra) if unused > 0 else 0
+
     def _hand_over(self, view: LiveView) -> None:
         """Once nothing is left to start, the cores no job uses go to the jobs that would end last."""
         if not self.cpus or self.pending or not self.running or self.stops:
             return
-        now = hand_over_threads(self.cpus, self.threads, self._seconds_left())
+        spare = self._spare()
+        if spare <= 0:
+            return
+        now = hand_over_threads(spare, self.threads, self._seconds_left())
         for r in self.running:
             old, new = self.threads[r.job.key], now[r.job.key]
             if new != old:
@@ -236,8 +252,6 @@ class Schedule:
             if outcome.state == "failed" and self.fail_fast and not self.stops:
                 view.event("--fail-fast: stopping the other jobs")
                 self.stops = 1
-        if self._dirty:
-            self._hand_over(view)
 
     def _show(self, view: LiveView) -> None:
         note = (f"waiting for {len(self.pending)} job(s) held by other runners" if self.pending and not self.running

@@ -36,13 +36,19 @@ START_TIMEOUT_S = 300.0  # how long the first fork may wait for the server's imp
 
 # -- the server ---------------------------------------------------------------------------------------
 
-def serve(fd: int, run: Callable[[list[str]], int]) -> None:
-    """Fork a child per request on socket `fd` until the other end closes; report each child's exit."""
+def serve(fd: int, run: Callable[[list[str]], int], idle: Callable[[], None] | None = None) -> None:
+    """Fork a child per request on socket `fd` until the other end closes; report each child's exit.
+    `idle`: called once, the first time no request is waiting after the first fork (more imports that
+    later children inherit, without delaying the first ones)."""
     sock = socket.socket(fileno=fd)
     sock.sendall(b'{"ready": true}\n')
     buffer, children = b"", set()
     while True:
         readable, _, _ = select.select([sock], [], [], 0.2)
+        if not readable and idle is not None and children:
+            idle()
+            idle = None
+            continue
         if readable:
             data = sock.recv(65536)
             if not data:

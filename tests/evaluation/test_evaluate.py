@@ -31,6 +31,7 @@ def new_store(path, classifier):
     return path
 
 
+@pytest.mark.e2e
 def test_smoke_run_logs_metrics_at_each_eval_step_and_fid_falls(smoke):
     cfg, store, result = smoke
     fid = history(store, result.run_id, "fid")
@@ -47,6 +48,7 @@ def test_smoke_run_logs_metrics_at_each_eval_step_and_fid_falls(smoke):
     assert tags["eval.precision"] == "fp32" and tags["eval.vae"] == "None"
 
 
+@pytest.mark.e2e
 def test_evaluate_after_the_fact_logs_into_the_same_run_and_exports_adm_npz(smoke, tmp_path):
     cfg, store, result = smoke
     npz = tmp_path / "samples.npz"
@@ -62,6 +64,7 @@ def test_evaluate_after_the_fact_logs_into_the_same_run_and_exports_adm_npz(smok
     assert np.bincount(data["labels"]).tolist() == [10] * 10
 
 
+@pytest.mark.e2e
 def test_evaluate_rejects_a_sampler_of_the_other_objective(smoke):
     cfg, store, result = smoke
     out = runner.invoke(app, ["evaluate", result.run_id, "--sampler", "ddim", "--store", str(store)])
@@ -286,6 +289,7 @@ def test_an_unconditional_run_reports_no_class_consistency(tmp_path, classifier,
     assert "fid" in metrics and "precision" in metrics and "class_consistency" not in metrics
 
 
+@pytest.mark.e2e
 def test_two_processes_in_training_and_one_process_after_the_fact_draw_the_same_samples(tmp_path, classifier):
     """The in-training evaluation on two gloo processes and `evaluate` on one give the very same numbers,
     so they rightly share the bare `fid` curve."""

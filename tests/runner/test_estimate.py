@@ -38,8 +38,32 @@ def test_longest_first_with_measured_and_costed_jobs():
 
 
 def test_free_cores_go_to_the_job_that_would_end_last_and_none_is_taken():
-    assert hand_over_threads(2, {"a": 1}, {"a": 30.0}) == {"a": 2}
-    assert hand_over_threads(4, {"a": 1, "b": 1}, {"a": 10.0, "b": 40.0}) == {"a": 1, "b": 3}
-    assert hand_over_threads(4, {"a": 1, "b": 1}, {"a": 30.0, "b": 40.0}) == {"a": 2, "b": 2}
-    assert hand_over_threads(2, {"a": 1, "b": 1}, {"a": 1.0, "b": 9.0}) == {"a": 1, "b": 1}  # nothing free
-    assert hand_over_threads(2, {"a": 2, "b": 1}, {"a": 1.0, "b": 9.0}) == {"a": 2, "b": 1}  # never taken away
+    assert hand_over_threads(1, {"a": 1}, {"a": 30.0}) == {"a": 2}
+    assert hand_over_threads(2, {"a": 1, "b": 1}, {"a": 10.0, "b": 40.0}) == {"a": 1, "b": 3}
+    assert hand_over_threads(2, {"a": 1, "b": 1}, {"a": 30.0, "b": 40.0}) == {"a": 2, "b": 2}
+    assert hand_over_threads(0, {"a": 1, "b": 1}, {"a": 1.0, "b": 9.0}) == {"a": 1, "b": 1}  # nothing free
+
+
+def test_only_cores_nobody_uses_are_handed_over(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import fcdm.launchers.resources as resources
+    from fcdm.runner.run import Schedule
+
+    times = iter([(0.0, 0.0), (50.0, 200.0), (50.0, 400.0), (250.0, 600.0)])  # (idle, total) jiffies
+    monkeypatch.setattr(resources, "cpu_times", lambda: next(times))
+    schedule = Schedule(SimpleNamespace(store=tmp_path), [_job("a")], 1, False, True, cpus=2)
+    schedule.threads = {"a": 1}
+    assert schedule._spare() == 0  # a quarter of 2 cores idle (another process uses the other): none
+    assert schedule._spare() == 0  # nothing idle
+    assert schedule._spare() == 1  # one core idle: it is handed over
+    schedule.threads = {"a": 2}
+    assert schedule._spare() == 0  # every core is this runner's
+
+
+def test_the_idle_meter_counts_idle_cores_between_looks(monkeypatch):
+    import fcdm.launchers.resources as resources
+
+    times = iter([(100.0, 1000.0), (150.0, 1100.0)])
+    monkeypatch.setattr(resources, "cpu_times", lambda: next(times))
+    assert resources.IdleMeter(4).idle_cores() == 2.0  # half the time idle on 4 cores

@@ -120,6 +120,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
 
 # -- the runner, in process -------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_trains_takes_over_a_dead_claim_reports_failures_and_skips_on_rerun(tmp_path, tiny_config):
     store = tmp_path / "store"
     ok = _job(tiny_config, "t", 3)
@@ -162,10 +163,12 @@ def test_trains_takes_over_a_dead_claim_reports_failures_and_skips_on_rerun(tmp_
     assert [o.state for o in ff.outcomes] == ["failed", "pending"] and _starts(store, later) == 0
 
 
+@pytest.mark.e2e
 def test_the_longest_job_starts_first_and_takes_the_core_the_other_frees(tmp_path, tiny_config, monkeypatch, capsys):
     import fcdm.runner.run as run_module
 
     monkeypatch.setattr(run_module, "cpu_count", lambda: 2)  # 2 cores, one thread per job, whatever runs the test
+    monkeypatch.setattr(run_module.IdleMeter, "idle_cores", lambda self: 2.0)  # and nothing else uses them
     store = tmp_path / "store"
     short = _job(tiny_config, "h", 3)
     long = _job(tiny_config, "h", 5, "train.steps=400", "log.checkpoint_every=1000")
@@ -183,6 +186,7 @@ def test_the_longest_job_starts_first_and_takes_the_core_the_other_frees(tmp_pat
     assert table == [["job", "seed", "status"], ["kernel_size=3", "0", "finished"], ["kernel_size=5", "0", "finished"]]
 
 
+@pytest.mark.e2e
 def test_accelerate_launcher_runs_two_gloo_processes(tmp_path, tiny_config):
     store = tmp_path / "store"
     job = _job(tiny_config, "t", 3)
@@ -193,6 +197,7 @@ def test_accelerate_launcher_runs_two_gloo_processes(tmp_path, tiny_config):
     assert "accelerate.commands.launch" in (job_dir(store, job) / "train.log").read_text()
 
 
+@pytest.mark.e2e
 def test_slurm_launcher_through_submitit_then_force_retrains_in_a_new_run(tmp_path, tiny_config):
     store = tmp_path / "store"
     job = _job(tiny_config, "t", 3)
@@ -216,6 +221,7 @@ def test_slurm_launcher_through_submitit_then_force_retrains_in_a_new_run(tmp_pa
 
 # -- `fcdm-ablate run` processes --------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_two_runners_split_the_jobs_and_train_each_once(tmp_path):
     spec = _spec(tmp_path / "t.yaml", "two", [3, 5, 7])
     store = tmp_path / "store"
@@ -249,6 +255,7 @@ def _wait_step(ckpt: Path, above: int, proc, timeout=300) -> int:
     raise AssertionError(f"no progress past step {above} in {ckpt}")
 
 
+@pytest.mark.e2e
 def test_sigint_and_sigkill_then_rerun_resume_the_interrupted_job(tmp_path):
     from fcdm.spec import expand
     from fcdm.store.layout import checkpoint_dir

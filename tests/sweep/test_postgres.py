@@ -48,6 +48,7 @@ def held_by(store: Path, pid: int) -> list[str]:
     return keys
 
 
+@pytest.mark.e2e
 def test_two_workers_on_postgres_one_killed_mid_trial(tmp_path, pg_url):
     spec = write_spec(tmp_path, "tpg", {"metric": "fid", "params": LR})
     store = tmp_path / "store"

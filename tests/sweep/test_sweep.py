@@ -258,6 +258,7 @@ def load(store: Path, name: str):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{store / 'optuna.db'}")
 
 
+@pytest.mark.e2e
 def test_sweep_two_workers_then_rerun_adds_the_difference(store):
     spec = write_spec(store, "tsweep", {"metric": "fid", "params": {**LR, "model.args.kernel_size": [3, 5]}})
     out = sweep(spec, store, "--trials", "4", "--workers", "2")
@@ -282,6 +283,7 @@ def test_sweep_two_workers_then_rerun_adds_the_difference(store):
     assert study_run.data.tags["best.trial"] == str(study.best_trial.number)
 
 
+@pytest.mark.e2e
 def test_always_pruner_prunes_every_trial_but_the_first_under_accelerate_launch(store):
     """Each trial trains as two gloo processes under `accelerate launch`; a pruned trial's whole process
     group checkpoints and stops, and its intermediate value stays recorded."""
@@ -302,6 +304,7 @@ def test_always_pruner_prunes_every_trial_but_the_first_under_accelerate_launch(
         assert any(ckpt.glob("step_*.pt"))  # the checkpoint is kept: a later trial resumes it
 
 
+@pytest.mark.e2e
 def test_a_trial_of_an_already_trained_config_trains_nothing(store):
     from fcdm.spec import expand
     from fcdm.store.jobs import LOG, job_dir
@@ -323,6 +326,7 @@ def test_a_trial_of_an_already_trained_config_trains_nothing(store):
     assert (job_dir(store, job) / LOG).read_text().count("=== ") == 1  # trained once, by `run`
 
 
+@pytest.mark.e2e
 def test_multi_objective_gives_a_pareto_front_and_its_plot(store):
     spec = write_spec(store, "tpareto", {"objectives": ["fid", "gflops"],
                                          "params": {"model.args.kernel_size": [3, 5]}})
@@ -337,6 +341,7 @@ def test_multi_objective_gives_a_pareto_front_and_its_plot(store):
     assert len(front) == len(study.best_trials) >= 1
 
 
+@pytest.mark.e2e
 def test_interrupted_sweep_requeues_its_trial_and_the_rerun_resumes_it(store):
     """Ctrl-C (here: the stop event a signal handler sets) checkpoints the running job and queues the
     trial again; the rerun trains that queued trial from the checkpoint."""

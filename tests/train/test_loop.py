@@ -44,6 +44,7 @@ def wait_for_checkpoint(ckpt_dir, proc, min_step, timeout=120):
 
 # -- the smoke config end to end ----------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_smoke_run_finishes_and_mlflow_holds_params_metrics_config_and_grids(smoke):
     cfg, store, result = smoke
     assert result.status == "FINISHED" and result.step == cfg.train.steps
@@ -64,6 +65,7 @@ def test_smoke_run_finishes_and_mlflow_holds_params_metrics_config_and_grids(smo
     assert grids == {f"samples/step_{s:08d}.png" for s in checkpoints | set(cfg.eval_steps())}
 
 
+@pytest.mark.e2e
 def test_smoke_samples_are_recognisably_their_class(smoke, tmp_path):
     """An independent classifier (an SVM on the real digits) must recognise >= 90% of the samples."""
     from sklearn.datasets import load_digits
@@ -84,6 +86,7 @@ def test_smoke_samples_are_recognisably_their_class(smoke, tmp_path):
     assert accuracy >= 0.9, f"only {accuracy:.1%} of samples classified as their conditioning class"
 
 
+@pytest.mark.e2e
 def test_rerunning_a_finished_config_skips_it(smoke):
     cfg, store, _ = smoke
     assert train(cfg, store=store, progress=False).status == "SKIPPED"
@@ -92,6 +95,7 @@ def test_rerunning_a_finished_config_skips_it(smoke):
 
 # -- exact resume -------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_sigkill_then_rerun_resumes_the_same_run_and_matches_an_uninterrupted_run(tmp_path):
     overrides = [*TINY, "train.steps=120", "log.checkpoint_every=10"]
     cfg = load_config(SMOKE, overrides)
@@ -131,6 +135,7 @@ def test_in_process_stop_and_resume_is_bitwise_exact(tmp_path, tiny_config):
             assert torch.equal(tensor, b[part][name]), (part, name)
 
 
+@pytest.mark.e2e
 def test_sigterm_checkpoints_and_marks_the_run_killed(tmp_path):
     overrides = [*TINY, "train.steps=100000", "log.checkpoint_every=10"]
     cfg = load_config(SMOKE, overrides)
@@ -145,6 +150,7 @@ def test_sigterm_checkpoints_and_marks_the_run_killed(tmp_path):
     assert load_latest(checkpoint_dir(tmp_path, cfg))["step"] >= 10
 
 
+@pytest.mark.e2e
 def test_two_cpu_processes_under_accelerate_train_one_run(tmp_path):
     overrides = [*TINY, "train.steps=20"]
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

@@ -15,7 +15,9 @@ SERVER = ("import os, sys, time\n"
           "    if argv[0] == 'sleep':\n"
           "        time.sleep(60)\n"
           "    return int(argv[0]) if argv[0].isdigit() else 0\n"
-          "serve(int(os.environ[FD_ENV]), run)\n")
+          "def later():\n"
+          "    os.environ['X'] = 'later'\n"
+          "serve(int(os.environ[FD_ENV]), run, idle=later)\n")
 
 
 def _wait(server, pid, timeout=30):
@@ -39,8 +41,10 @@ def test_forked_children_log_exit_and_take_signals_like_spawned_ones(tmp_path):
         assert server.exit_code(sleeper) is None
         os.killpg(sleeper, signal.SIGKILL)
         assert _wait(server, sleeper) == -signal.SIGKILL
+        time.sleep(0.5)  # the server is idle: it runs `idle` once, and later children inherit what it did
         second = server.fork(["0"], {}, log)
         assert _wait(server, second) == 0 and log.read_text().count("\n=== ") == 2
+        assert f"child {second} ['0'] later True" in log.read_text()
     finally:
         server.close()
 
