@@ -82,11 +82,15 @@ class IdleMeter:
     """How many cores sat idle since the last look: a core is handed to a job only if nobody else (another
     user's process, another runner) uses it, since a job with more threads than free cores spins."""
 
+    MIN_WINDOW_S = 0.3  # /proc/stat counts in 10 ms ticks: shorter windows are noise
+
     def __init__(self, cores: int):
-        self.cores, self.last = cores, cpu_times()
+        self.cores, self.last, self.idle = cores, cpu_times(), 0.0
 
     def idle_cores(self) -> float:
+        """Idle cores since the last look, over at least MIN_WINDOW_S (else the previous answer; 0 at first)."""
         now = cpu_times()
         idle, total = now[0] - self.last[0], now[1] - self.last[1]
-        self.last = now
-        return self.cores * idle / total if total > 0 else float(self.cores)
+        if total >= 100 * self.cores * self.MIN_WINDOW_S:  # USER_HZ = 100 ticks per second per core
+            self.last, self.idle = now, self.cores * idle / total
+        return self.idle

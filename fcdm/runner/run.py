@@ -184,12 +184,10 @@ class Schedule:
             self.running.append(started)
             if self.cpus:
                 self.threads[job.key] = int(env["OMP_NUM_THREADS"])
-                self.meter.idle_cores()  # the cores it takes are not idle from now on
             what = f"resuming at step {started.resumed_from}" if started.resumed_from else "starting"
             threads = f", {env['OMP_NUM_THREADS']} thread(s)" if "OMP_NUM_THREADS" in env else ""
             view.event(f"  {what} {job.label} ({started.handle.describe}{threads}, "
                        f"log {job_dir(self.session.store, job) / LOG})")
-        self._hand_over(view)
 
     # -- CPU threads ---------------------------------------------------------------------------------------
 

@@ -50,13 +50,14 @@ def test_only_cores_nobody_uses_are_handed_over(tmp_path, monkeypatch):
     import fcdm.launchers.resources as resources
     from fcdm.runner.run import Schedule
 
-    times = iter([(0.0, 0.0), (50.0, 200.0), (50.0, 400.0), (250.0, 600.0)])  # (idle, total) jiffies
+    times = iter([(0.0, 0.0), (50.0, 200.0), (50.0, 400.0), (250.0, 600.0), (250.0, 610.0)])  # (idle, total) ticks
     monkeypatch.setattr(resources, "cpu_times", lambda: next(times))
     schedule = Schedule(SimpleNamespace(store=tmp_path), [_job("a")], 1, False, True, cpus=2)
     schedule.threads = {"a": 1}
     assert schedule._spare() == 0  # a quarter of 2 cores idle (another process uses the other): none
     assert schedule._spare() == 0  # nothing idle
     assert schedule._spare() == 1  # one core idle: it is handed over
+    assert schedule._spare() == 1  # 10 ticks are too short a look: the previous answer stands
     schedule.threads = {"a": 2}
     assert schedule._spare() == 0  # every core is this runner's
 
@@ -64,6 +65,9 @@ def test_only_cores_nobody_uses_are_handed_over(tmp_path, monkeypatch):
 def test_the_idle_meter_counts_idle_cores_between_looks(monkeypatch):
     import fcdm.launchers.resources as resources
 
-    times = iter([(100.0, 1000.0), (150.0, 1100.0)])
+    times = iter([(100.0, 1000.0), (150.0, 1100.0), (160.0, 1110.0), (160.0, 1300.0)])
     monkeypatch.setattr(resources, "cpu_times", lambda: next(times))
-    assert resources.IdleMeter(4).idle_cores() == 2.0  # half the time idle on 4 cores
+    meter = resources.IdleMeter(2)
+    assert meter.idle_cores() == 1.0  # half the time idle on 2 cores (100 ticks: 0.5 s)
+    assert meter.idle_cores() == 1.0  # 10 ticks: too short to tell, the previous answer
+    assert meter.idle_cores() == pytest.approx(0.1)  # 200 ticks since the last look, 10 idle
