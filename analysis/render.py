@@ -140,13 +140,17 @@ def to_html(t: Table) -> str:
 WRITERS = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
 
 
-def to_rich(t: Table):
+def to_rich(t: Table, max_rows: int | None = None):
     """A rich.table.Table for the terminal: mean ± std without the interval (the files have it), bold
-    kept, caption and notes under it."""
-    rt = RichTable(title=escape(t.title), caption=escape(" ".join([t.caption, *t.notes])), caption_justify="left")
+    kept, caption and notes under it; past `max_rows` rows, one line says how many more the files hold
+    (a thousand-row table takes seconds to lay out and scrolls past unread)."""
+    rows = t.rows if max_rows is None or len(t.rows) <= max_rows else t.rows[:max_rows]
+    more = [f"{len(t.rows) - len(rows)} more rows in the report's files."] if len(rows) < len(t.rows) else []
+    rt = RichTable(title=escape(t.title), caption=escape(" ".join([t.caption, *t.notes, *more])),
+                   caption_justify="left")
     for i, c in enumerate(t.columns):  # 'FID [ddpm-250-...]' is text, not rich markup
         rt.add_column(escape(c), justify="left" if i == 0 else "right", overflow="fold")
-    for row in t.rows:
+    for row in rows:
         rt.add_row(*[f"[bold]{escape(cell_text(c, ci=False))}[/bold]" if c.bold else escape(cell_text(c, ci=False))
                      for c in row])
     return rt

@@ -327,9 +327,9 @@ def report(specs: Annotated[list[Path] | None, typer.Argument(help="Spec files (
 
     console = Console()
 
-    def show(rep) -> None:  # the main table, the first 20 comparisons, and where the files went
+    def show(rep) -> None:  # the main table (its first 50 rows), the first 20 comparisons, where the files went
         if rep.main is not None:
-            console.print(to_rich(rep.main))
+            console.print(to_rich(rep.main, max_rows=50))
         for line in rep.summary[:20]:
             console.print("- " + rich_line(line))
         if len(rep.summary) > 20:

@@ -7,6 +7,7 @@ variant and job that made it, the axis values that picked it, and the GFLOPs tar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from fcdm.config.schema import RunConfig
@@ -29,8 +30,9 @@ class Job:
     def seed(self) -> int:
         return self.config.seed
 
-    @property
+    @cached_property
     def hash(self) -> str:
+        """The configuration hash, computed once per job (reports look every job up many times)."""
         return self.config.hash
 
     @property

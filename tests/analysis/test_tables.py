@@ -183,3 +183,20 @@ def test_published_rows_are_their_own_table():
     assert "Not comparable" in t.caption
     assert "Not comparable" not in published_table("dit_comparison", comparable=True).caption
     assert published_table("no_such_spec", comparable=True) is None
+
+
+def test_the_terminal_table_shows_its_first_rows_and_says_how_many_more_there_are():
+    from rich.console import Console
+
+    from analysis.render import to_rich
+    from analysis.tables import Cell, Table
+
+    t = Table("t", "FID [post-hoc]", ["config", "FID [ddpm-250]"], [[Cell(f"k={i}"), Cell(float(i))] for i in range(60)],
+              "caption")
+    console = Console(record=True, width=120)
+    console.print(to_rich(t, max_rows=50))
+    text = " ".join(console.export_text().split())
+    assert "k=49" in text and "k=50" not in text and "10 more rows in the report's files." in text
+    assert "FID [post-hoc]" in text and "FID [ddpm-250]" in text  # brackets are text, not markup
+    console.print(to_rich(t))
+    assert "k=59" in console.export_text()
