@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from fcdm.errors import DataError, UserError
-from fcdm.launchers import LAUNCHERS, launcher_options
+from fcdm.launchers import LAUNCHER_NAMES, launcher_options
 from fcdm.spec.search import PRUNERS, SAMPLERS
 from fcdm.store.layout import short_name
 
@@ -41,7 +41,7 @@ app = typer.Typer(help="Controlled ablations of fully convolutional diffusion mo
 
 # Typer takes choices as an Enum; the names are defined once, by the launcher registry and the search language.
 TableFormat = Enum("TableFormat", {n: n for n in ("table", "csv", "json")}, type=str)
-LauncherName = Enum("LauncherName", {n: n for n in LAUNCHERS}, type=str)
+LauncherName = Enum("LauncherName", {n: n for n in LAUNCHER_NAMES}, type=str)
 SweepSampler = Enum("SweepSampler", {n: n for n in SAMPLERS}, type=str)
 SweepPruner = Enum("SweepPruner", {n: n for n in PRUNERS}, type=str)
 

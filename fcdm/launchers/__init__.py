@@ -8,24 +8,33 @@ command line, `Launcher`, `Handle`), `resources` how many jobs run at once and w
 """
 from __future__ import annotations
 
-from typing import Any
-
-import yaml
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from fcdm.errors import LauncherError
-from fcdm.launchers.accelerate import AccelerateLauncher
-from fcdm.launchers.base import Launcher
-from fcdm.launchers.local import LocalLauncher
-from fcdm.launchers.slurm import SlurmLauncher
 
-LAUNCHERS: dict[str, type[Launcher]] = {"local": LocalLauncher, "accelerate": AccelerateLauncher,
-                                        "slurm": SlurmLauncher}
+if TYPE_CHECKING:
+    from fcdm.launchers.base import Launcher
+
+# The launchers by name (`LAUNCHERS`, name -> class), loaded on first use (PEP 562): the command line needs
+# only the names for `--help`, which must answer at once.
+_CLASSES = {"local": ("local", "LocalLauncher"), "accelerate": ("accelerate", "AccelerateLauncher"),
+            "slurm": ("slurm", "SlurmLauncher")}
+LAUNCHER_NAMES = tuple(_CLASSES)
+
+
+def __getattr__(name: str):
+    if name == "LAUNCHERS":
+        return {n: getattr(importlib.import_module(f"fcdm.launchers.{m}"), c) for n, (m, c) in _CLASSES.items()}
+    raise AttributeError(f"module 'fcdm.launchers' has no attribute {name!r}")
 
 
 def launcher_options(name: str, spec_section: dict | None = None, pairs: list[str] | tuple[str, ...] = (),
                      **flags: Any) -> dict[str, Any]:
     """A launcher's options: the spec's `launcher` section (`{slurm: {partition: gpu}, accelerate: {...}}`),
     then `--launcher-opt key=value` pairs (values read as YAML), then the named CLI flags that are set."""
+    import yaml  # keeps --help fast: only once a command reads options
+
     section = (spec_section or {}).get(name) or {}
     if not isinstance(section, dict):
         raise LauncherError(f"the spec's launcher.{name} section must be a mapping of options, not {section!r}")
@@ -44,9 +53,9 @@ def launcher_options(name: str, spec_section: dict | None = None, pairs: list[st
 
 def make_launcher(name: str, options: dict[str, Any] | None = None) -> Launcher:
     """The launcher called `name` (local | accelerate | slurm) with its options validated."""
-    if name not in LAUNCHERS:
-        raise LauncherError(f"--launcher {name!r} is unknown; allowed values: {', '.join(LAUNCHERS)}")
-    return LAUNCHERS[name](dict(options or {}))
+    if name not in _CLASSES:
+        raise LauncherError(f"--launcher {name!r} is unknown; allowed values: {', '.join(_CLASSES)}")
+    return __getattr__("LAUNCHERS")[name](dict(options or {}))
 
 
-__all__ = ["LAUNCHERS", "LauncherError", "launcher_options", "make_launcher"]
+__all__ = ["LAUNCHERS", "LAUNCHER_NAMES", "LauncherError", "launcher_options", "make_launcher"]
