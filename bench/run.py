@@ -21,8 +21,10 @@ trainer's own timestamped lines) the script reads, per job: its start (the heade
 end (the last line), and its thread count over time (the start line's `N thread(s)`, each `threads: N
 from step S` line). Then:
 
-- per-job start-up = first step - start (the runner's request to the first training step; it includes
-  waiting for the trainer server's imports for the first jobs). Goal: < 3 s;
+- per-job start-up, process start to first step: the trainer's own line "first step N s after the
+  process started" (a forked trainer starts at its fork). Goal: < 3 s. Also shown: the runner's request
+  (its header line) to the first step, which for the first jobs includes waiting for the trainer server's
+  one-off imports (and for the second, for the first job's fork);
 - packing efficiency = sum over jobs of threads x seconds / (cores x wall of the command). Goal: >= 0.9;
 - wall time of README command one. Goal: < 270 s on 2 cores (220 s stretch goal).
 
@@ -64,7 +66,8 @@ def _time(text: str) -> float:
 def job_timeline(log: Path) -> dict:
     """start, first step, end (unix times) and [(time, threads)] of the last start of a job in its log."""
     lines = log.read_text(errors="replace").split("\n=== ")[-1].splitlines()
-    out = {"start": _time(_HEADER.match("=== " + lines[0]).group(1)), "first": None, "end": None, "threads": []}
+    out = {"start": _time(_HEADER.match("=== " + lines[0]).group(1)), "first": None, "end": None, "threads": [],
+           "process": None}
     for ln in lines[1:]:
         m = _STAMP.match(ln)
         if not m:
@@ -74,7 +77,7 @@ def job_timeline(log: Path) -> dict:
         if text.startswith("start ") and (n := re.search(r"(\d+) thread\(s\)", text)):
             out["threads"].append((out["start"], int(n.group(1))))
         elif text.startswith("first step"):
-            out["first"] = t
+            out["first"], out["process"] = t, float(text.split()[2])
         elif text.startswith("threads: "):
             out["threads"].append((t, int(text.split()[1])))
     return out
@@ -103,7 +106,7 @@ def readme_command(spec: Path, profile: str | None, sets: list[str], jobs: int |
     cores = len(os.sched_getaffinity(0))
     busy = sum(thread_seconds(t) for t in timelines.values())
     return {"wall": wall, "rerun": rerun, "cores": cores, "efficiency": busy / (cores * wall), "busy": busy,
-            "jobs": [(names[k], t["end"] - t["start"], t["first"] - t["start"], thread_seconds(t),
+            "jobs": [(names[k], t["end"] - t["start"], t["process"], t["first"] - t["start"], thread_seconds(t),
                       "; ".join(f"{n}@{t_ - t['start']:.0f}s" for t_, n in t["threads"]))
                      for k, t in sorted(timelines.items(), key=lambda kv: kv[1]["start"])],
             "summary": out.strip().splitlines()}
@@ -127,14 +130,15 @@ def sequential(spec: Path, profile: str | None, sets: list[str]) -> float:
 
 
 def report(res: dict, title: str) -> str:
-    rows = ["| job (in start order) | seconds (start to end) | start-up (s, start to first step) | thread-seconds | "
-            "threads from its start |", "|---|---|---|---|---|"]
-    rows += [f"| {n} | {s:.1f} | {f:.2f} | {ts:.1f} | {th} |" for n, s, f, ts, th in res["jobs"]]
-    startups = [j[2] for j in res["jobs"]]
+    rows = ["| job (in start order) | seconds (runner's start to end) | start-up: process start to first step (s) | "
+            "runner's request to first step (s) | thread-seconds | threads from its start |", "|---|---|---|---|---|---|"]
+    rows += [f"| {n} | {s:.1f} | {p:.2f} | {f:.2f} | {ts:.1f} | {th} |" for n, s, p, f, ts, th in res["jobs"]]
+    process, request = [j[2] for j in res["jobs"]], [j[3] for j in res["jobs"]]
     return (f"{title}: **{res['wall']:.1f} s** wall, packing efficiency **{res['efficiency']:.3f}** "
             f"({res['busy']:.0f} thread-seconds on {res['cores']} cores in {res['wall']:.1f} s; goal >= 0.9), "
-            f"per-job start-up {min(startups):.2f}-{max(startups):.2f} s (goal < 3 s); rerun (all finished) "
-            f"{res['rerun']:.1f} s.\n\n" + "\n".join(rows) + "\n\nSummary printed by the run:\n\n```\n"
+            f"per-job start-up **{min(process):.2f}-{max(process):.2f} s** from process start to first step "
+            f"(goal < 3 s; {min(request):.2f}-{max(request):.2f} s from the runner's request); rerun (all "
+            f"finished) {res['rerun']:.1f} s.\n\n" + "\n".join(rows) + "\n\nSummary printed by the run:\n\n```\n"
             + "\n".join(res["summary"][-12:]) + "\n```\n")
 
 
