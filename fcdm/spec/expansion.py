@@ -21,8 +21,20 @@ from typing import Any, Sequence
 
 from fcdm.config import ConfigError, merge, resolved_model_kwargs, validate_config
 from fcdm.spec.errors import SpecError, show
-from fcdm.spec.job import (TAG_AXES, TAG_BASELINE, TAG_JOB, TAG_MATCHED_ON, TAG_PROFILE, TAG_ROLE, TAG_SOLVED,
-                           TAG_SPEC, TAG_VARIANT, TARGET_TAGS, Job)
+from fcdm.spec.job import (
+    TAG_AXES,
+    TAG_BASELINE,
+    TAG_CONFIG_KEY,
+    TAG_JOB,
+    TAG_MATCHED_ON,
+    TAG_PROFILE,
+    TAG_ROLE,
+    TAG_SOLVED,
+    TAG_SPEC,
+    TAG_VARIANT,
+    TARGET_TAGS,
+    Job,
+)
 from fcdm.spec.load import Spec, load_spec, resolve_profile
 from fcdm.spec.pairs import pairs
 from fcdm.spec.sections import nest, parse_sets
@@ -153,13 +165,14 @@ def expand(spec: Spec | str | Path, profile: str | None = None, overrides: Seque
 
 
 def _with_pairs(view: ProfileView, jobs: list[Job]) -> list[Job]:
-    """Each job with its pair (fcdm.spec.pairs) in its config's tags: role, baseline job, what they match on."""
+    """Each job with its pair (fcdm.spec.pairs) in its config's tags: role, baseline job, what they match on;
+    and its configuration key, so its run can be found without its data (RunConfig.config_key)."""
     rows = pairs(view, jobs)
     out = []
     for job in jobs:
         pair = rows[job.name]
         tags = {**job.config.log.tags, TAG_ROLE: pair.role, TAG_BASELINE: pair.baseline or "",
-                TAG_MATCHED_ON: pair.matched_on}
+                TAG_MATCHED_ON: pair.matched_on, TAG_CONFIG_KEY: job.config.config_key}
         log = job.config.log.model_copy(update={"tags": tags})
         out.append(dataclasses.replace(job, config=job.config.model_copy(update={"log": log})))
     return out

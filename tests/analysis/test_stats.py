@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from analysis.stats import first_crossing, summarize, welch
+from analysis.stats import first_crossing, holm, summarize, welch
 
 
 def test_summary_matches_scipy_t_interval():
@@ -38,7 +38,24 @@ def test_welch_matches_scipy_and_its_interval():
 
 def test_welch_says_nothing_with_one_seed():
     c = welch([5.0], [6.0, 7.0])
-    assert not c.tested and not c.significant and c.diff == pytest.approx(-1.5)
+    assert not c.tested and not c.significant and c.diff == pytest.approx(-1.5) and c.why == "n=1 vs 2"
+
+
+def test_welch_with_no_spread_on_either_side_is_not_tested_never_p_zero():
+    """Issue 15: three identical values against three identical values gave p = 0 ('beyond seed noise')."""
+    c = welch([2.0, 2.0, 2.0], [3.0, 3.0, 3.0])
+    assert not c.tested and not c.significant and math.isnan(c.p) and c.diff == -1.0 and c.why == "no seed spread"
+    assert welch([2.0, 2.0], [2.0, 2.0]).why == "no seed spread"
+    assert welch([2.0, 2.0, 2.0], [3.0, 3.5, 3.0]).tested  # spread on one side is a noise estimate
+
+
+def test_holm_matches_the_step_down_definition():
+    # sorted 0.01, 0.02, 0.04 -> 3 x 0.01, 2 x 0.02, 1 x 0.04, kept monotone; NaN stays out of the family
+    assert holm([0.04, 0.01, float("nan"), 0.02]) == [pytest.approx(0.04), pytest.approx(0.03), pytest.approx(float("nan"),
+                                                      nan_ok=True), pytest.approx(0.04)]
+    assert holm([0.5, 0.01]) == [pytest.approx(0.5), pytest.approx(0.02)]
+    assert holm([0.6, 0.6, 0.6]) == [1.0, 1.0, 1.0]
+    assert holm([]) == []
 
 
 def test_welch_large_gap_is_beyond_seed_noise_small_gap_is_not():
