@@ -29,10 +29,13 @@ MAX_MONTAGE = 48  # sample grids in one montage; more would be unreadable (the c
 LEGEND_MAX = 20
 
 
-def _caption(fig, text: str, width: int = 150) -> None:
+def caption(fig, text: str, width: int = 150, adjust: bool = True) -> None:
+    """The caption under a figure (the protocol, what lines and bands are); adjust: make room for it below the
+    axes (a figure laid out with tight_layout leaves room itself)."""
     lines = textwrap.wrap(text, width)
     fig.text(0.01, 0.005, "\n".join(lines), ha="left", va="bottom", fontsize=7, color="0.25")
-    fig.subplots_adjust(bottom=0.14 + 0.035 * len(lines))
+    if adjust:
+        fig.subplots_adjust(bottom=0.14 + 0.035 * len(lines))
 
 
 def _axes():
@@ -54,7 +57,7 @@ def _legend(ax, n: int) -> None:
               frameon=False)
 
 
-def _plain_ticks(ax, xs=()) -> None:
+def plain_ticks(ax, xs=()) -> None:
     """'200', not '2 x 10^2', on log axes; with few distinct x values (evaluation steps), a tick at each."""
     fmt = FuncFormatter(lambda x, _: f"{x:,.0f}" if x >= 10 else f"{x:.3g}")
     distinct = sorted(set(xs))
@@ -69,6 +72,8 @@ def _plain_ticks(ax, xs=()) -> None:
 def _style(view: View, config: str, i: int) -> dict:
     if view.baseline_of(config) == config:
         return {"color": "black", "linestyle": "--", "label": f"{config} (baseline)"}
+    if view.is_reference(config):
+        return {"color": "0.55", "linestyle": ":", "label": f"{config} (reference)"}
     return {"color": plt.get_cmap("tab10" if len(view.configs) <= 10 else "viridis")(
         i % 10 if len(view.configs) <= 10 else i / max(1, len(view.configs) - 1)), "label": config}
 
@@ -84,19 +89,19 @@ def save(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def _finish(fig, ax, view: View, xs: list[float], xlabel: str, title: str, caption: str) -> None:
+def _finish(fig, ax, view: View, xs: list[float], xlabel: str, title: str, text: str) -> None:
     """What every plot against a log x axis has: plain ticks, axis labels, title, grid, legend, caption."""
     ax.set_xscale("log")
-    _plain_ticks(ax, xs)
+    plain_ticks(ax, xs)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(_ylabel(view))
+    ax.set_ylabel(ylabel(view))
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     _legend(ax, len(view.configs))
-    _caption(fig, caption)
+    caption(fig, text)
 
 
-def _ylabel(view: View) -> str:
+def ylabel(view: View) -> str:
     return f"{metric_name(view.metric)} ({'higher' if view.higher_better else 'lower'} is better; unitless)"
 
 
