@@ -154,7 +154,8 @@ def verdict(view: View, r: Result, noise: str = "") -> str:
                  f"{factor(r.speedup_time, r.at_first)}")
         if r.at_first:
             reach += " (already at the first evaluation: lower bounds)"
-    return head + test + reach + (f"; {noise}" if noise else "") + "."
+    tail = " [incomplete runs: see the Runs table]" if view.incomplete(r.config) or view.incomplete(r.baseline) else ""
+    return head + test + reach + (f"; {noise}" if noise else "") + tail + "."
 
 
 def _ms(s: Summary, fmt: str = "{:.2f}") -> str:

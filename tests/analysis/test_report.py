@@ -77,25 +77,31 @@ def test_report_files_summary_and_self_contained_html(known, tmp_path):
     for stem in ("fid_vs_steps", "fid_vs_gflops", "fid_ablation", "fid_steps_to_match", "runs",
                  "fid_vs_steps_protocol2"):
         assert {f"tables/{stem}.{ext}" for ext in ("md", "tex", "csv")} <= names
-    for stem in ("fid_vs_steps", "fid_vs_compute", "fid_vs_gflops", "samples", "fid_vs_steps_protocol2"):
+    for stem in ("fid_vs_steps", "fid_vs_compute", "fid_vs_gflops", "fid_pairs", "samples", "fid_vs_steps_protocol2"):
         assert {f"figures/{stem}.png", f"figures/{stem}.pdf"} <= names
+    assert not any("noise" in n or "heatmap" in n for n in names)  # no re-samplings; one grid dimension
     assert {"report.md", "report.html", "data.csv"} <= names
     assert rep.counts == {"FINISHED": 9, "FAILED": 1, "RUNNING": 1, "MISSING": 1}
     summary = "\n".join(rep.summary)
-    assert "**k=3** vs **k=7** (final FID 11.00 ± 1.00 at step 300, 3 seeds): reaches it at step 245 (1.22x fewer " \
-           "steps; 2.86x less training compute), reached by 3 of 3 seeds; its FID at step 300 is 2.00 better " \
-           "(Welch p = 0.0705: within the seed noise)." in summary
-    assert "**k=5** vs **k=7** (final FID 11.00 ± 1.00 at step 300, 3 seeds): does not reach it (best 33.50 at step " \
-           "300); its FID at step 300 is 22.50 worse (Welch p = " in summary
-    assert "**k=9** vs **k=7** (final FID 11.00 ± 1.00 at step 300, 3 seeds): reaches it at step at most 100 (at " \
-           "least 3.00x fewer steps" in summary
+    assert ("**k=3** vs **k=7**: FID 9.00 ± 1.00 at step 300 vs 11.00 ± 1.00 at step 300 (3 seeds vs 3); 2.00 better "
+            "[95% CI of the difference -4.27, +0.27], Welch p = 0.07, Holm-adjusted p = 0.07 over 2 rows vs k=7: "
+            "within seed noise. Reaches k=7's final FID (11.00) at step 246 ± 22 (3 of 3 seeds): speed-up in steps "
+            "1.23x [0.94, 1.51], in training compute 2.86x [2.20, 3.52], in wall time 0.78x [0.60, 0.96].") in summary
+    assert ("**k=5** vs **k=7**: FID 33.50 ± 0.71 at step 300 vs 11.00 ± 1.00 at step 300 (2 seeds vs 3); 22.50 worse "
+            "[95% CI of the difference +20.01, +24.99], Welch p = 1.2e-04, Holm-adjusted p = 2.3e-04 over 2 rows vs "
+            "k=7: **beyond seed noise**. Does not reach k=7's final FID (11.00); best 33.50 at step 300 [incomplete "
+            "runs: see the Runs table].") in summary
+    assert ("**k=9** vs **k=7**: FID 8.50 at step 100 vs 11.00 ± 1.00 at step 300 (1 seed vs 3); 2.50 better, not "
+            "tested (n=1 vs 3): no claim. Reaches k=7's final FID (11.00) at step 100 (1 of 1 seeds): speed-up in "
+            "steps ≥ 3.00x, in training compute ≥ 2.33x, in wall time ≥ 3.55x (already at the first evaluation: "
+            "lower bounds)") in summary
     assert "**k=11**: no FID recorded under this protocol yet (seed 0 not run)" in summary
     md = (out / "report.md").read_text()
     assert "![fid_vs_steps](figures/fid_vs_steps.png)" in md and "No published rows are listed" in md
     assert "Results under another protocol (2 of 2)" in md and "FID-1K vs digits-test" in md
     html = (out / "report.html").read_text()
     pngs = [p for p in names if p.endswith(".png")]
-    assert html.count('src="data:image/png;base64,') == len(pngs) == 7  # 3 figures per protocol + samples
+    assert html.count('src="data:image/png;base64,') == len(pngs) == 8  # 3 per protocol, pairs (main), samples
     assert not re.search(r'(src|href)="(?!data:)', html)  # nothing outside the file
 
 
@@ -138,8 +144,8 @@ def test_cli_report_of_a_spec_prints_writes_and_logs(spec_store):
     assert result.exit_code == 0, result.output
     out = store / "reports" / "tinyks-smoke"
     assert "Ablation (FID, Table 6 layout)" in result.output and "wrote" in result.output
-    assert "kernel_size=3 vs kernel_size=7 (final FID 11.00 ± 1.41 at step 20, 2 seeds): reaches it at step 15 " \
-           "(1.31x fewer steps" in re.sub(r"\s+", " ", result.output)
+    assert ("kernel_size=3 vs kernel_size=7 (not matched): FID 8.50 ± 0.71 at step 20 vs "
+            "11.00 ± 1.41 at step 20 (2 seeds vs 2)") in re.sub(r"\s+", " ", result.output)
     assert (out / "report.html").is_file() and (out / "figures" / "samples.png").is_file()
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tinyks").experiment_id
