@@ -11,7 +11,8 @@ evaluations that bracket it; an upper bound when the first evaluation already ha
 steps = baseline's final step / the seed's step; compute = the same in training FLOPs (GFLOPs x 3 x batch x
 steps); time = the baseline's seconds (its final step / each baseline seed's measured steps per second,
 averaged) / the seed's (its step / its run's measured steps per second, on the machine that trained it).
-Each speed-up is summarised over the seeds that reached the target (mean, Student-t interval).
+Each speed-up is summarised over the seeds that reached the target on the log scale, as ratios are: the
+geometric mean and the Student-t interval of the mean log speed-up (analysis.stats.summarize_ratios).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 from analysis.aggregate import View
 from analysis.collect import metric_name
-from analysis.stats import Comparison, Summary, first_crossing, holm, summarize, welch
+from analysis.stats import Comparison, Summary, first_crossing, holm, summarize, summarize_ratios, welch
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Result:
     at_first: bool  # some curve (mean or a seed's) reached it at its first evaluation: the steps are upper bounds
     seeds: int  # the row's seeds with a curve
     steps: Summary  # steps to match, over the seeds that reached it
-    speedup_steps: Summary
+    speedup_steps: Summary  # ratios: geometric mean and interval (summarize_ratios)
     compute: Summary  # training GFLOPs to match
     speedup_compute: Summary
     seconds: Summary  # wall seconds to match (steps / measured steps per second)
@@ -85,11 +86,11 @@ def _one(view: View, config: str, step: int | None) -> Result | None:
     return Result(
         config, b, s, bs, cmp, math.nan, 0, target, mean_hit.step, mean_hit.at_first or any(
             h.at_first for h in hits.values()), len(hits), summarize(list(reached.values())),
-        summarize([bs / x for x in reached.values()]),
+        summarize_ratios([bs / x for x in reached.values()]),
         summarize([scale * x for x in reached.values()] if scale else []),
-        summarize([b_scale * bs / (scale * x) for x in reached.values()] if scale and b_scale else []),
+        summarize_ratios([b_scale * bs / (scale * x) for x in reached.values()] if scale and b_scale else []),
         summarize(list(seconds.values())),
-        summarize([b_seconds.mean / x for x in seconds.values()] if b_seconds.n else []))
+        summarize_ratios([b_seconds.mean / x for x in seconds.values()] if b_seconds.n else []))
 
 
 def _flops_per_step(view: View, config: str) -> float | None:

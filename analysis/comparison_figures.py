@@ -56,7 +56,7 @@ def pair_figure(view: View, results: list[Result], protocol_text: str):
             f"seed. Dotted red: the target, the baseline's final value; the star marks where the row's seed-mean "
             f"curve reaches it, the circle the baseline's final evaluation. Compute = GFLOPs x 3 x batch x steps; "
             f"time = steps / the run's median measured training steps per second (evaluations excluded). Speed-ups: "
-            f"mean over seeds [95% CI].{more} Protocol: {protocol_text}.")
+            f"geometric mean over seeds [95% CI].{more} Protocol: {protocol_text}.")
     fig.tight_layout(rect=(0, _bottom(fig, text, 180), 1, 1 - 0.35 / fig.get_figheight()))
     caption(fig, text, width=180, adjust=False)
     return fig
@@ -151,10 +151,12 @@ def noise_figure(view: View, rows, protocol_text: str):
     ax.set_title(f"Evaluation noise vs seed noise: {metric_name(view.metric)} of each final checkpoint")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, frameon=False, loc="best")
-    caption(fig, "Blue: each training seed's final checkpoint (one column per seed) evaluated several times under "
-                 "the same protocol with different sampling seeds; its spread is evaluation noise. Black: the "
-                 "mean over training seeds (each seed's evaluation under the protocol's sampling seed) with its "
-                 f"95% Student-t interval: the seed noise. Protocol: {protocol_text}.", width=130)
+    text = ("Blue: each training seed's final checkpoint (one column per seed) evaluated several times under the "
+            "same protocol with different sampling seeds; its spread is evaluation noise. Black: the mean over "
+            "training seeds (each seed's evaluation under the protocol's sampling seed) with its 95% Student-t "
+            f"interval: the seed noise. Protocol: {protocol_text}.")
+    fig.tight_layout(rect=(0, _bottom(fig, text, 130), 1, 1))
+    caption(fig, text, width=130, adjust=False)
     return fig
 
 

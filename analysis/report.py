@@ -37,7 +37,8 @@ STATISTICS = ("Statistics: seeds of one configuration evaluated under one protoc
               "by Welch's two-sided t-test (unequal variances); the p-values of the rows compared with one baseline "
               "are adjusted with Holm's method, and 'beyond seed noise' means Holm-adjusted p < 0.05. One seed on "
               "either side, or no spread on both: no test, no claim. Speed-ups (steps, training compute and wall "
-              "time to reach the baseline's final value) are means over seeds with their 95% t-intervals. "
+              "time to reach the baseline's final value) are ratios, summarised over seeds on the log scale: "
+              "geometric mean [95% t-interval of the mean log speed-up]. "
               "Evaluation noise (one checkpoint evaluated with several sampling seeds) is shown beside the seed "
               "noise where it was measured.")
 

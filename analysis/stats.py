@@ -59,6 +59,19 @@ def summarize(values) -> Summary:
     return Summary(mean, std, n, mean - half, mean + half)
 
 
+def summarize_ratios(values) -> Summary:
+    """Ratios (speed-ups) summarised on the log scale, where they are symmetric: the geometric mean, and the
+    t-interval of the mean log ratio mapped back (so it is never below 0 and 2x and 0.5x are equally far
+    from 1); std is the multiplicative one, exp(std of the logs). Non-positive and non-finite values are
+    dropped."""
+    logs = [math.log(v) for v in np.asarray(values, dtype=float).ravel() if np.isfinite(v) and v > 0]
+    s = summarize(logs)
+    if s.n == 0:
+        return s
+    return Summary(math.exp(s.mean), math.exp(s.std) if s.n > 1 else math.nan, s.n,
+                   math.exp(s.ci_low) if s.n > 1 else math.nan, math.exp(s.ci_high) if s.n > 1 else math.nan)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """a - b with Welch's t-test; t, df, p and the CI of the difference are NaN when either n < 2 or neither

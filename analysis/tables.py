@@ -227,7 +227,8 @@ def steps_to_match(view: View, protocol_text: str, results: list) -> Table:
                  f"the two evaluations that bracket it; '≤' when the first evaluation already reaches it (then each "
                  f"speed-up is a lower bound, '≥'). Per seed: each seed's own curve, over the seeds that reach it. "
                  f"Speed-ups = the baseline's (final step, its training compute, its measured seconds) / this "
-                 f"configuration's, per seed, mean [95% t-interval]. Seconds = steps to match / the run's median "
+                 f"configuration's, per seed; geometric mean over seeds [95% t-interval of the mean log "
+                 f"speed-up]. Seconds = steps to match / the run's median "
                  f"logged training steps per second on the machine that trained it (evaluations excluded; machine "
                  f"load included): steps, compute and seconds can disagree, so all three are shown. 'not reached': "
                  f"never within its evaluations. Protocol: {protocol_text}.",

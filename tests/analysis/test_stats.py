@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from analysis.stats import first_crossing, holm, summarize, welch
+from analysis.stats import first_crossing, holm, summarize, summarize_ratios, welch
 
 
 def test_summary_matches_scipy_t_interval():
@@ -79,3 +79,14 @@ def test_crossing_never_reached_at_first_and_higher_is_better():
     assert up.step == pytest.approx(10 ** 1.5)
     # a NaN evaluation is skipped, the crossing is interpolated over the remaining points
     assert first_crossing([100, 200, 400], [20, float("nan"), 10], 15).step == pytest.approx(200)
+
+
+def test_ratios_are_summarised_on_the_log_scale_never_below_zero():
+    r = summarize_ratios([1.0, 4.0, 16.0])
+    logs = np.log([1.0, 4.0, 16.0])
+    lo, hi = st.t.interval(0.95, 2, loc=logs.mean(), scale=st.sem(logs))
+    assert r.mean == pytest.approx(4.0) and (r.ci_low, r.ci_high) == (pytest.approx(math.exp(lo)), pytest.approx(math.exp(hi)))
+    assert r.ci_low > 0 and summarize([1.0, 4.0, 16.0]).ci_low < 0  # the arithmetic interval would say a negative speed-up
+    assert summarize_ratios([2.0, 0.5]).mean == pytest.approx(1.0)  # 2x faster and 2x slower: even
+    one = summarize_ratios([3.0])
+    assert one.n == 1 and one.mean == pytest.approx(3.0) and math.isnan(one.ci_low)

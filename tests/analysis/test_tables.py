@@ -144,22 +144,24 @@ def test_steps_compute_and_time_to_match(view):
     assert k3.mean_step == pytest.approx(math.sqrt(200 * 300))  # 13 at 200, 9 at 300: halfway in log steps
     per_seed = [200 * 1.5 ** f for f in (0.25, 0.6, 2 / 3)]  # each seed's own crossing of 11
     assert k3.steps.mean == pytest.approx(sum(per_seed) / 3) and k3.reached == 3
-    assert k3.speedup_steps.mean == pytest.approx(sum(300 / x for x in per_seed) / 3)
+    gmean = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731 - speed-ups are ratios
+    assert k3.speedup_steps.mean == pytest.approx(gmean([300 / x for x in per_seed]))
     assert k3.compute.mean == pytest.approx(0.003 * 48 * sum(per_seed) / 3)
-    assert k3.speedup_compute.mean == pytest.approx(sum(0.007 * 48 * 300 / (0.003 * 48 * x) for x in per_seed) / 3)
+    assert k3.speedup_compute.mean == pytest.approx(gmean([0.007 * 48 * 300 / (0.003 * 48 * x) for x in per_seed]))
     # time: the baseline's 300 steps at 11 steps/s against each seed's steps at 7 steps/s (4 + k)
     assert k3.seconds.mean == pytest.approx(sum(per_seed) / 3 / 7)
-    assert k3.speedup_time.mean == pytest.approx(sum((300 / 11) / (x / 7) for x in per_seed) / 3)
+    assert k3.speedup_time.mean == pytest.approx(gmean([(300 / 11) / (x / 7) for x in per_seed]))
     assert k3.speedup_time.n == 3 and k3.speedup_time.ci_low < k3.speedup_time.mean < k3.speedup_time.ci_high
     assert m["k=5"].mean_step is None and (m["k=5"].reached, m["k=5"].seeds) == (0, 3)
-    assert m["k=9"].mean_step == 100 and m["k=9"].at_first and m["k=9"].speedup_steps.mean == 3
+    assert m["k=9"].mean_step == 100 and m["k=9"].at_first and m["k=9"].speedup_steps.mean == pytest.approx(3)
     t = tables.steps_to_match(view, "p", results)
     r = {row[0].value: [cell_text(c) for c in row] for row in t.rows}
-    sp = [300 / x for x in per_seed]
+    logs = [math.log(300 / x) for x in per_seed]
+    lo, mid, hi = (math.exp(sum(logs) / 3 + k * T * st.tstd(logs)) for k in (-1, 0, 1))
     assert r["k=3"][4:8] == ["245", f"{sum(per_seed) / 3:,.0f} ± {st.tstd(per_seed):,.0f} "
                              f"[{sum(per_seed) / 3 - T * st.tstd(per_seed):,.0f}, "
                              f"{sum(per_seed) / 3 + T * st.tstd(per_seed):,.0f}]", "3/3",
-                             f"{sum(sp) / 3:.2f}x [{sum(sp) / 3 - T * st.tstd(sp):.2f}, {sum(sp) / 3 + T * st.tstd(sp):.2f}]"]
+                             f"{mid:.2f}x [{lo:.2f}, {hi:.2f}]"]
     assert r["k=5 †"][4:] == ["not reached", "–", "0/3", "not reached", "–", "not reached", "–", "not reached"]
     assert r["k=9 †"][4] == "≤ 100" and r["k=9 †"][7] == "≥ 3.00x"
     assert "steps, compute and seconds can disagree, so all three are shown" in t.caption
