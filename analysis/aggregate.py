@@ -35,7 +35,8 @@ def protocol_keys(frame: pd.DataFrame, metric: str) -> pd.Series:
     ext = frame.get("eval.extractor", pd.Series("", index=frame.index)).fillna("")
     if "/" in metric:
         return metric.split("/", 1)[1] + " vs " + ref.astype(str) + ", " + ext.astype(str)
-    return frame["protocol"].fillna("").astype(str)
+    group = frame["protocol_group"] if "protocol_group" in frame else frame["protocol"]
+    return group.fillna("").astype(str)
 
 
 def protocols(frame: pd.DataFrame, metric: str) -> list[str]:
@@ -62,10 +63,19 @@ def describe_protocol(rows: pd.DataFrame, metric: str) -> str:
     if get("eval.sampler"):
         parts.append(f"{get('eval.sampler')} sampler, {get('eval.sampling_steps')} steps, cfg {get('eval.cfg_scale')}"
                      + (f" on {get('eval.guided_channels')} channels" if get("eval.guided_channels") else ""))
+    seeds = sorted({str(s) for s in rows.get("eval.seed", pd.Series(dtype=object)).dropna()}, key=_natural)
     if get("eval.precision"):
-        parts.append(f"{get('eval.precision')}, sampling seed {get('eval.seed')}")
-    tag = first.get("protocol")
-    return "; ".join(parts) + (f" [protocol `{tag}`]" if isinstance(tag, str) and tag else "")
+        parts.append(f"{get('eval.precision')}, sampling seed " + (
+            seeds[0] if len(seeds) == 1 else f"each run's own ({', '.join(seeds)})"))
+    digests = list(dict.fromkeys(d for d in rows.get("protocol", pd.Series(dtype=object)).dropna()))
+    if len(digests) > 1:
+        more = f"{len(digests) - 1} more digest" + ("s that differ" if len(digests) > 2 else " that differs")
+        return "; ".join(parts) + f" [protocol `{digests[0]}`, and {more} only in the sampling seed]"
+    return "; ".join(parts) + (f" [protocol `{digests[0]}`]" if digests else "")
+
+
+def _natural(text: str):
+    return (0, int(text)) if text.isdigit() else (1, text)
 
 
 class ReportError(UserError, ValueError):

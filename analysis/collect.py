@@ -20,6 +20,9 @@ Columns (FRAME_COLUMNS, then one per evaluation metric key, then `eval.*` protoc
 - protocol: the run's `eval.protocol` tag. Bare keys (`fid`) were measured under it; other protocols
   are logged under suffixed keys (`fid/ddpm-250-...`), each its own column. Every aggregation in
   analysis/ groups by protocol, so no table mixes two protocols in one column.
+- protocol_group: the protocol the report groups by: runs whose protocols differ only in the sampling seed
+  (`eval.seed`, which older runs took from their training seed) are one protocol, named by the first run's
+  digest. A protocol is how a number is made, not which run made it: seeds of one configuration pool.
 - evaluation noise: re-samplings of one checkpoint under the same protocol with other sampling seeds,
   `fid.eval_seed<S>` (suffixed: `fid.eval_seed<S>/<slug>`), columns of their own listed in attrs["noise"],
   never among the metrics.
@@ -44,7 +47,7 @@ from fcdm.store.tracking import TAG_HASH, TAG_SEED
 
 FRAME_COLUMNS = ["spec", "profile", "config", "variant", "axes", "hash", "seed", "job", "run_id", "experiment_id",
                  "run_name", "status", "last_step", "train_steps", "model", "params", "gflops", "batch_size",
-                 "throughput", "step", "train_compute", "protocol", "artifact_uri"]
+                 "throughput", "step", "train_compute", "protocol", "protocol_group", "artifact_uri"]
 MISSING = "MISSING"
 # Direction of "better" for the metrics the evaluation logs; unknown keys are treated as lower-better.
 HIGHER_IS_BETTER = {"is", "precision", "recall", "class_consistency"}
@@ -160,10 +163,31 @@ def collect(jobs: list, tracking_uri: str) -> pd.DataFrame:
         c for c in frame if c not in FRAME_COLUMNS and c not in keys)
     frame = frame[ordered]
     frame["train_compute"] = frame["gflops"] * 3 * frame["batch_size"] * frame["step"]
+    frame["protocol_group"] = frame["protocol"].map(protocol_groups(frame))
     frame.attrs["metrics"] = [k for k in keys if k in frame and not is_noise_key(k)]
     frame.attrs["noise"] = [k for k in keys if k in frame and is_noise_key(k)]
     frame.attrs["tracking_uri"] = tracking_uri
     return frame
+
+
+# Tags of a run's protocol that do not change how its numbers are made: the digest itself, the sampling seed,
+# and how many re-samplings of a checkpoint were made (evaluation noise).
+NOT_PROTOCOL = ("eval.protocol", "eval.seed", "eval.noise_seeds")
+
+
+def protocol_groups(frame: pd.DataFrame) -> dict[str, str]:
+    """{protocol digest: the digest that names its group}: digests whose runs' `eval.*` tags agree except for
+    NOT_PROTOCOL are one group, named by the first digest seen (so where every seed shares one digest, each
+    digest names itself)."""
+    tags = [c for c in frame.columns if c.startswith("eval.") and c not in NOT_PROTOCOL]
+    named: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for digest, *values in frame[["protocol", *tags]].drop_duplicates("protocol").itertuples(index=False):
+        if not isinstance(digest, str):
+            continue
+        key = json.dumps([None if isinstance(v, float) and np.isnan(v) else v for v in values], default=str)
+        out[digest] = named.setdefault(key, digest)
+    return out
 
 
 def _evaluations(metrics: pd.DataFrame):

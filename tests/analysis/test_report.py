@@ -184,12 +184,13 @@ def test_cli_missing_spec_and_empty_stores(spec_store, tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
-def test_end_to_end_two_trained_jobs_every_spec_in_the_store(tmp_path, monkeypatch):
-    """Train k=7 and k=3 for 20 steps (FID at 10 and 20), then `report` with no SPEC finds the spec by its
-    runs' tags in ./ablations and reports what the trainer really recorded."""
+def test_end_to_end_two_seeds_pool_under_one_protocol_every_spec_in_the_store(tmp_path, monkeypatch):
+    """Issue 15 item 1: train k=7 and k=3 at seeds 0 and 1 through the real trainer and evaluation (20 steps, FID
+    at 10 and 20); `report` with no SPEC finds the spec by its runs' tags in ./ablations, and each row's two seeds
+    pool into cells of n = 2 with intervals, compared by Welch's test, in one protocol section."""
     from fcdm.train import train  # heavy (torch): only for the one end-to-end test
 
-    spec = write_spec(tmp_path / "ablations", "tinyks", "[0]")
+    spec = write_spec(tmp_path / "ablations", "tinyks", "[0, 1]")
     store = tmp_path / "store"
     for job in expand(spec):
         assert train(job.config, store=store, progress=False).status == "FINISHED"
@@ -199,9 +200,15 @@ def test_end_to_end_two_trained_jobs_every_spec_in_the_store(tmp_path, monkeypat
     out = store / "reports" / "tinyks-smoke"
     data = pd.read_csv(out / "data.csv")
     assert sorted(data["config"].unique()) == ["kernel_size=3", "kernel_size=7"]
-    assert data.groupby("config")["step"].apply(list).tolist() == [[10, 20], [10, 20]]
+    assert data.groupby(["config", "seed"])["step"].apply(list).tolist() == [[10, 20]] * 4
     assert data["fid"].notna().all() and (data["status"] == "FINISHED").all() and (data["params"] > 0).all()
     assert not math.isnan(data["throughput"].iloc[0])
     md = (out / "report.md").read_text()
-    assert "**kernel_size=3** vs **kernel_size=7**" in md and "![samples](figures/samples.png)" in md
+    assert "Results under another protocol" not in md  # seeds 0 and 1 of one configuration: one protocol
+    steps = pd.read_csv(out / "tables" / "fid_vs_steps.csv")
+    assert (steps["seeds"] == 2).all() and (steps["20_n"] == 2).all() and steps["20_ci_low"].notna().all()
+    ablation = pd.read_csv(out / "tables" / "fid_ablation.csv")
+    assert ablation["p (Welch)"].notna().sum() == 1 and ablation["p (Holm)"].notna().sum() == 1  # k=3 vs k=7
+    assert "**kernel_size=3** vs **kernel_size=7** (not matched): FID " in md and "Welch p = " in md
+    assert "![samples](figures/samples.png)" in md and "![fid_pairs](figures/fid_pairs.png)" in md
     assert "FID of 50 samples vs digits-test; digits-classifier features; euler sampler, 2 steps" in md
