@@ -7,10 +7,13 @@ final value, with speed-ups and their intervals over seeds; and the verdict line
 
 To match: the baseline's final value (mean over its seeds at its last evaluation) is the target. Each seed
 of the row reaches it at the step where its own curve first crosses it (linear in log(step) between the two
-evaluations that bracket it; an upper bound when the first evaluation already has). Speed-ups per seed:
-steps = baseline's final step / the seed's step; compute = the same in training FLOPs (GFLOPs x 3 x batch x
-steps); time = the baseline's seconds (its final step / each baseline seed's measured steps per second,
-averaged) / the seed's (its step / its run's measured steps per second, on the machine that trained it).
+evaluations that bracket it; an upper bound when the first evaluation already has). The baseline itself
+reaches it where its seed-mean curve first does: its final step when the curve falls to the end, earlier
+when it had already got there and then plateaued or rose (a speed-up against the final step would then
+credit the row with the baseline's wasted steps). Speed-ups per seed: steps = the baseline's steps / the
+seed's; compute = the same in training FLOPs (GFLOPs x 3 x batch x steps); time = the baseline's seconds
+(its steps / each baseline seed's measured steps per second, averaged) / the seed's (its steps / its run's
+measured steps per second, on the machine that trained it).
 Each speed-up is summarised over the seeds that reached the target on the log scale, as ratios are: the
 geometric mean and the Student-t interval of the mean log speed-up (analysis.stats.summarize_ratios).
 """
@@ -31,6 +34,7 @@ class Result:
     baseline: str
     step: int  # the row's step compared (its final evaluation, or the one asked for)
     baseline_step: int  # the baseline's final evaluation step
+    baseline_reach: float  # where the baseline's seed-mean curve first reaches its own final value (<= final step)
     diff: Comparison  # row - baseline at those steps, Welch over seeds
     p_holm: float  # diff.p adjusted (Holm) over the rows compared with this baseline
     family: int  # how many tested rows share the baseline (Holm's family)
@@ -73,6 +77,9 @@ def _one(view: View, config: str, step: int | None) -> Result | None:
         return None
     cmp = welch(view.values(config, s), view.values(b, bs if step is None else step))
     target = summarize(view.values(b, bs))
+    b_curve = view.curve(b)
+    own = first_crossing(sorted(b_curve), [b_curve[x].mean for x in sorted(b_curve)], target.mean, view.higher_better)
+    reach = own.step if own.reached else float(bs)
     curve = view.curve(config)
     mean_hit = first_crossing(sorted(curve), [curve[x].mean for x in sorted(curve)], target.mean, view.higher_better)
     hits = {seed: first_crossing(st, vals, target.mean, view.higher_better)
@@ -80,15 +87,15 @@ def _one(view: View, config: str, step: int | None) -> Result | None:
     reached = {seed: h.step for seed, h in hits.items() if h.reached}
     scale = _flops_per_step(view, config)
     b_scale = _flops_per_step(view, b)
-    b_seconds = summarize([bs / t for t in view.throughputs(b) if t > 0])
+    b_seconds = summarize([reach / t for t in view.throughputs(b) if t > 0])
     seconds = {seed: st / view.throughput(config, seed) for seed, st in reached.items()
                if view.throughput(config, seed)}
     return Result(
-        config, b, s, bs, cmp, math.nan, 0, target, mean_hit.step, mean_hit.at_first or any(
+        config, b, s, bs, reach, cmp, math.nan, 0, target, mean_hit.step, mean_hit.at_first or any(
             h.at_first for h in hits.values()), len(hits), summarize(list(reached.values())),
-        summarize_ratios([bs / x for x in reached.values()]),
+        summarize_ratios([reach / x for x in reached.values()]),
         summarize([scale * x for x in reached.values()] if scale else []),
-        summarize_ratios([b_scale * bs / (scale * x) for x in reached.values()] if scale and b_scale else []),
+        summarize_ratios([b_scale * reach / (scale * x) for x in reached.values()] if scale and b_scale else []),
         summarize(list(seconds.values())),
         summarize_ratios([b_seconds.mean / x for x in seconds.values()] if b_seconds.n else []))
 
@@ -150,7 +157,8 @@ def verdict(view: View, r: Result, noise: str = "") -> str:
             f"; best {best[1]:.2f} at step {best[0]:,}" if best else "")
     else:
         reach = (f". Reaches {r.baseline}'s final {name} ({r.target.mean:.2f}) at step {_ms(r.steps, '{:,.0f}')} "
-                 f"({r.reached} of {r.seeds} seeds): speed-up in steps {factor(r.speedup_steps, r.at_first)}, in "
+                 f"({r.reached} of {r.seeds} seeds; {r.baseline} itself at step {r.baseline_reach:,.0f}): speed-up "
+                 f"in steps {factor(r.speedup_steps, r.at_first)}, in "
                  f"training compute {factor(r.speedup_compute, r.at_first)}, in wall time "
                  f"{factor(r.speedup_time, r.at_first)}")
         if r.at_first:

@@ -54,9 +54,10 @@ def pair_figure(view: View, results: list[Result], protocol_text: str):
                  "and wall-clock time", fontsize=11, y=0.995)
     text = (f"Lines: mean over seeds; bands: 95% confidence interval of the mean (Student's t); faint lines: each "
             f"seed. Dotted red: the target, the baseline's final value; the star marks where the row's seed-mean "
-            f"curve reaches it, the circle the baseline's final evaluation. Compute = GFLOPs x 3 x batch x steps; "
-            f"time = steps / the run's median measured training steps per second (evaluations excluded). Speed-ups: "
-            f"geometric mean over seeds [95% CI].{more} Protocol: {protocol_text}.")
+            f"curve reaches it, the circle where the baseline's own does (its final step, unless it got there "
+            f"earlier). Compute = GFLOPs x 3 x batch x steps; time = steps / the run's median measured training "
+            f"steps per second (evaluations excluded). Speed-ups: geometric mean over seeds [95% CI].{more} "
+            f"Protocol: {protocol_text}.")
     fig.tight_layout(rect=(0, _bottom(fig, text, 180), 1, 1 - 0.35 / fig.get_figheight()))
     caption(fig, text, width=180, adjust=False)
     return fig
@@ -120,7 +121,7 @@ def _draw(ax, view: View, config: str, x, color: str, dashed: bool) -> None:
 def _mark(ax, view: View, r: Result, x_of, speedup) -> None:
     xb, xr = x_of(r.baseline), x_of(r.config)
     if xb is not None:
-        ax.plot([xb(r.baseline_step)], [r.target.mean], "o", markersize=9, markerfacecolor="none",
+        ax.plot([xb(r.baseline_reach)], [r.target.mean], "o", markersize=9, markerfacecolor="none",
                 markeredgecolor=TARGET_COLOR)
     if xr is not None and r.mean_step is not None:
         ax.plot([xr(r.mean_step)], [r.target.mean], "*", markersize=13, color=TARGET_COLOR)

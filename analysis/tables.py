@@ -202,7 +202,8 @@ def steps_to_match(view: View, protocol_text: str, results: list) -> Table:
     unit, scale = flop_unit([r.compute.mean for r in results if r.compute.n])
     rows = []
     for r in results:
-        label = [Cell(row_label(view, r.config)), Cell(r.baseline), matched_cell(view, r.config), Cell(r.target)]
+        label = [Cell(row_label(view, r.config)), Cell(r.baseline), matched_cell(view, r.config), Cell(r.target),
+                 Cell(r.baseline_reach, fmt="{:,.0f}")]
         if r.seeds == 0:  # nothing measured under this protocol: no claim either way
             rows.append(label + [Cell("no evaluations")] + [Cell(None)] * 7)
             continue
@@ -210,29 +211,35 @@ def steps_to_match(view: View, protocol_text: str, results: list) -> Table:
         none = "not reached"
         rows.append(label + [
             Cell(f"{le}{r.mean_step:,.0f}" if r.mean_step is not None else none),
-            Cell(r.steps if r.reached else None, fmt="{:,.0f}"), Cell(f"{r.reached}/{r.seeds}"),
+            Cell(mean_std(r.steps, "{:,.0f}") if r.reached else None), Cell(f"{r.reached}/{r.seeds}"),
             Cell(factor(r.speedup_steps, r.at_first) if r.reached else none),
-            Cell(scaled(r.compute, 1 / scale) if r.compute.n else None, fmt="{:.3g}"),
+            Cell(mean_std(scaled(r.compute, 1 / scale), "{:.3g}") if r.compute.n else None),
             Cell(factor(r.speedup_compute, r.at_first) if r.compute.n else none),
-            Cell(r.seconds if r.seconds.n else None, fmt="{:.3g}"),
+            Cell(mean_std(r.seconds, "{:.3g}") if r.seconds.n else None),
             Cell(factor(r.speedup_time, r.at_first) if r.speedup_time.n else none)])
     name = metric_name(view.metric)
     return Table(f"{base_metric(view.metric)}_steps_to_match",
                  f"Steps, compute and time to match the baseline's final {name}",
-                 ["configuration", "baseline", MATCHED, f"target {name} (baseline final)", "steps (mean curve)",
-                  "steps per seed", "seeds reached", "speed-up: steps [95% CI]", f"compute to match ({unit})",
-                  "speed-up: compute", "seconds to match", "speed-up: wall time"], rows,
-                 f"Target: the baseline's final {name} (mean over its seeds at its last evaluation). Steps (mean "
-                 f"curve): where the seed-mean curve first reaches it, interpolated linearly in log(steps) between "
-                 f"the two evaluations that bracket it; '≤' when the first evaluation already reaches it (then each "
-                 f"speed-up is a lower bound, '≥'). Per seed: each seed's own curve, over the seeds that reach it. "
-                 f"Speed-ups = the baseline's (final step, its training compute, its measured seconds) / this "
-                 f"configuration's, per seed; geometric mean over seeds [95% t-interval of the mean log "
-                 f"speed-up]. Seconds = steps to match / the run's median "
+                 ["configuration", "baseline", MATCHED, f"target {name} (baseline final)", "baseline's steps",
+                  "steps (mean curve)", "steps per seed", "seeds reached", "speed-up: steps [95% CI]",
+                  f"compute to match ({unit})", "speed-up: compute", "seconds to match", "speed-up: wall time"], rows,
+                 f"Target: the baseline's final {name} (mean over its seeds at its last evaluation). Baseline's "
+                 f"steps: where the baseline's own seed-mean curve first reaches it (its final step unless it got "
+                 f"there earlier and then plateaued or rose). Steps (mean curve): where this configuration's "
+                 f"seed-mean curve first reaches it, interpolated linearly in log(steps) between the two evaluations "
+                 f"that bracket it; '≤' when the first evaluation already reaches it (then each speed-up is a lower "
+                 f"bound, '≥'). Per seed (mean ± std): each seed's own curve, over the seeds that reach it. "
+                 f"Speed-ups = the baseline's (steps, training compute, measured seconds) / this configuration's, "
+                 f"per seed; geometric mean over seeds [95% t-interval of the mean log speed-up]. Seconds = steps to match / the run's median "
                  f"logged training steps per second on the machine that trained it (evaluations excluded; machine "
                  f"load included): steps, compute and seconds can disagree, so all three are shown. 'not reached': "
                  f"never within its evaluations. Protocol: {protocol_text}.",
                  incomplete_notes(view, [r.config for r in results]))
+
+
+def mean_std(s: Summary, fmt: str) -> str:
+    """'109 ± 21' (one seed: '109'): a per-seed quantity beside its speed-up, whose interval is the one shown."""
+    return fmt.format(s.mean) + (f" ± {fmt.format(s.std)}" if s.n > 1 else "")
 
 
 def scaled(s: Summary, k: float) -> Summary:

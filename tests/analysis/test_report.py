@@ -85,14 +85,16 @@ def test_report_files_summary_and_self_contained_html(known, tmp_path):
     summary = "\n".join(rep.summary)
     assert ("**k=3** vs **k=7**: FID 9.00 ± 1.00 at step 300 vs 11.00 ± 1.00 at step 300 (3 seeds vs 3); 2.00 better "
             "[95% CI of the difference -4.27, +0.27], Welch p = 0.07, Holm-adjusted p = 0.07 over 2 rows vs k=7: "
-            "within seed noise. Reaches k=7's final FID (11.00) at step 246 ± 22 (3 of 3 seeds): speed-up in steps "
+            "within seed noise. Reaches k=7's final FID (11.00) at step 246 ± 22 (3 of 3 seeds; k=7 itself at step "
+            "300): speed-up in steps "
             "1.22x [0.98, 1.53], in training compute 2.85x [2.28, 3.57], in wall time 0.78x [0.62, 0.97].") in summary
     assert ("**k=5** vs **k=7**: FID 33.50 ± 0.71 at step 300 vs 11.00 ± 1.00 at step 300 (2 seeds vs 3); 22.50 worse "
             "[95% CI of the difference +20.01, +24.99], Welch p = 1.2e-04, Holm-adjusted p = 2.3e-04 over 2 rows vs "
             "k=7: **beyond seed noise**. Does not reach k=7's final FID (11.00); best 33.50 at step 300 [incomplete "
             "runs: see the Runs table].") in summary
     assert ("**k=9** vs **k=7**: FID 8.50 at step 100 vs 11.00 ± 1.00 at step 300 (1 seed vs 3); 2.50 better, not "
-            "tested (n=1 vs 3): no claim. Reaches k=7's final FID (11.00) at step 100 (1 of 1 seeds): speed-up in "
+            "tested (n=1 vs 3): no claim. Reaches k=7's final FID (11.00) at step 100 (1 of 1 seeds; k=7 itself at "
+            "step 300): speed-up in "
             "steps ≥ 3.00x, in training compute ≥ 2.33x, in wall time ≥ 3.55x (already at the first evaluation: "
             "lower bounds)") in summary
     assert "**k=11**: no FID recorded under this protocol yet (seed 0 not run)" in summary
