@@ -60,7 +60,10 @@ def _legend(ax, n: int) -> None:
 def plain_ticks(ax, xs=()) -> None:
     """'200', not '2 x 10^2', on log axes; with few distinct x values (evaluation steps), a tick at each."""
     fmt = FuncFormatter(lambda x, _: f"{x:,.0f}" if x >= 10 else f"{x:.3g}")
-    distinct = sorted(set(xs))
+    distinct: list[float] = []
+    for x in sorted(set(xs)):  # labels closer than ~12% on a log axis would print over each other
+        if not distinct or x > distinct[-1] * 1.12:
+            distinct.append(x)
     if 0 < len(distinct) <= 12:
         ax.xaxis.set_major_locator(FixedLocator(distinct))
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -171,7 +174,7 @@ def gflops_figure(view: View, protocol_text: str, step: int | None = None):
     for x, summ, size, style, n_params, c in pts:
         # legend proxies: a marker per configuration, labelled with its parameters
         ax.plot([], [], "o", color=style["color"], markeredgecolor="black", alpha=0.55,
-                label=f"{style['label']} ({n_params / 1e6:.3g} M params)")
+                label=f"{style['label']}, {n_params / 1e6:.3g} M params")
         if len(pts) <= LEGEND_MAX:
             ax.annotate(c, (x, summ.mean), fontsize=7, xytext=(6, 6), textcoords="offset points")
     ax.margins(x=0.15, y=0.15)  # room for the largest bubbles

@@ -120,7 +120,7 @@ def test_figures_label_axes_and_draw_one_curve_per_configuration(known):
     assert list(ax.get_lines()[1].get_ydata()) == [26, 13, 9]
     fig = figures.gflops_figure(view, "PROTO-TEXT")
     assert "forward GFLOPs" in fig.axes[0].get_xlabel()
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][1] == "k=3 (0.003 M params)"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][1] == "k=3, 0.003 M params"
     fig = figures.compute_figure(view, "PROTO-TEXT")
     assert fig.axes[0].get_xlabel().startswith("training compute (GFLOP")
     assert fig.axes[0].get_lines()[0].get_xdata()[-1] == pytest.approx(0.007 * 3 * 16 * 300)
