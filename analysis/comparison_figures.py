@@ -133,7 +133,7 @@ def _mark(ax, view: View, r: Result, x_of, speedup) -> None:
 def noise_figure(view: View, rows, protocol_text: str):
     """rows: analysis.noise.noise_rows(view). Per configuration: each final checkpoint's evaluations (dots, one
     column per training seed) and the mean over seeds with its 95% interval."""
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(rows) + 3), 5.2))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(7.0, 1.3 * len(rows) + 3)), 5.6))
     for i, r in enumerate(rows):
         seeds = sorted(r.values)
         offsets = np.linspace(-0.28, 0.28, len(seeds)) if len(seeds) > 1 else [0.0]
@@ -147,7 +147,9 @@ def noise_figure(view: View, rows, protocol_text: str):
             err = [[s.mean - s.ci_low], [s.ci_high - s.mean]] if s.n > 1 else None
             ax.errorbar([i + 0.42], [s.mean], yerr=err, fmt="D", color="black", capsize=4, markersize=5,
                         label="training seeds: mean, 95% CI" if i == 0 else None)
-    ax.set_xticks(range(len(rows)), [f"{r.config}\n(step {r.step:,})" for r in rows], fontsize=8)
+    crowded = len(rows) > 8  # rotated labels, so that each stays under its column
+    ax.set_xticks(range(len(rows)), [f"{r.config}\n(step {r.step:,})" for r in rows], fontsize=7 if crowded else 8,
+                  rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel(ylabel(view))
     ax.set_title(f"Evaluation noise vs seed noise: {metric_name(view.metric)} of each final checkpoint")
     ax.grid(True, axis="y", alpha=0.3)
