@@ -81,12 +81,12 @@ def _style(view: View, config: str, i: int) -> dict:
         i % 10 if len(view.configs) <= 10 else i / max(1, len(view.configs) - 1)), "label": config}
 
 
-def save(fig, out: Path, name: str) -> list[Path]:
-    """Write `fig` as out/name.png and out/name.pdf and close it."""
+def save(fig, out: Path, name: str, dpi: int = 120) -> list[Path]:
+    """Write `fig` as out/name.png (at `dpi`) and out/name.pdf and close it."""
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     # A fixed layout (no bbox_inches="tight"): "tight" draws every figure twice per file, which was a
     # third of a 500-run report's time.
-    fig.savefig(paths[0], dpi=120)
+    fig.savefig(paths[0], dpi=dpi)
     fig.savefig(paths[1])
     plt.close(fig)
     return paths

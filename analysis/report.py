@@ -179,8 +179,9 @@ def _figures(frame, view: View, text: str, results, noise, step, out: Path, suff
     figs += figures.save(figures.compute_figure(view, text), out, f"{base}_vs_compute{suffix}")
     figs += figures.save(figures.gflops_figure(view, text, step), out, f"{base}_vs_gflops{suffix}")
     drawn = [r for r in results if view.curve(r.config) and view.curve(r.baseline)]
-    if drawn:
-        figs += figures.save(comparison_figures.pair_figure(view, drawn, text), out, f"{base}_pairs{suffix}")
+    if 0 < len(drawn) <= comparison_figures.MAX_PAIRS:  # a grid of many rows vs one baseline: the tables say it
+        figs += figures.save(comparison_figures.pair_figure(view, drawn, text), out, f"{base}_pairs{suffix}",
+                             dpi=comparison_figures.PAIR_DPI)
     if noise:
         figs += figures.save(comparison_figures.noise_figure(view, noise, text), out,
                              f"{base}_evaluation_noise{suffix}")
