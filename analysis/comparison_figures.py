@@ -62,7 +62,7 @@ def pair_figure(view: View, results: list[Result], protocol_text: str):
             f"Protocol: {protocol_text}.")
     height = fig.get_figheight()  # a fixed layout: tight_layout measured every tick label (seconds per figure)
     fig.subplots_adjust(left=0.05, right=0.99, top=1 - 0.6 / height, bottom=_bottom(fig, text, 180) + 0.45 / height,
-                        hspace=0.5, wspace=0.16)
+                        hspace=0.38, wspace=0.16)
     caption(fig, text, width=180, adjust=False)
     return fig
 
