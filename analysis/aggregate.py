@@ -3,10 +3,14 @@
     view = View.build(frame, "fid")            # the main protocol of `fid`
     view.configs                               # row labels in expansion order
     view.curve("k=3")                          # {step: Summary over seeds}
-    view.baseline_of("k=3")                    # the baseline row it is compared with
+    view.baseline_of("k=3")                    # the baseline row it is compared with (None: not compared)
+    view.matched_on("k=3"), view.target_text("k=3")   # 'FLOPs', 'FLOPs +1.1%'
+    view.noise("k=3")                          # {seed: [FID of each re-sampling of its final checkpoint]}
 
 One View holds ONE protocol: a metric's bare key under the run's `eval.protocol` tag, or a suffixed
-key (`fid/ddpm-250-...`) under its suffix with the run's extractor and reference.
+key (`fid/ddpm-250-...`) under its suffix with the run's extractor and reference. Seeds of one configuration
+evaluated under one protocol pool into one cell. Which row each row is compared with comes from the spec's
+pairs (fcdm.spec.pairs, in the frame's attrs) unless a baseline is asked for.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.collect import MISSING, higher_is_better, metric_name
+from analysis.collect import MISSING, higher_is_better, metric_name, noise_keys
 from analysis.stats import Summary, summarize
 from fcdm.errors import UserError
 
@@ -31,7 +35,8 @@ def protocol_keys(frame: pd.DataFrame, metric: str) -> pd.Series:
     ext = frame.get("eval.extractor", pd.Series("", index=frame.index)).fillna("")
     if "/" in metric:
         return metric.split("/", 1)[1] + " vs " + ref.astype(str) + ", " + ext.astype(str)
-    return frame["protocol"].fillna("").astype(str)
+    group = frame["protocol_group"] if "protocol_group" in frame else frame["protocol"]
+    return group.fillna("").astype(str)
 
 
 def protocols(frame: pd.DataFrame, metric: str) -> list[str]:
@@ -58,10 +63,19 @@ def describe_protocol(rows: pd.DataFrame, metric: str) -> str:
     if get("eval.sampler"):
         parts.append(f"{get('eval.sampler')} sampler, {get('eval.sampling_steps')} steps, cfg {get('eval.cfg_scale')}"
                      + (f" on {get('eval.guided_channels')} channels" if get("eval.guided_channels") else ""))
+    seeds = sorted({str(s) for s in rows.get("eval.seed", pd.Series(dtype=object)).dropna()}, key=_natural)
     if get("eval.precision"):
-        parts.append(f"{get('eval.precision')}, sampling seed {get('eval.seed')}")
-    tag = first.get("protocol")
-    return "; ".join(parts) + (f" [protocol `{tag}`]" if isinstance(tag, str) and tag else "")
+        parts.append(f"{get('eval.precision')}, sampling seed " + (
+            seeds[0] if len(seeds) == 1 else f"each run's own ({', '.join(seeds)})"))
+    digests = list(dict.fromkeys(d for d in rows.get("protocol", pd.Series(dtype=object)).dropna()))
+    if len(digests) > 1:
+        more = f"{len(digests) - 1} more digest" + ("s that differ" if len(digests) > 2 else " that differs")
+        return "; ".join(parts) + f" [protocol `{digests[0]}`, and {more} only in the sampling seed]"
+    return "; ".join(parts) + (f" [protocol `{digests[0]}`]" if digests else "")
+
+
+def _natural(text: str):
+    return (0, int(text)) if text.isdigit() else (1, text)
 
 
 class ReportError(UserError, ValueError):
@@ -81,6 +95,8 @@ class View:
     configs: list[str]
     baselines: dict[str, str | None] = field(default_factory=dict)
     baseline_note: str = ""
+    pairs: dict[str, dict] = field(default_factory=dict)  # config -> the spec's pair (collect.pair_attrs)
+    noise_keys: list[str] = field(default_factory=list)  # this metric's re-sampling keys (fid.eval_seed1, ...)
     # config -> metric key -> step -> [(seed, value)], only where `metric` itself has a value
     _values: dict = field(default_factory=dict, repr=False)
     _first: dict = field(default_factory=dict, repr=False)  # config -> column -> first non-null value
@@ -99,14 +115,20 @@ class View:
         else:
             f[metric] = np.nan
         configs = list(dict.fromkeys(f["config"]))
-        view = cls(f, metric, protocol, configs)
+        view = cls(f, metric, protocol, configs, pairs=dict(frame.attrs.get("pairs") or {}),
+                   noise_keys=noise_keys(frame.attrs.get("noise", []), metric))
         view._index(f)
-        view.baselines, view.baseline_note = choose_baselines(f, configs, baseline)
+        paired = baseline is None and any(p["role"] == "compared" for p in view.pairs.values())
+        view.baselines, view.baseline_note = (paired_baselines(f, configs, view.pairs) if paired else
+                                              choose_baselines(f, configs, baseline))
+        if not paired:
+            view.pairs = {}  # a baseline asked for replaces the spec's pairs
         return view
 
     def _index(self, f: pd.DataFrame) -> None:
         keys = [k for k in f.attrs.get("metrics", []) if k in f] + ([self.metric] if self.metric not in
                                                                       f.attrs.get("metrics", []) else [])
+        keys += [k for k in self.noise_keys if k in f]
         first_cols = ("params", "gflops", "batch_size", "model")
         for r in f[["config", "seed", "step", "status", "last_step", "train_steps", "throughput", *first_cols,
                     *keys]].to_dict("records"):
@@ -173,8 +195,54 @@ class View:
         """Median logged train steps/s of each seed's run."""
         return [j[3] for j in self._jobs.get(config, {}).values() if not _null(j[3])]
 
+    def throughput(self, config: str, seed: int) -> float | None:
+        """Median logged train steps/s of one seed's run (None: not logged)."""
+        job = self._jobs.get(config, {}).get(seed)
+        return None if job is None or _null(job[3]) or job[3] <= 0 else float(job[3])
+
     def baseline_of(self, config: str) -> str | None:
         return self.baselines.get(config)
+
+    @property
+    def baselines_single(self) -> bool:
+        """Every compared row has the same baseline (a table need not name it per row)."""
+        return len({b for c, b in self.baselines.items() if b is not None and b != c}) <= 1
+
+    def compared(self, config: str) -> bool:
+        """Whether `config` is compared with a baseline (not a baseline, a reference row or unpaired)."""
+        b = self.baseline_of(config)
+        return b is not None and b != config
+
+    def is_reference(self, config: str) -> bool:
+        """A labelled reference row (`reference: true`): shown, never bolded or tested."""
+        return self.pairs.get(config, {}).get("role") == "reference"
+
+    def matched_on(self, config: str) -> str:
+        """What `config` and its baseline are matched on: 'FLOPs', 'parameters', 'size' or ''."""
+        return self.pairs.get(config, {}).get("matched_on", "")
+
+    def deviation(self, config: str) -> float | None:
+        """The row's measured GFLOPs (or parameters) relative to the target it was re-solved to, minus 1."""
+        pair = self.pairs.get(config, {})
+        column = {"FLOPs": "gflops", "parameters": "params"}.get(pair.get("target_kind") or "")
+        have = self.first(config, column) if column else None
+        return None if have is None or not pair.get("target") else float(have) / pair["target"] - 1
+
+    def target_text(self, config: str) -> str:
+        """What the row was matched to and how close it landed: 'FLOPs +1.1%', 'parameters -0.4%', else '–'."""
+        dev = self.deviation(config)
+        return "–" if dev is None else f"{self.pairs[config]['target_kind']} {dev:+.1%}"
+
+    def noise(self, config: str, step: int | None = None) -> dict[int, list[float]]:
+        """{seed: [the metric, then each re-sampling of the same checkpoint]} at `step` (None: the final
+        evaluation), for the seeds whose checkpoint was re-sampled."""
+        step = self.final_step(config) if step is None else step
+        main = dict(self._values.get(config, {}).get(self.metric, {}).get(step, []))
+        out: dict[int, list[float]] = {}
+        for key in self.noise_keys:
+            for seed, v in self._values.get(config, {}).get(key, {}).get(step, []):
+                out.setdefault(seed, [main[seed]] if seed in main else []).append(v)
+        return dict(sorted(out.items()))
 
     def seeds(self, config: str) -> list[int]:
         return sorted(self._jobs.get(config, {}))
@@ -196,6 +264,24 @@ class View:
 
 def _null(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def paired_baselines(frame: pd.DataFrame, configs: list[str], pairs: dict[str, dict]) -> tuple[dict[str, str | None], str]:
+    """The spec's pairs (fcdm.spec.pairs): a compared row -> its baseline, a baseline -> itself, a reference or
+    unpaired row -> None; and a sentence saying so, naming the profile's baseline where there is one."""
+    out = {}
+    for c in configs:
+        p = pairs.get(c, {})
+        out[c] = p.get("baseline") if p.get("role") == "compared" else c if p.get("role") == "baseline" else None
+    bases = list(dict.fromkeys(b for c, b in out.items() if b is not None and b != c))
+    given = frame.attrs.get("baseline_given") or {}
+    if len(bases) == 1:
+        named = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in given.items()) or bases[0]
+        how = f"baseline: {named}" + (" (the spec's `baseline`)" if given else " (the row the spec pairs them with)")
+    else:
+        how = (f"baselines: each row against the row the spec pairs it with ({len(bases)} baselines: "
+               f"{', '.join(bases)})")
+    return out, how
 
 
 def choose_baselines(frame: pd.DataFrame, configs: list[str], baseline: Any) -> tuple[dict[str, str | None], str]:

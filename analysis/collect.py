@@ -20,10 +20,21 @@ Columns (FRAME_COLUMNS, then one per evaluation metric key, then `eval.*` protoc
 - protocol: the run's `eval.protocol` tag. Bare keys (`fid`) were measured under it; other protocols
   are logged under suffixed keys (`fid/ddpm-250-...`), each its own column. Every aggregation in
   analysis/ groups by protocol, so no table mixes two protocols in one column.
+- protocol_group: the protocol the report groups by: runs whose protocols differ only in the sampling seed
+  (`eval.seed`, which older runs took from their training seed) are one protocol, named by the first run's
+  digest. A protocol is how a number is made, not which run made it: seeds of one configuration pool.
+- evaluation noise: re-samplings of one checkpoint under the same protocol with other sampling seeds,
+  `fid.eval_seed<S>` (suffixed: `fid.eval_seed<S>/<slug>`), columns of their own listed in attrs["noise"],
+  never among the metrics.
+
+A job is looked up by (configuration hash, seed); a job whose hash needs data that is not on this machine
+(latents of runs trained elsewhere) by (`fcdm.config_key`, seed): the hash without the data's fingerprint,
+which every run records. So a report needs the tracking store only, never the data.
 """
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -31,11 +42,12 @@ import pandas as pd
 
 from analysis.store import TRAINING_METRICS, read_store
 from fcdm.spec import Spec, expand, load_spec, resolve_profile
+from fcdm.spec.job import TAG_BASELINE, TAG_CONFIG_KEY, TAG_FLOPS_TARGET, TAG_MATCHED_ON, TAG_PARAMS_TARGET, TAG_ROLE
 from fcdm.store.tracking import TAG_HASH, TAG_SEED
 
 FRAME_COLUMNS = ["spec", "profile", "config", "variant", "axes", "hash", "seed", "job", "run_id", "experiment_id",
                  "run_name", "status", "last_step", "train_steps", "model", "params", "gflops", "batch_size",
-                 "throughput", "step", "train_compute", "protocol", "artifact_uri"]
+                 "throughput", "step", "train_compute", "protocol", "protocol_group", "artifact_uri"]
 MISSING = "MISSING"
 # Direction of "better" for the metrics the evaluation logs; unknown keys are treated as lower-better.
 HIGHER_IS_BETTER = {"is", "precision", "recall", "class_consistency"}
@@ -54,6 +66,32 @@ def metric_name(key: str) -> str:
 def base_metric(key: str) -> str:
     """'fid/ddpm-250-cfg1.5-...' -> 'fid'."""
     return key.split("/", 1)[0]
+
+
+NOISE = re.compile(r"^(?P<metric>[^/]+)\.eval_seed(?P<seed>\d+)(?P<suffix>/.*)?$")  # fid.eval_seed2[/<slug>]
+
+
+def is_noise_key(key: str) -> bool:
+    """A re-sampling of a checkpoint with another sampling seed (evaluation noise), not a metric of its own."""
+    return NOISE.match(key) is not None
+
+
+def noise_keys(keys, metric: str) -> list[str]:
+    """The re-sampling keys of `metric` ('fid' -> fid.eval_seed1, ...; 'fid/x' -> fid.eval_seed1/x, ...)."""
+    base, _, suffix = metric.partition("/")
+    out = []
+    for k in keys:
+        m = NOISE.match(k)
+        if m and m["metric"] == base and (m["suffix"] or "") == (f"/{suffix}" if suffix else ""):
+            out.append(k)
+    return sorted(out, key=lambda k: int(NOISE.match(k)["seed"]))
+
+
+def lookup(job) -> tuple[str, str]:
+    """(tag, value) that finds a job's run: its configuration hash, or where the hash needs data that is not on
+    this machine, its configuration key."""
+    h = job.config.try_hash()
+    return (TAG_HASH, h) if h is not None else (TAG_CONFIG_KEY, job.config.config_key)
 
 
 def higher_is_better(key: str) -> bool:
@@ -88,21 +126,27 @@ def collect(jobs: list, tracking_uri: str) -> pd.DataFrame:
     A (hash, seed) with several MLflow runs uses the newest, as the trainer does when it resumes.
     """
     jobs = list(jobs)
-    hashes = {j.hash for j in jobs}
-    runs, metrics = read_store(tracking_uri, hashes=hashes) if jobs else (pd.DataFrame(), pd.DataFrame())
-    by_key: dict[tuple[str, int], dict] = {}
+    finds = {id(j): lookup(j) for j in jobs}
+    hashes = {v for t, v in finds.values() if t == TAG_HASH}
+    config_keys = {v for t, v in finds.values() if t == TAG_CONFIG_KEY}
+    runs, metrics = read_store(tracking_uri, hashes=hashes, keys=config_keys) if jobs else (
+        pd.DataFrame(), pd.DataFrame())
+    by_key: dict[tuple[str, str, int], dict] = {}
     for run in runs.sort_values("start_time").to_dict("records") if len(runs) else []:
         tags = run["tags"]
         try:
-            by_key[(tags[TAG_HASH], int(tags.get(TAG_SEED, "0")))] = run  # newest start wins
+            seed = int(tags.get(TAG_SEED, "0"))
         except ValueError:
             continue  # a seed tag that is not a number belongs to no job
+        for tag in (TAG_HASH, TAG_CONFIG_KEY):
+            if tags.get(tag):
+                by_key[(tag, tags[tag], seed)] = run  # newest start wins
     evals, keys, throughput, last = _evaluations(metrics)
     labels = _unique_labels(jobs)
     rows = []
     for job in jobs:
-        run = by_key.get((job.hash, job.seed))
-        base = _job_row(job, labels[(job.hash, job.seed)], run)
+        run = by_key.get((*finds[id(job)], job.seed))
+        base = _job_row(job, labels[(_identity(job), job.seed)], run)
         if run is None:
             rows.append(base)
             continue
@@ -119,9 +163,31 @@ def collect(jobs: list, tracking_uri: str) -> pd.DataFrame:
         c for c in frame if c not in FRAME_COLUMNS and c not in keys)
     frame = frame[ordered]
     frame["train_compute"] = frame["gflops"] * 3 * frame["batch_size"] * frame["step"]
-    frame.attrs["metrics"] = [k for k in keys if k in frame]
+    frame["protocol_group"] = frame["protocol"].map(protocol_groups(frame))
+    frame.attrs["metrics"] = [k for k in keys if k in frame and not is_noise_key(k)]
+    frame.attrs["noise"] = [k for k in keys if k in frame and is_noise_key(k)]
     frame.attrs["tracking_uri"] = tracking_uri
     return frame
+
+
+# Tags of a run's protocol that do not change how its numbers are made: the digest itself, the sampling seed,
+# and how many re-samplings of a checkpoint were made (evaluation noise).
+NOT_PROTOCOL = ("eval.protocol", "eval.seed", "eval.noise_seeds")
+
+
+def protocol_groups(frame: pd.DataFrame) -> dict[str, str]:
+    """{protocol digest: the digest that names its group}: digests whose runs' `eval.*` tags agree except for
+    NOT_PROTOCOL are one group, named by the first digest seen (so where every seed shares one digest, each
+    digest names itself)."""
+    tags = [c for c in frame.columns if c.startswith("eval.") and c not in NOT_PROTOCOL]
+    named: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for digest, *values in frame[["protocol", *tags]].drop_duplicates("protocol").itertuples(index=False):
+        if not isinstance(digest, str):
+            continue
+        key = json.dumps([None if isinstance(v, float) and np.isnan(v) else v for v in values], default=str)
+        out[digest] = named.setdefault(key, digest)
+    return out
 
 
 def _evaluations(metrics: pd.DataFrame):
@@ -142,9 +208,14 @@ def _evaluations(metrics: pd.DataFrame):
     return out, keys, throughput, last
 
 
+def _identity(job) -> str:
+    """What makes two jobs one configuration: the hash, or without the data the configuration key."""
+    return lookup(job)[1]
+
+
 def _unique_labels(jobs: list) -> dict[tuple[str, int], str]:
     """config_label per job; two configurations (hashes) with one label get the hash appended."""
-    labels = {(j.hash, j.seed): config_label(j) for j in jobs}
+    labels = {(_identity(j), j.seed): config_label(j) for j in jobs}
     hashes_of: dict[str, set[str]] = {}
     for (h, _), label in labels.items():
         hashes_of.setdefault(label, set()).add(h)
@@ -154,8 +225,10 @@ def _unique_labels(jobs: list) -> dict[tuple[str, int], str]:
 def _job_row(job, label: str, run: dict | None) -> dict[str, Any]:
     cfg = job.config
     tags = run["tags"] if run else {}
+    # Without the data: the hash the run recorded, else (no run) the configuration key.
+    h = job.config.try_hash() or tags.get(TAG_HASH) or f"key {job.config.config_key}"
     row = {"spec": job.spec, "profile": job.profile, "config": label, "variant": job.variant,
-           "axes": dict(job.axes), "hash": job.hash, "seed": job.seed, "job": job.name,
+           "axes": dict(job.axes), "hash": h, "seed": job.seed, "job": job.name,
            "run_id": run["run_id"] if run else None, "experiment_id": run["experiment_id"] if run else None,
            "run_name": run["run_name"] if run else None, "status": run["status"] if run else MISSING,
            "last_step": 0, "train_steps": cfg.train.steps, "model": cfg.model.name,
@@ -178,9 +251,11 @@ def _number(text: str | None) -> float:
 
 def collect_spec(spec, profile: str | None, tracking_uri: str, overrides: tuple[str, ...] = ()) -> pd.DataFrame:
     """Expand `spec` (a path or fcdm.spec.Spec) under `profile` (None: the spec's default) and collect its
-    jobs. attrs: `spec` (its name), `profile`, `experiment` (the MLflow experiment its jobs create runs in),
-    and `baseline` (labels of the spec's baseline rows, from its `baseline:` key; `baseline_given`: that key)
-    or `axis_defaults` (the base config's value of each axis, when the spec names no baseline).
+    jobs. attrs: `spec` (its name), `profile`, `description` (the spec's), `experiment` (the MLflow experiment
+    its jobs create runs in), `pairs` (per row label: its role, baseline label, what they are matched on, and
+    its target: pair_attrs), and `baseline` (labels of the profile's baseline rows; `baseline_given`: the
+    profile's `baseline:` key) or `axis_defaults` (the base config's value of each axis, when the profile
+    names no baseline).
 
     attrs hold only small plain values: pandas deep-copies attrs on every operation on the frame, and 500
     Jobs there made a report take minutes.
@@ -192,13 +267,30 @@ def collect_spec(spec, profile: str | None, tracking_uri: str, overrides: tuple[
     jobs = expand(spec, profile=profile, overrides=tuple(overrides))
     view = spec.view(profile)
     frame = collect(jobs, tracking_uri)
-    frame.attrs.update(spec=spec.name, profile=profile,
+    frame.attrs.update(spec=spec.name, profile=profile, description=spec.description,
                        experiment=(jobs[0].config.log.experiment if jobs else None) or spec.name)
     labels = _unique_labels(jobs)
-    chosen = [labels[(j.hash, j.seed)] for j in jobs if view.is_baseline(j.variant, j.axes)]
+    frame.attrs["pairs"] = pair_attrs(jobs, labels)
+    chosen = [labels[(_identity(j), j.seed)] for j in jobs if view.is_baseline(j.variant, j.axes)]
     if chosen:
         frame.attrs["baseline"] = list(dict.fromkeys(chosen))
-        frame.attrs["baseline_given"] = dict(spec.baseline or {})  # the spec's own key, not a profile's
+        frame.attrs["baseline_given"] = dict(view.baseline or {})  # the profile's key (issue 15: not the spec's)
     else:
         frame.attrs["axis_defaults"] = view.axis_defaults(jobs)
     return frame
+
+
+def pair_attrs(jobs: list, labels: dict[tuple[str, int], str]) -> dict[str, dict]:
+    """{row label: {"role", "baseline" (label or None), "matched_on", "target_kind" ('FLOPs' / 'parameters' /
+    None), "target"}} from the pair each job carries in its tags (fcdm.spec.pairs, written by `expand`)."""
+    by_name = {j.name: labels[(_identity(j), j.seed)] for j in jobs}
+    out: dict[str, dict] = {}
+    for job in jobs:
+        tags = job.config.log.tags
+        flops, params = tags.get(TAG_FLOPS_TARGET), tags.get(TAG_PARAMS_TARGET)
+        out.setdefault(by_name[job.name], {
+            "role": tags.get(TAG_ROLE, ""), "baseline": by_name.get(tags.get(TAG_BASELINE, "")),
+            "matched_on": tags.get(TAG_MATCHED_ON, ""),
+            "target_kind": "FLOPs" if flops else "parameters" if params else None,
+            "target": float(flops or params) if (flops or params) else None})
+    return out

@@ -29,10 +29,13 @@ MAX_MONTAGE = 48  # sample grids in one montage; more would be unreadable (the c
 LEGEND_MAX = 20
 
 
-def _caption(fig, text: str, width: int = 150) -> None:
+def caption(fig, text: str, width: int = 150, adjust: bool = True) -> None:
+    """The caption under a figure (the protocol, what lines and bands are); adjust: make room for it below the
+    axes (a figure laid out with tight_layout leaves room itself)."""
     lines = textwrap.wrap(text, width)
     fig.text(0.01, 0.005, "\n".join(lines), ha="left", va="bottom", fontsize=7, color="0.25")
-    fig.subplots_adjust(bottom=0.14 + 0.035 * len(lines))
+    if adjust:
+        fig.subplots_adjust(bottom=0.14 + 0.035 * len(lines))
 
 
 def _axes():
@@ -54,10 +57,13 @@ def _legend(ax, n: int) -> None:
               frameon=False)
 
 
-def _plain_ticks(ax, xs=()) -> None:
+def plain_ticks(ax, xs=()) -> None:
     """'200', not '2 x 10^2', on log axes; with few distinct x values (evaluation steps), a tick at each."""
     fmt = FuncFormatter(lambda x, _: f"{x:,.0f}" if x >= 10 else f"{x:.3g}")
-    distinct = sorted(set(xs))
+    distinct: list[float] = []
+    for x in sorted(set(xs)):  # labels closer than ~12% on a log axis would print over each other
+        if not distinct or x > distinct[-1] * 1.12:
+            distinct.append(x)
     if 0 < len(distinct) <= 12:
         ax.xaxis.set_major_locator(FixedLocator(distinct))
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -69,34 +75,36 @@ def _plain_ticks(ax, xs=()) -> None:
 def _style(view: View, config: str, i: int) -> dict:
     if view.baseline_of(config) == config:
         return {"color": "black", "linestyle": "--", "label": f"{config} (baseline)"}
+    if view.is_reference(config):
+        return {"color": "0.55", "linestyle": ":", "label": f"{config} (reference)"}
     return {"color": plt.get_cmap("tab10" if len(view.configs) <= 10 else "viridis")(
         i % 10 if len(view.configs) <= 10 else i / max(1, len(view.configs) - 1)), "label": config}
 
 
-def save(fig, out: Path, name: str) -> list[Path]:
-    """Write `fig` as out/name.png and out/name.pdf and close it."""
+def save(fig, out: Path, name: str, dpi: int = 120) -> list[Path]:
+    """Write `fig` as out/name.png (at `dpi`) and out/name.pdf and close it."""
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     # A fixed layout (no bbox_inches="tight"): "tight" draws every figure twice per file, which was a
     # third of a 500-run report's time.
-    fig.savefig(paths[0], dpi=120)
+    fig.savefig(paths[0], dpi=dpi)
     fig.savefig(paths[1])
     plt.close(fig)
     return paths
 
 
-def _finish(fig, ax, view: View, xs: list[float], xlabel: str, title: str, caption: str) -> None:
+def _finish(fig, ax, view: View, xs: list[float], xlabel: str, title: str, text: str) -> None:
     """What every plot against a log x axis has: plain ticks, axis labels, title, grid, legend, caption."""
     ax.set_xscale("log")
-    _plain_ticks(ax, xs)
+    plain_ticks(ax, xs)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(_ylabel(view))
+    ax.set_ylabel(ylabel(view))
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     _legend(ax, len(view.configs))
-    _caption(fig, caption)
+    caption(fig, text)
 
 
-def _ylabel(view: View) -> str:
+def ylabel(view: View) -> str:
     return f"{metric_name(view.metric)} ({'higher' if view.higher_better else 'lower'} is better; unitless)"
 
 
@@ -166,7 +174,7 @@ def gflops_figure(view: View, protocol_text: str, step: int | None = None):
     for x, summ, size, style, n_params, c in pts:
         # legend proxies: a marker per configuration, labelled with its parameters
         ax.plot([], [], "o", color=style["color"], markeredgecolor="black", alpha=0.55,
-                label=f"{style['label']} ({n_params / 1e6:.3g} M params)")
+                label=f"{style['label']}, {n_params / 1e6:.3g} M params")
         if len(pts) <= LEGEND_MAX:
             ax.annotate(c, (x, summ.mean), fontsize=7, xytext=(6, 6), textcoords="offset points")
     ax.margins(x=0.15, y=0.15)  # room for the largest bubbles

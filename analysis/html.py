@@ -30,7 +30,7 @@ def to_html_document(rep, sections, folder: Path, title: str) -> str:
     """rep: analysis.report.Report; sections: its Sections; folder: where the figure PNGs are."""
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{e(title)}</title><style>{CSS}</style>"
-             f"</head><body><h1>{e(title)}</h1>",
+             f"</head><body><h1>{e(title)}</h1>" + (f"<p>{_inline(rep.description)}</p>" if rep.description else ""),
              "<p>" + e(", ".join(f"{v} {k.lower() if k != 'MISSING' else 'not run'}" for k, v in
                                  sorted(rep.counts.items()))) + " jobs.</p><h2>Summary</h2><ul>",
              *[f"<li>{_inline(s)}</li>" for s in rep.summary], "</ul>"]

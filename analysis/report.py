@@ -9,7 +9,6 @@ a failed report never leaves a half-written one. Nothing here trains or imports 
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -22,15 +21,26 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from analysis import figures, tables
+from analysis import comparison_figures, figures, tables
 from analysis.aggregate import ReportError, View, describe_protocol, protocol_keys, protocols
 from analysis.collect import MISSING, metric_columns
+from analysis.comparison import compare, verdict
 from analysis.html import to_html_document
+from analysis.noise import noise_clause, noise_rows, noise_table
 from analysis.published import published_table
 from analysis.render import WRITERS, to_markdown
-from analysis.stats import welch
 
 FORMATS = ("md", "tex", "csv", "html")
+STATISTICS = ("Statistics: seeds of one configuration evaluated under one protocol pool into one cell: mean ± std "
+              "over seeds with a 95% confidence interval of the mean (Student's t, n - 1 degrees of freedom). Each "
+              "row is compared with its baseline (the row the spec pairs it with, and what the two are matched on) "
+              "by Welch's two-sided t-test (unequal variances); the p-values of the rows compared with one baseline "
+              "are adjusted with Holm's method, and 'beyond seed noise' means Holm-adjusted p < 0.05. One seed on "
+              "either side, or no spread on both: no test, no claim. Speed-ups (steps, training compute and wall "
+              "time to reach the baseline's final value) are ratios, summarised over seeds on the log scale: "
+              "geometric mean [95% t-interval of the mean log speed-up]. "
+              "Evaluation noise (one checkpoint evaluated with several sampling seeds) is shown beside the seed "
+              "noise where it was measured.")
 
 
 @dataclass
@@ -41,6 +51,7 @@ class Report:
     tables: list[tables.Table] = field(default_factory=list)
     main: tables.Table | None = None  # the ablation table of the main protocol (printed by the CLI)
     summary: list[str] = field(default_factory=list)  # one sentence per comparison with the baseline
+    description: str = ""  # the spec's description (what it compares, and its recipe)
     counts: dict[str, int] = field(default_factory=dict)  # jobs per status
     files: list[Path] = field(default_factory=list)
     run_id: str | None = None  # the MLflow report run the files were logged to
@@ -55,7 +66,7 @@ def build_report(frame: pd.DataFrame, out: Path, spec: str, profile: str, metric
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out}: exists and is not a folder; pass a folder path")
-    rep = Report(spec, profile, out, counts=_counts(frame))
+    rep = Report(spec, profile, out, counts=_counts(frame), description=frame.attrs.get("description", ""))
     with _staged(out) as tmp:
         (tmp / "tables").mkdir()
         (tmp / "figures").mkdir()
@@ -125,22 +136,20 @@ def _sections(frame, rep: Report, tmp: Path, metric: str, step, baseline, publis
         rows = frame[(protocol_keys(frame, metric) == proto) & frame[metric].notna()] if metric in frame else frame
         text = describe_protocol(rows, metric)
         suffix = "" if i == 0 else f"_protocol{i + 1}"
+        results = compare(view, step)
+        noise = noise_rows(view)
         made = [tables.fid_vs_steps(view, text), tables.fid_vs_gflops(view, text, step),
-                tables.ablation(view, text, step)]
-        match_table, matches = tables.steps_to_match(view, text)
-        made.append(match_table)
+                tables.ablation(view, text, results, step), tables.steps_to_match(view, text, results)]
+        if noise:
+            made.append(noise_table(view, noise, text))
         for t in made:
             t.name += suffix
-        figs, base = [], metric.split("/")[0]
-        if view.measured():
-            fig_dir = tmp / "figures"
-            figs += figures.save(figures.steps_figure(view, text), fig_dir, f"{base}_vs_steps{suffix}")
-            figs += figures.save(figures.compute_figure(view, text), fig_dir, f"{base}_vs_compute{suffix}")
-            figs += figures.save(figures.gflops_figure(view, text, step), fig_dir, f"{base}_vs_gflops{suffix}")
+        figs = _figures(frame, view, text, results, noise, step, tmp / "figures", suffix)
         if i == 0:
             rep.main = made[2]
-            rep.summary = _verdicts(view, matches, step)
-            rep.summary.insert(0, f"{view.baseline_note[0].upper()}{view.baseline_note[1:]}.")
+            rep.summary = [f"{view.baseline_note[0].upper()}{view.baseline_note[1:]}."]
+            rep.summary += [verdict(view, r, noise_clause(noise, r.config)) for r in results]
+            rep.summary += _unmeasured(view, results)
             grids = _last_grids(frame)
             if grids:
                 figs += figures.save_image(figures.montage(grids, f"Newest logged grid of each configuration's "
@@ -160,63 +169,41 @@ def _sections(frame, rep: Report, tmp: Path, metric: str, step, baseline, publis
     return sections
 
 
-def _verdicts(view: View, matches: list, step: int | None) -> list[str]:
-    """One sentence per configuration: does it reach its baseline's final value, when, at what cost, and
-    is its own value different from the baseline's beyond the seed noise."""
-    name, out = tables.metric_name(view.metric), []
-    by_config = {m.config: m for m in matches}
+def _figures(frame, view: View, text: str, results, noise, step, out: Path, suffix: str) -> list[Path]:
+    """The section's figures: the metric vs steps, compute and GFLOPs; the pairs; evaluation noise; a heatmap of
+    a two-dimensional grid."""
+    if not view.measured():
+        return []
+    base = view.metric.split("/")[0]
+    figs = figures.save(figures.steps_figure(view, text), out, f"{base}_vs_steps{suffix}")
+    figs += figures.save(figures.compute_figure(view, text), out, f"{base}_vs_compute{suffix}")
+    figs += figures.save(figures.gflops_figure(view, text, step), out, f"{base}_vs_gflops{suffix}")
+    drawn = [r for r in results if view.curve(r.config) and view.curve(r.baseline)]
+    if 0 < len(drawn) <= comparison_figures.MAX_PAIRS:  # a grid of many rows vs one baseline: the tables say it
+        figs += figures.save(comparison_figures.pair_figure(view, drawn, text), out, f"{base}_pairs{suffix}",
+                             dpi=comparison_figures.PAIR_DPI)
+    if noise:
+        figs += figures.save(comparison_figures.noise_figure(view, noise, text), out,
+                             f"{base}_evaluation_noise{suffix}")
+    dims = comparison_figures.grid_dimensions(frame)
+    if len(dims) == 2:
+        figs += figures.save(comparison_figures.heatmap(view, dims, text, step), out, f"{base}_heatmap{suffix}")
+    return figs
+
+
+def _unmeasured(view: View, results) -> list[str]:
+    """A line for each compared row with no comparison yet (no value under this protocol, or its baseline none)."""
+    done, name, out = {r.config for r in results}, tables.metric_name(view.metric), []
     for c in view.configs:
-        m, b = by_config.get(c), view.baseline_of(c)
-        if b is None or b == c:
+        if not view.compared(c) or c in done:
             continue
-        if m is None:
+        b = view.baseline_of(c)
+        if view.final_step(b) is None:
             out.append(f"**{c}**: its baseline {b} has no {name} recorded yet; nothing to compare.")
-            continue
-        if m.seeds == 0:
+        else:
             why = "; ".join(view.incomplete(c)) or "see the Runs table"
             out.append(f"**{c}**: no {name} recorded under this protocol yet ({why}); nothing to compare.")
-            continue
-        target = f"{m.target.mean:.2f}" + (f" ± {m.target.std:.2f}" if m.target.n > 1 else "")
-        head = f"**{c}** vs **{b}** (final {name} {target} at step {m.baseline_step:,}, {_seeds(m.target.n)}): "
-        if m.step is None:
-            curve = view.curve(c)
-            best = min(curve.items(), key=lambda kv: kv[1].mean * (-1 if view.higher_better else 1)) if curve else None
-            text = head + "does not reach it" + (f" (best {best[1].mean:.2f} at step {best[0]:,})" if best else "")
-        else:
-            bound = "at most " if m.at_first else ""  # reached already at the first evaluation
-            text = head + f"reaches it at step {bound}{m.step:,.0f} ({_ratio(m.speedup, 'fewer', 'more', bound)} steps"
-            if m.compute_speedup:
-                text += f"; {_ratio(m.compute_speedup, 'less', 'more', bound)} training compute"
-            text += ")"
-            if m.seeds > 1:
-                text += f", reached by {m.seeds_reached} of {m.seeds} seeds"
-        s = m.baseline_step if step is None else step
-        mine = view.values(c, s) or view.values(c, view.final_step(c) or -1)
-        theirs = view.values(b, m.baseline_step if step is None else step)
-        cmp = welch(mine, theirs)
-        if not math.isnan(cmp.diff):
-            better = (cmp.diff > 0) == view.higher_better
-            text += (f"; its {name} at step {s:,} is {abs(cmp.diff):.2f} {'better' if better else 'worse'}"
-                     if view.values(c, s) else f"; its final {name} is {abs(cmp.diff):.2f} "
-                                                f"{'better' if better else 'worse'}")
-            text += (f" (Welch p = {cmp.p:.3g}: {'larger than' if cmp.significant else 'within'} the seed noise)"
-                     if cmp.tested else f" (not tested: {_seeds(cmp.n_a)} vs {_seeds(cmp.n_b)})")
-        if view.incomplete(c) or view.incomplete(b):
-            text += " [incomplete runs: see the Runs table]"
-        out.append(text + ".")
     return out
-
-
-def _seeds(n: int) -> str:
-    return f"{n} seed" + ("" if n == 1 else "s")
-
-
-def _ratio(r: float, fewer: str, more: str, bound: str) -> str:
-    """2.0 -> '2.00x fewer'; 0.5 -> '2.00x more'; with a bound (reached at the first evaluation) the
-    factor is a lower bound on the saving ('at least')."""
-    if r >= 1:
-        return f"{'at least ' if bound else ''}{r:.2f}x {fewer}"
-    return f"{'at most ' if bound else ''}{1 / r:.2f}x {more}"
 
 
 def _last_grids(frame: pd.DataFrame) -> list[tuple[str, Path]]:
@@ -261,14 +248,12 @@ def _title(rep: Report) -> str:
 def _markdown(rep: Report, frame: pd.DataFrame, sections: list[Section], metric: str, title: str | None) -> str:
     jobs = sum(rep.counts.values())
     state = ", ".join(f"{v} {'not run' if k == MISSING else k.lower()}" for k, v in sorted(rep.counts.items()))
-    lines = [f"# {title or _title(rep)}", "",
+    lines = [f"# {title or _title(rep)}", "", *([rep.description, ""] if rep.description else []),
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from "
              f"`{frame.attrs.get('tracking_uri', '?')}`: {jobs} jobs ({state}), "
              f"{frame['config'].nunique()} configurations. Metric: `{metric}`.", "", "## Summary", ""]
     lines += [f"- {s}" for s in rep.summary] or ["- No evaluations recorded yet."]
-    lines += ["", "Statistics: every cell is mean ± std over seeds with a 95% confidence interval of the mean "
-              "(Student's t, n - 1 degrees of freedom); comparisons with the baseline use Welch's two-sided t-test "
-              "(unequal variances); 'larger than the seed noise' means p < 0.05. One seed: no interval, no test.", ""]
+    lines += ["", STATISTICS, ""]
     for s in sections:
         lines += [f"## {s.heading}", ""] + ([f"Protocol: {s.protocol_text}.", ""] if s.protocol_text else [])
         if s.heading == "Published reference" and not s.tables:

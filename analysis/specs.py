@@ -15,16 +15,16 @@ from analysis.aggregate import ReportError
 from analysis.collect import collect_spec
 from analysis.mlflow_log import LogError, ReportLogger
 from analysis.report import FORMATS, Report, build_report
-from analysis.store import StoreError, read_tags, spec_names
-from fcdm.config import ConfigError
+from analysis.store import read_tags, spec_names
+from fcdm.errors import UserError
 from fcdm.spec import SpecError, load_spec
 from fcdm.spec.job import TAG_PROFILE
 from fcdm.store.layout import resolve_store, resolve_tracking_uri
 
 ROOT_ABLATIONS = Path(__file__).resolve().parents[1] / "ablations"
 # What one spec's report fails with when a user got something wrong (a spec, a config, the request, the
-# store): UserErrors, each one line (the CLI prints it and exits with 2).
-REPORT_ERRORS = (SpecError, ConfigError, ReportError, StoreError)
+# store, data a spec needs): UserErrors, each one line (the CLI prints it and exits with 2).
+REPORT_ERRORS = (UserError,)
 Target = tuple[Path, str | None]  # a spec file and the profile to report (None: the spec's default)
 
 
@@ -130,8 +130,11 @@ def report_many(specs: Sequence[Path] | None, profile: str | None = None, store=
     Each report goes to `out`, or with several, to `out/<spec file stem>-<profile>/` (default: each in
     `<store>/reports/<spec>-<profile>/`), and is passed to `on_report` when written. Raises one of
     REPORT_ERRORS when nothing can be reported (bad formats, a missing spec file, an unreadable store, no
-    runs) or the only report fails; with several, a failing one goes to `on_error` and the others are still
-    made. A report written but not logged (LogError) goes to `on_error` either way."""
+    runs) or the only spec asked for fails; with several specs asked for, a failing one goes to `on_error`
+    (and counts as failed) and the others are still made. With no SPEC (every spec in the store), a spec that
+    cannot be reported is a warning (`on_warning`), never a failure: the store holds runs of many specs, and
+    one of them being unreportable here must not stop the others (ReportError only when none could be
+    reported). A report written but not logged (LogError) goes to `on_error` either way."""
     chosen = parse_formats(formats)
     for path in specs or []:
         if not Path(path).is_file():
@@ -140,17 +143,23 @@ def report_many(specs: Sequence[Path] | None, profile: str | None = None, store=
     targets, warnings = report_targets(specs, profile, store, tracking_uri)
     for w in warnings:
         on_warning(w)
-    failed = 0
+    failed, skipped = 0, []
     for path, prof in targets:
         dest = out if out is None or len(targets) == 1 else Path(out) / f"{path.stem}-{prof or 'default'}"
         try:
             rep = report_spec(path, prof, store, tracking_uri, dest, metric=metric, step=step, formats=chosen,
                               overrides=tuple(overrides), log=log)
         except (*REPORT_ERRORS, LogError) as e:  # LogError: the files are there; only MLflow did not take them
-            if len(targets) == 1 and not isinstance(e, LogError):
+            if specs and len(targets) == 1 and not isinstance(e, LogError):
                 raise
+            if not specs and not isinstance(e, LogError):
+                skipped.append(f"{path} ({prof or 'default profile'}): not reported: {e}")
+                on_warning(skipped[-1])
+                continue
             on_error(str(e))
             failed += 1
             continue
         on_report(rep)
+    if skipped and len(skipped) == len(targets):
+        raise ReportError(f"no spec in the store could be reported ({len(skipped)} tried; the warnings above say why)")
     return failed

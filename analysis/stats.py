@@ -1,11 +1,15 @@
 """Seed statistics and the arithmetic of the report: mean +- std with a t-based 95% confidence
-interval, Welch's t-test against the baseline, and steps-to-match by log-linear interpolation.
+interval, Welch's t-test against the baseline, Holm's adjustment of the p-values of the rows compared with
+one baseline, and steps-to-match by log-linear interpolation.
 
 Why these: seeds are few (2-5), so the interval uses Student's t with n - 1 degrees of freedom, not
 a normal approximation, and a bootstrap over 3 values would be meaningless. Two configurations need
 not share a variance (a larger kernel can be noisier), so comparisons use Welch's unequal-variance
 t-test (two-sided) with Welch-Satterthwaite degrees of freedom; "larger than seed noise" means
-p < ALPHA. With one seed on either side nothing is claimed.
+p < ALPHA. With one seed on either side nothing is claimed, nor with no spread on either side (every seed
+the same value: no noise estimate, so no test; never p = 0). Several rows compared with one baseline are
+several tests: their p-values are adjusted with Holm's step-down method (family-wise error ALPHA), which
+assumes nothing about how the tests depend on each other (they share the baseline's seeds).
 """
 from __future__ import annotations
 
@@ -55,9 +59,23 @@ def summarize(values) -> Summary:
     return Summary(mean, std, n, mean - half, mean + half)
 
 
+def summarize_ratios(values) -> Summary:
+    """Ratios (speed-ups) summarised on the log scale, where they are symmetric: the geometric mean, and the
+    t-interval of the mean log ratio mapped back (so it is never below 0 and 2x and 0.5x are equally far
+    from 1); std is the multiplicative one, exp(std of the logs). Non-positive and non-finite values are
+    dropped."""
+    logs = [math.log(v) for v in np.asarray(values, dtype=float).ravel() if np.isfinite(v) and v > 0]
+    s = summarize(logs)
+    if s.n == 0:
+        return s
+    return Summary(math.exp(s.mean), math.exp(s.std) if s.n > 1 else math.nan, s.n,
+                   math.exp(s.ci_low) if s.n > 1 else math.nan, math.exp(s.ci_high) if s.n > 1 else math.nan)
+
+
 @dataclass(frozen=True)
 class Comparison:
-    """a - b with Welch's t-test; t, df, p and the CI of the difference are NaN when either n < 2."""
+    """a - b with Welch's t-test; t, df, p and the CI of the difference are NaN when either n < 2 or neither
+    side has any spread (`why` then says which)."""
     diff: float
     t: float
     df: float
@@ -66,6 +84,7 @@ class Comparison:
     ci_high: float
     n_a: int
     n_b: int
+    why: str = ""  # why it was not tested ('' when tested)
 
     @property
     def tested(self) -> bool:
@@ -82,12 +101,12 @@ def welch(a, b) -> Comparison:
     sa, sb = summarize(a), summarize(b)
     diff = sa.mean - sb.mean
     if sa.n < 2 or sb.n < 2:
-        return Comparison(diff, math.nan, math.nan, math.nan, math.nan, math.nan, sa.n, sb.n)
+        return Comparison(diff, math.nan, math.nan, math.nan, math.nan, math.nan, sa.n, sb.n,
+                          f"n={sa.n} vs {sb.n}")
     va, vb = sa.std ** 2 / sa.n, sb.std ** 2 / sb.n
     se = math.sqrt(va + vb)
-    if se == 0:  # identical values within both groups: no noise to compare against
-        p = 1.0 if diff == 0 else 0.0
-        return Comparison(diff, math.copysign(math.inf, diff) if diff else 0.0, math.nan, p, diff, diff, sa.n, sb.n)
+    if se == 0:  # identical values within both groups: no noise estimate, so no test (not p = 0)
+        return Comparison(diff, math.nan, math.nan, math.nan, math.nan, math.nan, sa.n, sb.n, "no seed spread")
     df = (va + vb) ** 2 / (va ** 2 / (sa.n - 1) + vb ** 2 / (sb.n - 1))
     t = diff / se
     # = scipy.stats.ttest_ind(a, b, equal_var=False).pvalue (tested), without its per-call overhead
@@ -95,6 +114,18 @@ def welch(a, b) -> Comparison:
     p = float(2 * special.stdtr(df, -abs(t)))
     half = t_critical(df) * se
     return Comparison(diff, t, df, p, diff - half, diff + half, sa.n, sb.n)
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaN: not tested, left out of the family and
+    returned as NaN); = statsmodels' multipletests(p, method='holm')[1]."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))  # monotone: never below an earlier one
+        out[i] = running
+    return out
 
 
 # -- steps-to-match -------------------------------------------------------------------------------

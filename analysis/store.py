@@ -23,7 +23,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from fcdm.errors import UserError
-from fcdm.spec.job import TAG_SPEC
+from fcdm.spec.job import TAG_CONFIG_KEY, TAG_SPEC
 from fcdm.store.tracking import TAG_HASH, TAG_SPECS
 
 # Logged every log.every steps by the trainer; every other metric key is an evaluation metric.
@@ -45,29 +45,32 @@ def is_sql_uri(uri: str) -> bool:
     return uri.split(":", 1)[0].split("+", 1)[0] in SQL_SCHEMES
 
 
-def read_store(uri: str, hashes: set[str] | None = None, spec: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs, metrics) of every active run tagged with a configuration hash in `hashes` (all tagged runs
-    when None) or, with `spec`, tagged `fcdm.spec` = spec.
+def read_store(uri: str, hashes: set[str] | None = None, spec: str | None = None,
+               keys: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, metrics) of every active run tagged with a configuration hash in `hashes` or a configuration key
+    (`fcdm.config_key`, the hash without the data) in `keys` (all tagged runs when both are None) or, with
+    `spec`, tagged `fcdm.spec` = spec.
 
     runs: one row per run, RUN_COLUMNS (tags: a dict of every tag); metrics: one row per logged value of
     every evaluation metric and of steps_per_sec, METRIC_COLUMNS, NaN where MLflow stored a NaN.
     """
     if is_sql_uri(uri):
         try:
-            return _read_sql(uri, hashes, spec)
+            return _read_sql(uri, hashes, spec, keys)
         except StoreError:
             raise
         except Exception as e:  # an MLflow schema this reader does not know: the client still works
             warnings.warn(f"direct read of {uri} failed ({type(e).__name__}: {e}); reading through MlflowClient "
                           "(slower)", stacklevel=2)
-    return read_via_client(uri, hashes, spec)
+    return read_via_client(uri, hashes, spec, keys)
 
 
-def _select(runs: pd.DataFrame, hashes: set[str] | None, spec: str | None) -> pd.DataFrame:
+def _select(runs: pd.DataFrame, hashes: set[str] | None, spec: str | None, keys: set[str] | None = None) -> pd.DataFrame:
     tags = runs["tags"]
     keep = tags.map(lambda t: TAG_HASH in t)
-    if hashes is not None:
-        keep &= tags.map(lambda t: t.get(TAG_HASH) in hashes)
+    if hashes is not None or keys is not None:
+        hashes, keys = hashes or set(), keys or set()
+        keep &= tags.map(lambda t: t.get(TAG_HASH) in hashes or t.get(TAG_CONFIG_KEY) in keys)
     if spec is not None:
         keep &= tags.map(lambda t: spec in spec_names(t))
     return runs[keep].reset_index(drop=True)
@@ -95,7 +98,8 @@ def _connection(uri: str) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
-def _read_sql(uri: str, hashes: set[str] | None, spec: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _read_sql(uri: str, hashes: set[str] | None, spec: str | None,
+              keys: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     with _connection(uri) as con:
         runs = pd.read_sql_query(sa.text(
             "SELECT r.run_uuid AS run_id, r.experiment_id, r.name AS run_name, r.status, r.start_time, "
@@ -106,7 +110,7 @@ def _read_sql(uri: str, hashes: set[str] | None, spec: str | None) -> tuple[pd.D
         grouped = _tags_by_run(tags)
         runs["tags"] = runs["run_id"].map(lambda r: grouped.get(r, {}))
         runs["experiment_id"] = runs["experiment_id"].astype(str)
-        runs = _select(runs[RUN_COLUMNS], hashes, spec)
+        runs = _select(runs[RUN_COLUMNS], hashes, spec, keys)
         if runs.empty:
             return runs, pd.DataFrame(columns=METRIC_COLUMNS)
         skipped = [k for k in TRAINING_METRICS if k not in READ_TRAINING]
@@ -130,8 +134,8 @@ def _tidy_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
 
 # -- MlflowClient (any tracking server) ----------------------------------------------------------------
 
-def read_via_client(uri: str, hashes: set[str] | None = None,
-                    spec: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_via_client(uri: str, hashes: set[str] | None = None, spec: str | None = None,
+                    keys: set[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """read_store through MlflowClient, for any tracking server (read_store's fallback; the same frames)."""
     from mlflow import MlflowClient  # heavy (seconds): only for a tracking server, not for the SQL read
     from mlflow.entities import ViewType
@@ -154,9 +158,9 @@ def read_via_client(uri: str, hashes: set[str] | None = None,
                           "end_time": r.info.end_time, "artifact_uri": r.info.artifact_uri,
                           "tags": dict(r.data.tags), "_keys": list(r.data.metrics)} for r in found],
                         columns=[*RUN_COLUMNS, "_keys"])
-    runs = _select(runs, hashes, spec)
-    calls = [(rid, key) for rid, keys in zip(runs["run_id"], runs["_keys"])
-             for key in keys if (key not in TRAINING_METRICS or key in READ_TRAINING)
+    runs = _select(runs, hashes, spec, keys)
+    calls = [(rid, key) for rid, logged in zip(runs["run_id"], runs["_keys"])
+             for key in logged if (key not in TRAINING_METRICS or key in READ_TRAINING)
              and not key.startswith(SYSTEM_PREFIX)]
 
     def history(call):

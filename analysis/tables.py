@@ -5,10 +5,13 @@ and HTML. Every measured cell is a Summary over seeds (mean +- std, 95% t-interv
   (the FCDM paper's Table 3, DiT's Table 4);
 - fid_vs_gflops: params, GFLOPs, training compute, FID / IS / precision / recall at one step, and the
   measured training throughput;
-- ablation: the FCDM paper's Table 6 layout, with the difference to the baseline and Welch's test;
-- steps_to_match: training steps and compute at which each configuration reaches its baseline's
-  final FID (log-linear interpolation between evaluations), and the speed-up over the baseline;
+- ablation: the FCDM paper's Table 6 layout, with the difference to the baseline, Welch's test and its
+  p-value adjusted (Holm) over the rows compared with one baseline;
+- steps_to_match: training steps, compute and wall seconds at which each configuration reaches its
+  baseline's final FID (analysis.comparison), with the speed-ups and their intervals over seeds;
 - runs: every job with its status, so nothing is silently left out.
+Every table says what each row is matched on and how far it landed from its target (column "matched
+(vs target)"); a reference row (`reference: true`) is labelled, never bolded or tested.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from typing import Any
 
 from analysis.aggregate import View
 from analysis.collect import MISSING, base_metric, metric_name
-from analysis.stats import Summary, first_crossing, summarize, welch
+from analysis.comparison import factor
+from analysis.stats import Summary, summarize
 
 COMPANIONS = ("is", "precision", "recall")
 
@@ -47,9 +51,21 @@ def companion(metric: str, other: str) -> str:
 
 
 def row_label(view: View, config: str) -> str:
-    """The configuration, '(baseline)' when it is one, and a dagger when a seed is not FINISHED."""
-    label = config + (" (baseline)" if view.baseline_of(config) == config else "")
+    """The configuration, '(baseline)' or '(reference)' when it is one, and a dagger when a seed is not FINISHED."""
+    label = config + (" (baseline)" if view.baseline_of(config) == config else
+                      " (reference)" if view.is_reference(config) else "")
     return label + (" †" if view.incomplete(config) else "")
+
+
+def matched_cell(view: View, config: str) -> Cell:
+    """What the row is matched on and how close it landed to its target: 'FLOPs +1.1%', 'size', '–'."""
+    dev, on = view.target_text(config), view.matched_on(config)
+    if dev != "–":
+        return Cell(dev)
+    return Cell(on or "–")
+
+
+MATCHED = "matched (vs target)"
 
 
 def incomplete_notes(view: View, configs: list[str]) -> list[str]:
@@ -77,7 +93,9 @@ def _summary_cell(view: View, config: str, step: int | None, metric: str, fmt: s
 
 
 def _bold_best(rows: list[list[Cell]], col: int, higher: bool) -> None:
-    cells = [r[col] for r in rows if isinstance(r[col].value, Summary) and not math.isnan(r[col].value.mean)]
+    """Bold the best mean of column `col`; reference rows (labelled '(reference)') take no part."""
+    cells = [r[col] for r in rows if isinstance(r[col].value, Summary) and not math.isnan(r[col].value.mean)
+             and "(reference)" not in str(r[0].value)]
     if len(cells) < 2:
         return
     best = (max if higher else min)(c.value.mean for c in cells)
@@ -94,13 +112,13 @@ def fid_vs_steps(view: View, protocol_text: str) -> Table:
     rows = []
     for c in view.configs:
         curve = view.curve(c)
-        rows.append([Cell(row_label(view, c)), Cell(len(view.seeds(c)), fmt="{:d}")]
+        rows.append([Cell(row_label(view, c)), matched_cell(view, c), Cell(len(view.seeds(c)), fmt="{:d}")]
                     + [Cell(curve.get(s), seeds=len(view.seeds(c))) for s in steps])
     for i in range(len(steps)):
-        _bold_best(rows, 2 + i, view.higher_better)
+        _bold_best(rows, 3 + i, view.higher_better)
     name = metric_name(view.metric)
     return Table(f"{base_metric(view.metric)}_vs_steps", f"{name} vs training steps",
-                 ["configuration", "seeds", *[f"{s:,}" for s in steps]], rows,
+                 ["configuration", MATCHED, "seeds", *[f"{s:,}" for s in steps]], rows,
                  f"{name} at each evaluation step (columns: training steps). {stat_caption(view)} Best per column "
                  f"in bold. Protocol: {protocol_text}.", incomplete_notes(view, view.configs))
 
@@ -113,20 +131,21 @@ def fid_vs_gflops(view: View, protocol_text: str, step: int | None = None) -> Ta
         s = _step_for(view, c, step)
         params, gflops = view.first(c, "params"), view.first(c, "gflops")
         thr = view.throughputs(c)
-        rows.append([Cell(row_label(view, c)), Cell(None if params is None else params / 1e6, fmt="{:.3g}"),
+        rows.append([Cell(row_label(view, c)), matched_cell(view, c),
+                     Cell(None if params is None else params / 1e6, fmt="{:.3g}"),
                      Cell(gflops, fmt="{:.3g}"), Cell(s, fmt="{:,d}"),
                      Cell(None if compute is None else compute / scale, fmt="{:.3g}"),
                      _summary_cell(view, c, s, view.metric),
                      *[_summary_cell(view, c, s, companion(view.metric, m), "{:.2f}" if m == "is" else "{:.3f}")
                        for m in COMPANIONS],
                      Cell(summarize(thr) if thr else None, fmt="{:.3g}", seeds=len(view.seeds(c)))])
-    _bold_best(rows, 5, view.higher_better)
-    for col in range(6, 6 + len(COMPANIONS)):  # IS, precision, recall: higher is better
+    _bold_best(rows, 6, view.higher_better)
+    for col in range(7, 7 + len(COMPANIONS)):  # IS, precision, recall: higher is better
         _bold_best(rows, col, True)
     at = "its final evaluation" if step is None else f"step {step:,}"
     name = metric_name(view.metric)
     return Table(f"{base_metric(view.metric)}_vs_gflops", f"{name} vs GFLOPs",
-                 ["configuration", "params (M)", "GFLOPs", "step", f"train compute ({unit})", name,
+                 ["configuration", MATCHED, "params (M)", "GFLOPs", "step", f"train compute ({unit})", name,
                   *[metric_name(m) for m in COMPANIONS], "train steps/s"], rows,
                  f"Each configuration at {at}. GFLOPs: forward pass, batch 1, one multiply-add = one FLOP (DiT's "
                  f"convention); training compute = GFLOPs x 3 x batch x steps. Train steps/s: median of the logged "
@@ -134,105 +153,98 @@ def fid_vs_gflops(view: View, protocol_text: str, step: int | None = None) -> Ta
                  f"{protocol_text}.", notes + incomplete_notes(view, view.configs))
 
 
-def ablation(view: View, protocol_text: str, step: int | None = None) -> Table:
+def ablation(view: View, protocol_text: str, results: list, step: int | None = None) -> Table:
+    """results: analysis.comparison.compare(view, step), for the Holm-adjusted p-values."""
     rows = []
     is_key = companion(view.metric, "is")
+    by_config = {r.config: r for r in results}
     for c in view.configs:
         s = _step_for(view, c, step)
-        b = view.baseline_of(c)
-        sb = _step_for(view, b, step) if b else None
-        cells = [Cell(row_label(view, c)), Cell(view.first(c, "gflops"), fmt="{:.3g}"), Cell(s, fmt="{:,d}"),
-                 _summary_cell(view, c, s, view.metric), _summary_cell(view, c, s, is_key)]
-        if b is None or b == c or s is None or sb is None:
-            cells += [Cell("baseline" if b == c else None)] * 4
+        cells = [Cell(row_label(view, c)), matched_cell(view, c), Cell(view.first(c, "gflops"), fmt="{:.3g}"),
+                 Cell(s, fmt="{:,d}"), _summary_cell(view, c, s, view.metric), _summary_cell(view, c, s, is_key)]
+        r = by_config.get(c)
+        if r is None:
+            role = ("baseline" if view.baseline_of(c) == c else "reference: not compared" if view.is_reference(c)
+                    else "no baseline" if not view.compared(c) else None)
+            cells += [Cell(role)] + [Cell(None)] * 4
         else:
-            cmp = welch(view.values(c, s, view.metric), view.values(b, sb, view.metric))
-            cmp_is = welch(view.values(c, s, is_key), view.values(b, sb, is_key))
-            cells += [Cell(f"{cmp.diff:+.2f}" + (f" [{cmp.ci_low:+.2f}, {cmp.ci_high:+.2f}]" if cmp.tested else "")),
+            cmp = r.diff
+            b_is = view.values(r.baseline, r.baseline_step if step is None else step, is_key)
+            d_is = summarize(view.values(c, s, is_key)).mean - summarize(b_is).mean if b_is else math.nan
+            cells += [Cell(f"{cmp.diff:+.2f}" + (f" [{cmp.ci_low:+.2f}, {cmp.ci_high:+.2f}]" if cmp.tested else "")
+                           + ("" if view.baselines_single else f" vs {r.baseline}")),
                       Cell(None if not cmp.tested else cmp.p, fmt="{:.3g}"),
-                      Cell(verdict(cmp)), Cell(None if math.isnan(cmp_is.diff) else f"{cmp_is.diff:+.2f}")]
+                      Cell(None if math.isnan(r.p_holm) else r.p_holm, fmt="{:.3g}"),
+                      Cell(verdict_cell(r)), Cell(None if math.isnan(d_is) else f"{d_is:+.2f}")]
         rows.append(cells)
-    _bold_best(rows, 3, view.higher_better)
+    _bold_best(rows, 4, view.higher_better)
     name = metric_name(view.metric)
     at = "its final evaluation" if step is None else f"step {step:,}"
     return Table(f"{base_metric(view.metric)}_ablation", f"Ablation ({name}, Table 6 layout)",
-                 ["configuration", "GFLOPs", "step", name, "IS", f"Δ{name} vs baseline [95% CI]", "p (Welch)",
-                  "beyond seed noise?", "ΔIS"], rows,
+                 ["configuration", MATCHED, "GFLOPs", "step", name, "IS", f"Δ{name} vs baseline [95% CI]",
+                  "p (Welch)", "p (Holm)", "beyond seed noise?", "ΔIS"], rows,
                  f"Each configuration at {at}, against {view.baseline_note.removeprefix('baseline: ')}. Δ = "
-                 f"configuration - baseline; p: Welch's two-sided t-test over seeds (unequal variances); 'yes' when "
-                 f"p < 0.05, 'n/a' with one seed on either side. {stat_caption(view)} Protocol: {protocol_text}.",
+                 f"configuration - baseline; p (Welch): Welch's two-sided t-test over seeds (unequal variances); "
+                 f"p (Holm): adjusted with Holm's step-down method across the rows compared with the same baseline "
+                 f"(family-wise error 5%); 'yes' when p (Holm) < 0.05, 'n/a' with one seed on either side or no "
+                 f"spread on both. {stat_caption(view)} Protocol: {protocol_text}.",
                  incomplete_notes(view, view.configs))
 
 
-def verdict(cmp) -> str:
-    if not cmp.tested:
-        return f"n/a (n={cmp.n_a} vs {cmp.n_b})"
-    return "yes" if cmp.significant else "no"
+def verdict_cell(r) -> str:
+    if not r.diff.tested:
+        return f"n/a ({r.diff.why})"
+    return "yes" if r.beyond_noise else "no"
 
 
-@dataclass
-class Match:
-    """Where `config` reaches its baseline's final value."""
-    config: str
-    baseline: str
-    target: Summary  # the baseline's final value over seeds
-    baseline_step: int
-    step: float | None  # on the seed-mean curve; None: not reached
-    at_first: bool
-    seed_steps: Summary  # over the seeds that reached it
-    seeds_reached: int
-    seeds: int
-    speedup: float | None
-    compute: float | None  # training GFLOPs at `step`
-    compute_speedup: float | None
-
-
-def match(view: View, config: str) -> Match | None:
-    b = view.baseline_of(config)
-    bs = view.final_step(b) if b else None
-    if b is None or bs is None:
-        return None
-    target = summarize(view.values(b, bs))
-    curve = view.curve(config)
-    steps = sorted(curve)
-    hit = first_crossing(steps, [curve[s].mean for s in steps], target.mean, view.higher_better)
-    per_seed = [first_crossing(st, vals, target.mean, view.higher_better) for st, vals in view.seed_curves(config).values()]
-    reached = [x.step for x in per_seed if x.reached]
-    compute = _compute(view, config, hit.step) if hit.reached else None
-    b_compute = _compute(view, b, bs)
-    return Match(config, b, target, bs, hit.step, hit.at_first, summarize(reached), len(reached), len(per_seed),
-                 bs / hit.step if hit.reached else None, compute,
-                 b_compute / compute if compute and b_compute else None)
-
-
-def steps_to_match(view: View, protocol_text: str) -> tuple[Table, list[Match]]:
-    matches = [m for m in (match(view, c) for c in view.configs) if m is not None]
-    unit, scale = flop_unit([m.compute for m in matches if m.compute])
+def steps_to_match(view: View, protocol_text: str, results: list) -> Table:
+    """results: analysis.comparison.compare(view)."""
+    unit, scale = flop_unit([r.compute.mean for r in results if r.compute.n])
     rows = []
-    for m in matches:
-        if m.seeds == 0:  # nothing measured under this protocol: no claim either way
-            rows.append([Cell(row_label(view, m.config)), Cell(m.baseline), Cell(m.target),
-                         Cell("no evaluations"), *[Cell(None)] * 5])
+    for r in results:
+        label = [Cell(row_label(view, r.config)), Cell(r.baseline), matched_cell(view, r.config), Cell(r.target),
+                 Cell(r.baseline_reach, fmt="{:,.0f}")]
+        if r.seeds == 0:  # nothing measured under this protocol: no claim either way
+            rows.append(label + [Cell("no evaluations")] + [Cell(None)] * 7)
             continue
-        le = "≤ " if m.at_first else ""
-        rows.append([Cell(row_label(view, m.config)), Cell(m.baseline), Cell(m.target),
-                     Cell(f"{le}{m.step:,.0f}" if m.step is not None else "not reached"),
-                     Cell(m.seed_steps if m.seeds_reached else None, fmt="{:,.0f}"),
-                     Cell(f"{m.seeds_reached}/{m.seeds}"),
-                     Cell(f"{'≥ ' if le else ''}{m.speedup:.2f}x" if m.speedup else "not reached"),
-                     Cell(f"{le}{m.compute / scale:.3g}" if m.compute else "not reached"),
-                     Cell(f"{'≥ ' if le else ''}{m.compute_speedup:.2f}x" if m.compute_speedup else "not reached")])
+        le = "≤ " if r.at_first else ""
+        none = "not reached"
+        rows.append(label + [
+            Cell(f"{le}{r.mean_step:,.0f}" if r.mean_step is not None else none),
+            Cell(mean_std(r.steps, "{:,.0f}") if r.reached else None), Cell(f"{r.reached}/{r.seeds}"),
+            Cell(factor(r.speedup_steps, r.at_first) if r.reached else none),
+            Cell(mean_std(scaled(r.compute, 1 / scale), "{:.3g}") if r.compute.n else None),
+            Cell(factor(r.speedup_compute, r.at_first) if r.compute.n else none),
+            Cell(mean_std(r.seconds, "{:.3g}") if r.seconds.n else None),
+            Cell(factor(r.speedup_time, r.at_first) if r.speedup_time.n else none)])
     name = metric_name(view.metric)
-    return Table(f"{base_metric(view.metric)}_steps_to_match", f"Steps and compute to match the baseline's final {name}",
-                 ["configuration", "baseline", f"target {name} (baseline final)", "steps to match",
-                  "steps per seed", "seeds reached", "speed-up (steps)", f"compute to match ({unit})",
-                  "speed-up (compute)"], rows,
-                 f"Training steps at which the seed-mean {name} curve first reaches the baseline's final value "
-                 f"(mean over its seeds at its last evaluation), interpolated linearly in log(steps) between the two "
-                 f"evaluations that bracket it; '≤' when the first evaluation already reaches it. Steps per seed: each "
-                 f"seed's own curve, over the seeds that reach it. Speed-up = baseline's final step (or training "
-                 f"compute) / this configuration's. 'not reached': the curve never reaches the target within its "
-                 f"evaluations. Protocol: {protocol_text}.", incomplete_notes(view, [m.config for m in matches])), matches
+    return Table(f"{base_metric(view.metric)}_steps_to_match",
+                 f"Steps, compute and time to match the baseline's final {name}",
+                 ["configuration", "baseline", MATCHED, f"target {name} (baseline final)", "baseline's steps",
+                  "steps (mean curve)", "steps per seed", "seeds reached", "speed-up: steps [95% CI]",
+                  f"compute to match ({unit})", "speed-up: compute", "seconds to match", "speed-up: wall time"], rows,
+                 f"Target: the baseline's final {name} (mean over its seeds at its last evaluation). Baseline's "
+                 f"steps: where the baseline's own seed-mean curve first reaches it (its final step unless it got "
+                 f"there earlier and then plateaued or rose). Steps (mean curve): where this configuration's "
+                 f"seed-mean curve first reaches it, interpolated linearly in log(steps) between the two evaluations "
+                 f"that bracket it; '≤' when the first evaluation already reaches it (then each speed-up is a lower "
+                 f"bound, '≥'). Per seed (mean ± std): each seed's own curve, over the seeds that reach it. "
+                 f"Speed-ups = the baseline's (steps, training compute, measured seconds) / this configuration's, "
+                 f"per seed; geometric mean over seeds [95% t-interval of the mean log speed-up]. Seconds = steps to match / the run's median "
+                 f"logged training steps per second on the machine that trained it (evaluations excluded; machine "
+                 f"load included): steps, compute and seconds can disagree, so all three are shown. 'not reached': "
+                 f"never within its evaluations. Protocol: {protocol_text}.",
+                 incomplete_notes(view, [r.config for r in results]))
+
+
+def mean_std(s: Summary, fmt: str) -> str:
+    """'109 ± 21' (one seed: '109'): a per-seed quantity beside its speed-up, whose interval is the one shown."""
+    return fmt.format(s.mean) + (f" ± {fmt.format(s.std)}" if s.n > 1 else "")
+
+
+def scaled(s: Summary, k: float) -> Summary:
+    """A Summary of the values times k (k > 0): GFLOP to the table's unit."""
+    return Summary(s.mean * k, s.std * k, s.n, s.ci_low * k, s.ci_high * k)
 
 
 def runs_table(frame) -> Table:

@@ -1,10 +1,11 @@
 """Synthetic MLflow runs with known values, shaped like the trainer's: for the report's tests and
 `bench/report.py`. Nothing here trains; every number is the caller's (or a closed-form curve).
 
-A run holds what `fcdm.train` records: tags `fcdm.config_hash`, `fcdm.seed`, `fcdm.params`,
-`fcdm.gflops`, `fcdm.model`, spec tags, `eval.*` protocol tags; every flattened config key as a
-param; `loss`, `steps_per_sec`, `lr`, `train_gflops` every `log.every` steps; the evaluation metrics
-at evaluation steps; optionally a sample grid `samples/step_XXXXXXXX.png` per evaluation.
+A run holds what `fcdm.train` records: the job's own tags (log.tags: spec, pair and `fcdm.config_key`), tags
+`fcdm.config_hash`, `fcdm.seed`, `fcdm.params`, `fcdm.gflops`, `fcdm.model`, spec tags, `eval.*` protocol
+tags; every flattened config key as a param; `loss`, `steps_per_sec`, `lr`, `train_gflops` every
+`log.every` steps; the evaluation metrics at evaluation steps, and optionally re-samplings of a checkpoint
+(`fid.eval_seed<S>`, `resamplings`); optionally a sample grid `samples/step_XXXXXXXX.png` per evaluation.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def log_run(client, experiment_id: str, job: Job, evals: dict[int, dict[str, flo
     from mlflow.entities import Metric, Param
 
     cfg = job.config
-    tags = {TAG_HASH: cfg.hash, TAG_SEED: str(cfg.seed), "fcdm.params": str(params), "fcdm.gflops": f"{gflops:.6g}",
+    tags = {**cfg.log.tags, TAG_HASH: cfg.hash, TAG_SEED: str(cfg.seed), "fcdm.params": str(params), "fcdm.gflops": f"{gflops:.6g}",
             "fcdm.model": cfg.model.name, "fcdm.processes": "1", "fcdm.spec": job.spec,
             "fcdm.profile": job.profile or "", "fcdm.variant": job.variant or "", "fcdm.job": job.name,
             "fcdm.axes": json.dumps(job.axes, sort_keys=True, default=str)}
@@ -93,6 +94,12 @@ def _log_grids(client, run_id: str, steps: list[int], seed: int) -> None:
             path = Path(tmp) / f"step_{step:08d}.png"
             Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(path)
             client.log_artifact(run_id, str(path), "samples")
+
+
+def resamplings(value: float, step: int, spread: float, rng, count: int = 3, metric: str = "fid") -> dict:
+    """Evaluation noise as the trainer logs it (/work/notes/protocol_names.md): the checkpoint at `step` evaluated
+    `count` more times with sampling seeds 1..count, `<metric>.eval_seed<S>` = value + N(0, spread)."""
+    return {step: {f"{metric}.eval_seed{s}": value + float(rng.normal(0, spread)) for s in range(1, count + 1)}}
 
 
 def fid_curve(step: int, floor: float, scale: float, rate: float = 0.5) -> float:

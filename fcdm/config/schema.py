@@ -227,11 +227,15 @@ class RunConfig(_Section):
         from fcdm.data.identity import data_identity  # numpy: only when a hash is asked for
 
         d = self.data
+        return {**self.identity_without_data(), "data": canonical(data_identity(d.name, d.path, self.image_size,
+                                                                               d.hflip))}
+
+    def identity_without_data(self) -> dict:
+        """`identity` less its "data" part: what needs no data files."""
         return canonical({
             "schema": SCHEMA_VERSION,
             "model": {"family": family_of(self.model.name), "args": resolved_model_kwargs(self)},
             "objective": {"name": self.objective.name, **self.objective_settings()},
-            "data": data_identity(d.name, d.path, self.image_size, d.hflip),
             "train": self.to_dict()["train"],
         })
 
@@ -241,6 +245,17 @@ class RunConfig(_Section):
         if self.data.name == "digits":  # pure function of the config: cached on its serialised form
             return _digits_hash(json.dumps(self.to_dict(), sort_keys=True))
         return digest(self.identity())
+
+    @property
+    def config_key(self) -> str:
+        """12 hex digits over the identity with the data's declared description (name, size, classes, flips) in
+        place of its fingerprint: computed from the config alone, recorded by the trainer as the run's tag
+        `fcdm.config_key`, so a report finds runs trained elsewhere without their data on this machine."""
+        identity = self.identity_without_data()
+        d = self.data
+        identity["data"] = canonical({"name": d.name, "image_size": self.image_size, "num_classes": self.num_classes,
+                                      "hflip": d.hflip})
+        return digest(identity)
 
     def try_hash(self) -> str | None:
         """The hash, or None when it needs data files that are missing or unreadable (e.g. `plan` on a laptop)."""

@@ -126,9 +126,9 @@ def check_fcdm_arguments(conditioning: str, label_dropout: str, class_dropout_pr
     if len(depth) != 5 or not all(isinstance(d, int) and d >= 0 for d in depth):
         raise ValueError(f"depth={depth!r} is not supported; allowed values: five non-negative integers "
                          "[enc1, enc2, mid, dec2, dec1], e.g. [2, 4, 8, 4, 2]")
-    if hidden_size < 1 or hidden_size % 4:
-        raise ValueError(f"hidden_size={hidden_size!r} is not supported; allowed values: positive multiples "
-                         "of 4 (the downsampling conv produces out_width/4 channels)")
+    if hidden_size < 1 or hidden_size % 2:
+        raise ValueError(f"hidden_size={hidden_size!r} is not supported; allowed values: positive even numbers "
+                         "(level 2 is 2C wide and its downsampling conv produces 2C/4 channels)")
     if mlp_ratio <= 0:
         raise ValueError(f"mlp_ratio={mlp_ratio!r} is not supported; allowed values: > 0")
 

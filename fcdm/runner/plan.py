@@ -7,8 +7,10 @@
     print(to_csv(rows)); print_table(rows, "kernel_size", "paper")
 
 Each row is one job: name, seed, hash, variant, axis values, parameters, forward GFLOPs (DiT's
-convention), training compute (GFLOPs x 3 x batch x steps) and its status in the store (new / partial at
-step N / finished / failed / running elsewhere), read from files only: no store or database is created.
+convention), training compute (GFLOPs x 3 x batch x steps), the target it was matched to (GFLOPs or
+parameters) and its deviation from it, the row it is compared with and what the two are matched on
+(fcdm.spec.pairs), and its status in the store (new / partial at step N / finished / failed / running
+elsewhere), read from files only: no store or database is created.
 `measure_steps` times a few real training steps of each distinct architecture on this machine.
 """
 from __future__ import annotations
@@ -26,13 +28,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from fcdm.models.costs import training_gflops
-from fcdm.spec.job import Job
+from fcdm.spec.job import TAG_BASELINE, TAG_MATCHED_ON, TAG_ROLE, TAG_SOLVED, TARGET_TAGS, Job
 from fcdm.spec.matching import architecture, cost
 from fcdm.store.jobs import job_status
 from fcdm.store.layout import resolve_store
 
 COLUMNS = ("name", "seed", "hash", "variant", "axes", "params", "gflops", "train_gflops", "steps", "batch_size",
-           "flops_target", "status")
+           "flops_target", "params_target", "vs_target", "solved", "role", "baseline", "matched_on", "status")
 NO_DATA = "needs data"  # latent jobs whose files are not on this machine have no hash (it covers the data)
 
 
@@ -45,14 +47,22 @@ def plan_rows(jobs: Sequence[Job], store: str | Path | None = None) -> list[dict
         cfg = job.config
         c = cost(cfg)
         h = cfg.try_hash()
-        target = cfg.log.tags.get("fcdm.flops_target")
+        tags = cfg.log.tags
+        flops_t, params_t = (_number(tags.get(TARGET_TAGS[k])) for k in ("flops", "params"))
         rows.append({"name": job.name, "seed": job.seed, "hash": h, "variant": job.variant or "", "axes": job.axes,
                      "params": c.params, "gflops": c.gflops,
                      "train_gflops": training_gflops(c.gflops, cfg.train.batch_size, cfg.train.steps),
                      "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
-                     "flops_target": float(target) if target else None,
-                     "status": _status(store_path, job, h)})
+                     "flops_target": flops_t, "params_target": params_t,
+                     "vs_target": (c.gflops / flops_t - 1 if flops_t else c.params / params_t - 1 if params_t else None),
+                     "solved": tags.get(TAG_SOLVED, ""),
+                     "role": tags.get(TAG_ROLE, ""), "baseline": tags.get(TAG_BASELINE, ""),
+                     "matched_on": tags.get(TAG_MATCHED_ON, ""), "status": _status(store_path, job, h)})
     return rows
+
+
+def _number(text: str | None) -> float | None:
+    return float(text) if text else None
 
 
 def _status(store: Path, job: Job, config_hash: str | None) -> str:
@@ -209,24 +219,51 @@ def to_json(rows: Sequence[dict], meta: dict) -> str:
     return json.dumps({**meta, "jobs": list(rows), "totals": totals(rows)}, indent=1)
 
 
-def table(rows: Sequence[dict], title: str):
+def target_text(row: dict) -> str:
+    """A matched row's deviation from its target, the target, and what was solved: '+1.1% of 0.003841 GFLOPs
+    (hidden_size=24)' or '+1.6% of 371,012 params (...)'; '-' for a row not matched."""
+    if row.get("flops_target") is not None:
+        text = f"{row['vs_target']:+.1%} of {row['flops_target']:.4g} GFLOPs"
+    elif row.get("params_target") is not None:
+        text = f"{row['vs_target']:+.1%} of {row['params_target']:,.0f} params"
+    else:
+        return "-"
+    return text + (f" ({row['solved'].replace(',', ', ')})" if row.get("solved") else "")
+
+
+def pair_text(row: dict, spec_name: str) -> str:
+    """The row's baseline and what they match on: 'dit (FLOPs)', 'baseline', 'reference' or '-'."""
+    if row.get("role") in ("baseline", "reference"):
+        return row["role"]
+    if not row.get("baseline"):
+        return "-"
+    name = row["baseline"].removeprefix(f"{spec_name}/")
+    return f"{name} ({row['matched_on'] or 'not matched'})"
+
+
+def table(rows: Sequence[dict], title: str, spec_name: str = ""):
     """A rich Table of the rows with a totals line."""
     measured = bool(rows) and "est_seconds" in rows[0]
-    matched = any(r["flops_target"] is not None for r in rows)
+    matched = any(r["flops_target"] is not None or r.get("params_target") is not None for r in rows)
+    paired = any(r.get("role") for r in rows)
+    gridded = any(r["axes"] for r in rows)
     t = Table(title=title, show_footer=True)
     tot = totals(rows)
-    cols = [("job", f"{tot['jobs']} jobs"), ("seed", ""), ("hash", ""), ("axes", ""), ("params (M)", ""),
-            ("GFLOPs", ""), *([("target", "")] if matched else []), ("train compute", compute(tot["train_gflops"])),
+    cols = [("job", f"{tot['jobs']} jobs"), ("seed", ""), ("hash", ""), *([("axes", "")] if gridded else []),
+            ("params (M)", ""), ("GFLOPs", ""), *([("vs target (solved)", "")] if matched else []),
+            *([("compared with (matched on)", "")] if paired else []),
+            ("train compute", compute(tot["train_gflops"])),
             *([("est. time", duration(tot["est_seconds"]) + (f" + {tot['not_measured']} too large here"
                                                               if tot["not_measured"] else ""))] if measured else []),
             ("status", ", ".join(f"{n} {s}" for s, n in tot["status"].items()))]
     for name, footer in cols:
-        t.add_column(name, footer=footer, justify="right" if name in ("params (M)", "GFLOPs", "target", "seed",
-                                                                        "train compute", "est. time") else "left")
+        t.add_column(name, footer=footer, justify="right" if name in ("params (M)", "GFLOPs",
+                                                                        "seed", "train compute", "est. time")
+                     else "left", no_wrap=name == "job")  # a job's name is what `run` and `report` show: never cut
     for r in rows:
-        cells = [r["name"], str(r["seed"]), (r["hash"] or NO_DATA)[:12], axes_text(r["axes"]) or "-",
-                 f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.4g}",
-                 *([f"{r['flops_target']:.4g}" if r["flops_target"] is not None else "-"] if matched else []),
+        cells = [r["name"], str(r["seed"]), (r["hash"] or NO_DATA)[:12], *([axes_text(r["axes"]) or "-"] if gridded else []),
+                 f"{r['params'] / 1e6:.3g}", f"{r['gflops']:.4g}",
+                 *([target_text(r)] if matched else []), *([pair_text(r, spec_name)] if paired else []),
                  compute(r["train_gflops"]),
                  *([duration(r["est_seconds"]) if r["est_seconds"] is not None else "too large here"] if measured else []),
                  r["status"]]
@@ -237,7 +274,7 @@ def table(rows: Sequence[dict], title: str):
 def print_table(rows: Sequence[dict], spec_name: str, profile: str) -> None:
     """The rows as a table on the terminal (at least 140 columns wide), and what a missing hash means."""
     title = f"{spec_name} ({profile}): GFLOPs per forward (batch 1); training compute = GFLOPs x 3 x batch x steps"
-    Console(width=max(Console().width, 140)).print(table(rows, title))
+    Console(width=max(Console().width, 160)).print(table(rows, title, spec_name))
     if any(r["hash"] is None for r in rows):
         print(f"'{NO_DATA}': the hash covers the latent data's fingerprint; set --set data.path=... to a prepared "
               "dataset to see hashes and status")

@@ -6,8 +6,8 @@
     view = spec.view("smoke")                                   # ProfileView: one profile's typed sections
 
 Modules: `strict_yaml` (safe, strict YAML), `sections` (each section of a spec parsed and checked),
-`load` (the file, its profiles: Spec), `view` (one profile's view: ProfileView, Variant, MatchFlops),
-`expansion` (the grid -> jobs: expand), `matching` (FLOPs matching), `search` (the sweep's search space), `job`
+`load` (the file, its profiles: Spec), `view` (one profile's view: ProfileView, Variant, Match),
+`expansion` (the grid -> jobs: expand), `matching` (FLOPs and parameter matching), `pairs` (which row each row is compared with), `search` (the sweep's search space), `job`
 (Job, and the tags its run carries), `errors` (SpecError and its one-line messages).
 """
 import importlib
@@ -17,7 +17,7 @@ from fcdm.spec.errors import SpecError
 # The rest loads on first use (PEP 562): the CLI reads the sweep's sampler and pruner names from
 # fcdm.spec.search at import time, and `--help` must not pay for pydantic and the run config.
 _LAZY = {"expand": "expansion", "Job": "job", "Spec": "load", "load_spec": "load", "resolve_profile": "load",
-         "MatchFlops": "view", "ProfileView": "view", "Variant": "view"}
+         "Match": "view", "MatchFlops": "view", "ProfileView": "view", "Variant": "view"}
 
 
 def __getattr__(name: str):
@@ -26,5 +26,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fcdm.spec' has no attribute {name!r}")
 
 
-__all__ = ["Job", "MatchFlops", "ProfileView", "Spec", "SpecError", "Variant", "expand", "load_spec",
+__all__ = ["Job", "Match", "MatchFlops", "ProfileView", "Spec", "SpecError", "Variant", "expand", "load_spec",
            "resolve_profile"]

@@ -11,6 +11,7 @@ error is a SpecError of one line: "<file>: <key path>: <value>: <fix>", naming t
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -20,11 +21,25 @@ from typing import Any, Sequence
 
 from fcdm.config import ConfigError, merge, resolved_model_kwargs, validate_config
 from fcdm.spec.errors import SpecError, show
-from fcdm.spec.job import TAG_AXES, TAG_FLOPS_TARGET, TAG_JOB, TAG_PROFILE, TAG_SPEC, TAG_VARIANT, Job
+from fcdm.spec.job import (
+    TAG_AXES,
+    TAG_BASELINE,
+    TAG_CONFIG_KEY,
+    TAG_JOB,
+    TAG_MATCHED_ON,
+    TAG_PROFILE,
+    TAG_ROLE,
+    TAG_SOLVED,
+    TAG_SPEC,
+    TAG_VARIANT,
+    TARGET_TAGS,
+    Job,
+)
 from fcdm.spec.load import Spec, load_spec, resolve_profile
 from fcdm.spec.matching import NoFit, cost, solve
+from fcdm.spec.pairs import pairs
 from fcdm.spec.sections import nest, parse_sets
-from fcdm.spec.view import MatchFlops, ProfileView, Variant, lookup, matches
+from fcdm.spec.view import Match, ProfileView, Variant, lookup, matches
 
 # -- the grid ------------------------------------------------------------------------------------------
 
@@ -147,7 +162,21 @@ def expand(spec: Spec | str | Path, profile: str | None = None, overrides: Seque
     if view.baseline is not None and not any(view.is_baseline(j.variant, j.axes) for j in jobs):
         raise SpecError(f"{src}: {view.path('baseline')}: {show(view.baseline)}: matches no job; name a variant "
                         "and/or axis values of one job, e.g. baseline: {model.args.kernel_size: 7}")
-    return jobs
+    return _with_pairs(view, jobs)
+
+
+def _with_pairs(view: ProfileView, jobs: list[Job]) -> list[Job]:
+    """Each job with its pair (fcdm.spec.pairs) in its config's tags: role, baseline job, what they match on;
+    and its configuration key, so its run can be found without its data (RunConfig.config_key)."""
+    rows = pairs(view, jobs)
+    out = []
+    for job in jobs:
+        pair = rows[job.name]
+        tags = {**job.config.log.tags, TAG_ROLE: pair.role, TAG_BASELINE: pair.baseline or "",
+                TAG_MATCHED_ON: pair.matched_on, TAG_CONFIG_KEY: job.config.config_key}
+        log = job.config.log.model_copy(update={"tags": tags})
+        out.append(dataclasses.replace(job, config=job.config.model_copy(update={"log": log})))
+    return out
 
 
 def _validate(data: dict, source: str):
@@ -169,10 +198,11 @@ def _identity(cfg) -> str:
                        "data": d["data"], "train": d["train"]}, sort_keys=True, default=str)
 
 
-# -- costs and FLOPs matching --------------------------------------------------------------------------
+# -- costs and matching (FLOPs or parameters) -----------------------------------------------------------
 
 class _Matcher:
-    """Costs every job (validating its model arguments) and applies match_flops, computing each target once."""
+    """Costs every job (validating its model arguments) and applies match_flops / match_params, computing each
+    target once."""
 
     def __init__(self, view: ProfileView, sets: dict, set_where: dict[str, str]):
         self.view, self.sets, self.set_where = view, sets, set_where
@@ -197,19 +227,20 @@ class _Matcher:
             where = where or self.origin(key, p)
             raise SpecError(f"{self.source}: {where}: {show(value)} (job '{name}'): {e}") from None
 
-    def target(self, mf: MatchFlops, p: _Point, name: str) -> float:
+    def target(self, mf: Match, p: _Point, name: str) -> float:
         t = mf.target
         if not isinstance(t, str):
             return float(t)
         variant = self.view.variant(t)
-        key = json.dumps([t, p.assign if variant else {}], sort_keys=True, default=str)
+        key = json.dumps([mf.kind, t, p.assign if variant else {}], sort_keys=True, default=str)
         if key not in self.targets:
             data = merge(self.view.config, variant.overrides if variant else {})
             if variant:  # the named variant at this job's grid point
                 data = merge(data, nest(p.assign, "", check=False))
             data = merge(data, self.sets)
             cfg = _validate(data, f"{self.source}: {mf.path}.target: {t}")
-            self.targets[key] = self.cost(cfg, data, p, name, f"{mf.path}.target").gflops
+            c = self.cost(cfg, data, p, name, f"{mf.path}.target")
+            self.targets[key] = float(c.params) if mf.kind == "params" else c.gflops
         return self.targets[key]
 
     def match(self, cfg, data: dict, p: _Point, name: str):
@@ -225,18 +256,23 @@ class _Matcher:
             return cfg
         target = self.target(mf, p, name)
         try:
-            sol = solve(cfg, mf.solve, target, mf.tolerance)
+            sol = solve(cfg, mf.solve, target, mf.tolerance, mf.kind, mf.then)
         except NoFit as e:
             arg, where = mf.solve.removeprefix("model.args."), mf.path
-            raise SpecError(f"{self.source}: {where}: job '{name}': no {arg} within {mf.tolerance:.1%} of the "
-                            f"target {target:.4g} GFLOPs; the closest is {arg}={e.value} at {e.gflops:.4g} GFLOPs "
-                            f"({e.gflops / target - 1:+.1%}): loosen {where}.tolerance or change the target") from None
+            then = f" (and {mf.then.removeprefix('model.args.')} after it)" if mf.then else ""
+            unit = "parameters" if mf.kind == "params" else "GFLOPs"
+            hint = "" if mf.then else f", solve a ratio after it (solve: [{mf.solve}, model.args.mlp_ratio])"
+            raise SpecError(f"{self.source}: {where}: job '{name}': no {arg}{then} within {mf.tolerance:.1%} of the "
+                            f"target {target:.4g} {unit}; the closest is {arg}={e.value} at {e.amount:.4g} {unit} "
+                            f"({e.amount / target - 1:+.1%}): loosen {where}.tolerance{hint} or change the "
+                            "target") from None
         except ValueError as e:
             raise SpecError(f"{self.source}: {mf.path}.solve: {mf.solve}: {e}") from None
         # The target travels with the run (an MLflow tag), so plan and report can show what was matched.
-        data = merge(data, {"log": {"tags": {TAG_FLOPS_TARGET: f"{target:.6g}"}}})
+        solved = ",".join(f"{k}={v:g}" for k, v in sol.values.items())
+        data = merge(data, {"log": {"tags": {TARGET_TAGS[mf.kind]: f"{target:.6g}", TAG_SOLVED: solved}}})
         if not sol.kept:
-            data = merge(data, nest({mf.solve: sol.value}, "", check=False))
-        cfg = _validate(data, f"{self.source}: job '{name}' (after FLOPs matching)")
+            data = merge(data, nest({f"model.args.{k}": v for k, v in sol.values.items()}, "", check=False))
+        cfg = _validate(data, f"{self.source}: job '{name}' (after {mf.quantity} matching)")
         self.cost(cfg, data, p, name, mf.path)
         return cfg

@@ -6,10 +6,11 @@
 
 Top-level keys (README, "Ablation specs"): name, description, base (a run config mapping, or a path
 relative to the spec), profiles (name -> partial overrides of base; a profile may also replace base,
-seeds, axes, zip, variants, exclude, include, match_flops, baseline), default_profile, axes (dotted key
+seeds, axes, zip, variants, exclude, include, match_flops, match_params, baseline), default_profile, axes (dotted key
 -> values; the grid is their product), zip (groups of equal-length lists that move together), variants
 (named override sets, crossed with the grid), seeds, exclude / include (partial assignments),
-match_flops, baseline (the row the report compares against), search (the sweep's search space,
+match_flops / match_params (re-solve each job's width to a target's GFLOPs / parameters), baseline (the
+row the report compares against; a variant may name its own), search (the sweep's search space,
 fcdm.spec.search) and launcher. Override mappings take dotted keys (`train.lr: 1.0e-4`) or nested
 sections; both merge into the base.
 """
@@ -28,7 +29,7 @@ from fcdm.spec.strict_yaml import load_yaml_file
 from fcdm.spec.view import ProfileView
 
 SPEC_KEYS = ("name", "description", "base", "profiles", "default_profile", "axes", "zip", "variants", "seeds",
-             "exclude", "include", "match_flops", "baseline", "search", "launcher")
+             "exclude", "include", "match_flops", "match_params", "baseline", "search", "launcher")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 DEFAULT_PROFILE = "smoke"
 IMPLICIT_PROFILE = "default"  # the only profile of a spec that declares none: base as written
@@ -39,8 +40,8 @@ class Spec(Scope[dict, dict]):
     """A parsed, validated spec, each section as written (plain data, which `sweep` copies and amends with
     dataclasses.replace; `view` gives one profile's typed view, `expand` the jobs). `profiles` maps each
     name to {"config": nested overrides, and any spec-level key it replaces}; `variants` (of the Scope) are
-    {"name", "set" (nested overrides), "description", "reference", and "match_flops" when given}, and
-    `match_flops` is {"target", "solve", "tolerance"}."""
+    {"name", "set" (nested overrides), "description", "reference", and "baseline", "match_flops" or
+    "match_params" when given}, and `match_flops` / `match_params` are {"target", "solve", "tolerance"}."""
     name: str
     description: str
     path: Path | None

@@ -31,15 +31,19 @@ class Scope(Generic[V, M]):
     exclude: list[dict]  # partial assignments (config keys, and 'variant'): points left out
     include: list[dict]  # partial assignments: points added
     match_flops: M | None
+    match_params: M | None  # as match_flops, solved on the parameter count
     baseline: dict | None  # a partial assignment: the row the report compares against
 
 
 # The grid keys (a profile may replace each), the spec-level keys a profile may replace, and the sections
 # whose entries name keys of the grid.
 SCOPE_KEYS = tuple(f.name for f in fields(Scope))
-PROFILE_KEYS = ("base", "seeds", "axes", "zip", "variants", "exclude", "include", "match_flops", "baseline")
+PROFILE_KEYS = ("base", "seeds", "axes", "zip", "variants", "exclude", "include", "match_flops", "match_params",
+                "baseline")
 ASSIGNMENT_KEYS = ("exclude", "include", "baseline")
-_VARIANT_KEYS = ("name", "set", "description", "reference", "match_flops")
+_VARIANT_KEYS = ("name", "set", "description", "reference", "baseline", "match_flops", "match_params")
+MATCH_KINDS = ("match_flops", "match_params")  # what a job's width is re-solved on: GFLOPs, or parameters
+SECOND_KNOBS = ("mlp_ratio",)  # float arguments a match may solve after the width, to land closer
 _MATCH_KEYS = ("target", "solve", "tolerance")
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+/-]*$")  # no ',' '=' or spaces: job names join them
 # The keys of fcdm.launchers.LAUNCHERS (a test checks they agree): the spec cannot import the launchers, as
@@ -194,10 +198,13 @@ def parse_zip(raw: Any, src: str, where: str) -> list[dict[str, list]]:
 
 
 def parse_match(raw: Any, src: str, where: str) -> dict | None:
+    """match_flops / match_params: {target, solve (a list of one or two model.args keys), tolerance}."""
     if raw is None:
         return None
+    kind = where.rsplit(".", 1)[-1]
+    unit = "parameters" if kind == "match_params" else "GFLOPs"
     if not isinstance(raw, dict):
-        raise SpecError(f"{src}: {where}: {show(raw)}: must be a mapping, e.g. match_flops: {{target: base}}")
+        raise SpecError(f"{src}: {where}: {show(raw)}: must be a mapping, e.g. {kind}: {{target: base}}")
     for key in raw:
         if key not in _MATCH_KEYS:
             raise unknown_key(src, f"{where}.", key, _MATCH_KEYS)
@@ -205,15 +212,31 @@ def parse_match(raw: Any, src: str, where: str) -> dict | None:
     ok_number = isinstance(target, (int, float)) and not isinstance(target, bool) and 0 < target < float("inf")
     if not (ok_number or (isinstance(target, str) and target)):
         raise SpecError(f"{src}: {where}.target: {show(target)}: allowed values: base (the profile's base config), "
-                        "a positive number of GFLOPs, or a variant's name")
+                        f"a positive number of {unit}, or a variant's name")
     solve = raw.get("solve", "model.args.hidden_size")
-    if not isinstance(solve, str) or not solve.startswith("model.args.") or solve.count(".") != 2:
+    keys = solve if isinstance(solve, list) else [solve]
+    if not keys or len(keys) > 2 or not all(isinstance(k, str) and k.startswith("model.args.") and k.count(".") == 2
+                                            for k in keys):
         raise SpecError(f"{src}: {where}.solve: {show(solve)}: must be one model constructor argument, e.g. "
-                        "model.args.hidden_size")
+                        "model.args.hidden_size, or a list of two: the width first, then a float ratio, e.g. "
+                        "[model.args.hidden_size, model.args.mlp_ratio]")
+    if len(keys) == 2 and (keys[1].removeprefix("model.args.") not in SECOND_KNOBS or keys[0] == keys[1]):
+        raise SpecError(f"{src}: {where}.solve[1]: {keys[1]}: the second argument solved is a float ratio that "
+                        f"fine-tunes what the first leaves; allowed values: "
+                        f"{', '.join('model.args.' + k for k in SECOND_KNOBS)}")
     tol = raw.get("tolerance", 0.02)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
         raise SpecError(f"{src}: {where}.tolerance: {show(tol)}: must be a fraction between 0 and 1, e.g. 0.02 (2%)")
-    return {"target": target, "solve": solve, "tolerance": float(tol)}
+    return {"target": target, "solve": keys[0] if len(keys) == 1 else list(keys), "tolerance": float(tol)}
+
+
+def _one_match(raw: dict, src: str, where: str) -> dict:
+    """match_flops and match_params of one scope (spec, profile or variant): at most one of them."""
+    out = {k: parse_match(raw[k], src, f"{where}{k}") for k in MATCH_KINDS if k in raw}
+    if all(out.get(k) is not None for k in MATCH_KINDS):
+        raise SpecError(f"{src}: {where}match_params: {show(raw['match_params'])}: match_flops is set here too; a "
+                        "row is re-solved on one quantity: keep match_flops (GFLOPs) or match_params (parameters)")
+    return out
 
 
 def parse_variants(raw: Any, src: str, where: str) -> list[dict]:
@@ -244,8 +267,13 @@ def parse_variants(raw: Any, src: str, where: str) -> list[dict]:
         if not isinstance(variant["reference"], bool):
             raise SpecError(f"{src}: {w}.reference: {show(variant['reference'])}: must be true or false (true marks a "
                             "labelled reference row, e.g. the unconditional model)")
-        if "match_flops" in v:
-            variant["match_flops"] = parse_match(v["match_flops"], src, f"{w}.match_flops")
+        if "baseline" in v:
+            b = v["baseline"]
+            if not isinstance(b, str) or not _VARIANT_NAME.match(b) or b == name:
+                raise SpecError(f"{src}: {w}.baseline: {show(b)}: the name of another variant, the row this one is "
+                                "compared with in the report (e.g. baseline: DiT-S/2)")
+            variant["baseline"] = b
+        variant.update(_one_match(v, src, f"{w}."))
         out.append(variant)
     return out
 
@@ -287,7 +315,7 @@ def parse_scope(raw: dict, spec_path: Path, prefix: str) -> dict:
              "seeds": parse_seeds(raw.get("seeds", [0]), src, f"{prefix}seeds"),
              "exclude": parse_assignments(raw.get("exclude"), src, f"{prefix}exclude"),
              "include": parse_assignments(raw.get("include"), src, f"{prefix}include"),
-             "match_flops": parse_match(raw.get("match_flops"), src, f"{prefix}match_flops"),
+             "match_flops": None, "match_params": None, **_one_match(raw, src, prefix),
              "baseline": None}
     if raw.get("baseline") is not None:
         b = raw["baseline"]

@@ -7,8 +7,8 @@
     view.origin("train.lr", variant)      # which spec key sets a config key: the variant, the profile or base
 
 `Spec` keeps each section as written (plain mappings and lists, which `sweep` copies and amends); this
-module turns what one profile uses into Variant, MatchFlops and ProfileView, and checks the keys that
-refer to each other (zip and axes, exclude / include / baseline and the grid, match_flops targets).
+module turns what one profile uses into Variant, Match and ProfileView, and checks the keys that
+refer to each other (zip and axes, exclude / include / baseline and the grid, match_flops / match_params targets, variants' baselines).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fcdm.config import canonical, merge, resolved_model_kwargs
 from fcdm.spec.errors import SpecError, show
-from fcdm.spec.sections import ASSIGNMENT_KEYS, SCOPE_KEYS, Scope
+from fcdm.spec.sections import ASSIGNMENT_KEYS, MATCH_KINDS, SCOPE_KEYS, Scope
 
 if TYPE_CHECKING:
     from fcdm.spec.load import Spec
@@ -51,16 +51,34 @@ def matches(pattern: dict, variant: str | None, assign: dict) -> bool:
 
 
 @dataclass(frozen=True)
-class MatchFlops:
-    """`match_flops`: solve one model argument so that a job's GFLOPs land within `tolerance` of `target`."""
-    target: float | str  # GFLOPs, 'base' (the profile's base config) or a variant's name
-    solve: str  # the model.args key solved for
+class Match:
+    """`match_flops` / `match_params`: solve one model argument (then optionally a float ratio) so that a job's
+    GFLOPs (or parameters) land within `tolerance` of `target`."""
+    target: float | str  # GFLOPs (or parameters), 'base' (the profile's base config) or a variant's name
+    solve: str  # the model.args key solved for (the width)
     tolerance: float  # a fraction: 0.02 is 2%
     path: str  # where the spec sets it, e.g. 'match_flops' or 'profiles.paper.variants[k9].match_flops'
+    then: str | None = None  # a second model.args key (a float ratio) solved after `solve`, to land closer
 
     @classmethod
-    def of(cls, raw: dict | None, path: str) -> MatchFlops | None:
-        return None if raw is None else cls(raw["target"], raw["solve"], raw["tolerance"], path)
+    def of(cls, raw: dict | None, path: str) -> Match | None:
+        if raw is None:
+            return None
+        solve = raw["solve"] if isinstance(raw["solve"], list) else [raw["solve"]]
+        return cls(raw["target"], solve[0], raw["tolerance"], path, solve[1] if len(solve) > 1 else None)
+
+    @property
+    def kind(self) -> str:
+        """'flops' or 'params': what is matched."""
+        return "params" if self.path.endswith("match_params") else "flops"
+
+    @property
+    def quantity(self) -> str:
+        """What is matched, as a table says it: 'FLOPs' or 'parameters'."""
+        return "parameters" if self.kind == "params" else "FLOPs"
+
+
+MatchFlops = Match  # the name it had when only FLOPs were matched
 
 
 @dataclass(frozen=True)
@@ -69,20 +87,22 @@ class Variant:
     name: str
     overrides: dict  # its `set`, nested
     description: str = ""
-    reference: bool = False  # a labelled reference row (e.g. the unconditional model)
-    own_match: bool = False  # it has a match_flops of its own, which replaces the profile's
-    match_flops: MatchFlops | None = None  # its own (with own_match; None there: it is not matched)
+    reference: bool = False  # a labelled reference row (e.g. the unconditional model): shown, never compared
+    own_match: bool = False  # it has a match_flops / match_params of its own, which replaces the profile's
+    match: Match | None = None  # its own match_flops or match_params (with own_match; None there: not matched)
+    baseline: str | None = None  # the variant it is compared with in the report (None: the profile's rule)
 
     @classmethod
     def of(cls, raw: dict, path: str) -> Variant:
         """From a parsed variant (fcdm.spec.sections.parse_variants); `path`: its list's key path."""
-        own = "match_flops" in raw
-        mf = MatchFlops.of(raw["match_flops"], f"{path}[{raw['name']}].match_flops") if own else None
-        return cls(raw["name"], raw["set"], raw["description"], raw["reference"], own, mf)
+        kind = next((k for k in MATCH_KINDS if k in raw), None)
+        mf = Match.of(raw[kind], f"{path}[{raw['name']}].{kind}") if kind else None
+        return cls(raw["name"], raw["set"], raw["description"], raw["reference"], kind is not None, mf,
+                   raw.get("baseline"))
 
 
 @dataclass(frozen=True, eq=False)
-class ProfileView(Scope[Variant, MatchFlops]):
+class ProfileView(Scope[Variant, Match]):
     """The spec as one profile sees it: its base config with the profile's overrides, and its grid (the
     Scope: each section the profile's where it replaces the spec's). Build it with `Spec.view`."""
     profile: str
@@ -101,7 +121,11 @@ class ProfileView(Scope[Variant, MatchFlops]):
         paths = {k: f"profiles.{profile}.{k}" if k in own else k for k in SCOPE_KEYS}
         base, overrides = own.get("base", spec.base), own.get("config", {})
         raw.update(variants=[Variant.of(v, paths["variants"]) for v in raw["variants"]],
-                   match_flops=MatchFlops.of(raw["match_flops"], paths["match_flops"]))
+                   match_flops=Match.of(raw["match_flops"], paths["match_flops"]),
+                   match_params=Match.of(raw["match_params"], paths["match_params"]))
+        if raw["match_flops"] and raw["match_params"]:  # one from the spec, the other from the profile
+            raise SpecError(f"{spec.source}: {paths['match_params']}: both match_flops ({paths['match_flops']}) and "
+                            "match_params apply to this profile; a row is re-solved on one quantity: keep one")
         view = cls(profile=profile, source=spec.source, base=base, overrides=overrides,
                    config=merge(base, overrides), paths=paths, **raw)
         view._check()
@@ -123,9 +147,12 @@ class ProfileView(Scope[Variant, MatchFlops]):
         """Whether a job of `variant` at grid point `axes` is (one seed of) the profile's baseline row."""
         return self.baseline is not None and matches(self.baseline, variant, axes)
 
-    def matching(self, variant: Variant | None) -> MatchFlops | None:
-        """The FLOPs matching of a job of `variant`: the variant's own where it has one, else the profile's."""
-        return variant.match_flops if variant is not None and variant.own_match else self.match_flops
+    def matching(self, variant: Variant | None) -> Match | None:
+        """The matching (FLOPs or parameters) of a job of `variant`: the variant's own where it has one, else the
+        profile's."""
+        if variant is not None and variant.own_match:
+            return variant.match
+        return self.match_flops or self.match_params
 
     def origin(self, key: str, variant: Variant | None = None) -> str:
         """The spec key that sets dotted config key `key` for a job of `variant`, before its grid point and
@@ -174,10 +201,15 @@ class ProfileView(Scope[Variant, MatchFlops]):
                         if key != "variant" and key not in owner:
                             raise SpecError(f"{self.source}: {w}.{key}: not a key of axes or zip; {section} entries "
                                             f"name grid keys ({', '.join(owner) or 'none'}) or variant")
-        for mf in [self.match_flops] + [v.match_flops for v in self.variants]:
+        for mf in [self.match_flops, self.match_params] + [v.match for v in self.variants]:
             if mf and isinstance(mf.target, str) and mf.target != "base" and mf.target not in names:
+                unit = "parameters" if mf.kind == "params" else "GFLOPs"
                 raise SpecError(f"{self.source}: {mf.path}.target: {mf.target}: not 'base' and not a variant; allowed "
-                                f"values: base, a number of GFLOPs{', ' + ', '.join(names) if names else ''}")
+                                f"values: base, a number of {unit}{', ' + ', '.join(names) if names else ''}")
+        for v in self.variants:
+            if v.baseline is not None and v.baseline not in names:
+                raise SpecError(f"{self.source}: {self.path('variants')}[{v.name}].baseline: {v.baseline}: no such "
+                                f"variant; allowed values: {', '.join(n for n in names if n != v.name)}")
 
     def _owners(self) -> dict[str, str]:
         """Grid key -> the axis or zip group that sets it; SpecError for a key set by two."""

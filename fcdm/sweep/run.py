@@ -105,7 +105,7 @@ def prepare(spec_path=DEFAULT_SPEC, profile: str | None = None, trials: int | No
     url = storage_url(storage, store_path)
     ctx.study_name = study_name or f"{spec.name}-{profile}"
     study = open_study(make_storage(url, heartbeat), ctx.study_name, space, make_sampler(sampler, space, trials),
-                       pruner_obj, spec.name, profile)
+                       pruner_obj, spec.name, profile, sets)
     experiment = base.config.log.experiment or spec.name
     return Sweep(ctx, study, redact(url), trials, sampler, pruner, experiment,
                  heartbeat=bool(heartbeat) and not url.startswith("journal:"))

@@ -12,13 +12,14 @@
 """
 from __future__ import annotations
 
+import json
 import random
 import re
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from fcdm.errors import UserError
 from fcdm.spec.search import PRUNERS, SAMPLERS, SearchSpace
@@ -151,14 +152,26 @@ def _wrap_pruner(p):
 
 # -- the study ---------------------------------------------------------------------------------------
 
-def open_study(storage, name: str, space: SearchSpace, sampler, pruner, spec_name: str, profile: str):
-    """Create or load the study; refuse one that was created for another spec, profile or search space."""
+def sets_text(sets: Sequence[str]) -> str:
+    """The `--set` overrides as a study records them: 'key=value' (stripped; the last of a key wins), sorted, as
+    JSON: '["train.steps=100"]'."""
+    pairs = dict(tuple(p.strip() for p in item.split("=", 1)) for item in sets if "=" in item)
+    return json.dumps([f"{k}={v}" for k, v in sorted(pairs.items())])
+
+
+def open_study(storage, name: str, space: SearchSpace, sampler, pruner, spec_name: str, profile: str,
+               sets: Sequence[str] = ()):
+    """Create or load the study; refuse one that was created for another spec, profile, search space or
+    `--set` overrides (a rerun with other train.steps is another search, not more trials of this one)."""
     import optuna  # heavy: optuna only once a sweep runs
 
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
                                 directions=space.directions, load_if_exists=True)
-    expected = {"fcdm.spec": spec_name, "fcdm.profile": profile, "fcdm.search": space.fingerprint()}
+    expected = {"fcdm.spec": spec_name, "fcdm.profile": profile, "fcdm.search": space.fingerprint(),
+                "fcdm.sets": sets_text(sets)}
     found = study.user_attrs
+    if found:
+        found = {"fcdm.sets": "[]", **found}  # a study from before --set was recorded: it had none
     if not found and not study.get_trials(deepcopy=False):
         for k, v in expected.items():
             study.set_user_attr(k, v)
@@ -166,7 +179,8 @@ def open_study(storage, name: str, space: SearchSpace, sampler, pruner, spec_nam
     diff = [k for k in expected if found.get(k) != expected[k]]
     directions = [d.name.lower() for d in study.directions]
     if diff or directions != space.directions:
-        what, was, now = ((diff[0].removeprefix("fcdm."), found.get(diff[0]), expected[diff[0]]) if diff
+        what, was, now = (({"fcdm.sets": "--set overrides"}.get(diff[0], diff[0].removeprefix("fcdm.")),
+                            found.get(diff[0]), expected[diff[0]]) if diff
                           else ("objective directions", directions, space.directions))
         raise SweepError(f"study {name!r} already exists in this storage with another {what} ({was!r}, now "
                          f"{now!r}); pass --study NEW_NAME for a new study, or restore the spec's search section")

@@ -3,11 +3,13 @@ import math
 
 import pandas as pd
 import pytest
-from helpers import make_config
-from synthetic import SUFFIX, known_for_tests, log_run
+from helpers import SMOKE, make_config
+from synthetic import SUFFIX, experiment, known_for_tests, log_run, protocol_tags
 
-from analysis.collect import MISSING, collect, config_label
+from analysis.aggregate import View
+from analysis.collect import MISSING, collect, collect_spec, config_label
 from analysis.store import StoreError, read_store, read_via_client, spec_names
+from fcdm.spec import expand
 from fcdm.spec.job import Job
 
 
@@ -100,3 +102,23 @@ def test_spec_tags_and_labels():
     bare = Job(spec="s", name="plain", config=make_config(), axes={"model.name": "DiT-S/2", "train.lr": 0.001},
                variant="no-grn")
     assert config_label(bare) == "no-grn, DiT-S/2, lr=0.001"
+
+
+def test_the_caption_names_the_profiles_baseline_and_noise_keys_are_not_metrics(tmp_path):
+    """Issue 15: the baseline caption named the spec's top-level baseline, not the profile's that is used."""
+    from mlflow import MlflowClient  # heavy: only to build the store
+
+    spec = tmp_path / "b.yaml"
+    spec.write_text(f"name: b\nbase: {SMOKE}\naxes: {{model.args.kernel_size: [3, 7]}}\nbaseline: "
+                    "{model.args.kernel_size: 7}\nprofiles:\n  smoke: {baseline: {model.args.kernel_size: 3}}\n")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = experiment(client, "b", tmp_path)
+    for job in expand(spec):
+        log_run(client, exp, job, {400: {"fid": 5.0, "fid.eval_seed1": 5.1}}, protocol=protocol_tags())
+    frame = collect_spec(spec, "smoke", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert frame.attrs["baseline_given"] == {"model.args.kernel_size": 3}
+    view = View.build(frame, "fid")
+    assert view.baseline_note == "baseline: kernel_size=3 (the spec's `baseline`)" and view.baseline_of("kernel_size=7") \
+        == "kernel_size=3"
+    assert frame.attrs["metrics"] == ["fid"] and frame.attrs["noise"] == ["fid.eval_seed1"]
+    assert view.noise("kernel_size=7") == {0: [5.0, 5.1]}

@@ -77,25 +77,33 @@ def test_report_files_summary_and_self_contained_html(known, tmp_path):
     for stem in ("fid_vs_steps", "fid_vs_gflops", "fid_ablation", "fid_steps_to_match", "runs",
                  "fid_vs_steps_protocol2"):
         assert {f"tables/{stem}.{ext}" for ext in ("md", "tex", "csv")} <= names
-    for stem in ("fid_vs_steps", "fid_vs_compute", "fid_vs_gflops", "samples", "fid_vs_steps_protocol2"):
+    for stem in ("fid_vs_steps", "fid_vs_compute", "fid_vs_gflops", "fid_pairs", "samples", "fid_vs_steps_protocol2"):
         assert {f"figures/{stem}.png", f"figures/{stem}.pdf"} <= names
+    assert not any("noise" in n or "heatmap" in n for n in names)  # no re-samplings; one grid dimension
     assert {"report.md", "report.html", "data.csv"} <= names
     assert rep.counts == {"FINISHED": 9, "FAILED": 1, "RUNNING": 1, "MISSING": 1}
     summary = "\n".join(rep.summary)
-    assert "**k=3** vs **k=7** (final FID 11.00 ± 1.00 at step 300, 3 seeds): reaches it at step 245 (1.22x fewer " \
-           "steps; 2.86x less training compute), reached by 3 of 3 seeds; its FID at step 300 is 2.00 better " \
-           "(Welch p = 0.0705: within the seed noise)." in summary
-    assert "**k=5** vs **k=7** (final FID 11.00 ± 1.00 at step 300, 3 seeds): does not reach it (best 33.50 at step " \
-           "300); its FID at step 300 is 22.50 worse (Welch p = " in summary
-    assert "**k=9** vs **k=7** (final FID 11.00 ± 1.00 at step 300, 3 seeds): reaches it at step at most 100 (at " \
-           "least 3.00x fewer steps" in summary
+    assert ("**k=3** vs **k=7**: FID 9.00 ± 1.00 at step 300 vs 11.00 ± 1.00 at step 300 (3 seeds vs 3); 2.00 better "
+            "[95% CI of the difference -4.27, +0.27], Welch p = 0.07, Holm-adjusted p = 0.07 over 2 rows vs k=7: "
+            "within seed noise. Reaches k=7's final FID (11.00) at step 246 ± 22 (3 of 3 seeds; k=7 itself at step "
+            "300): speed-up in steps "
+            "1.22x [0.98, 1.53], in training compute 2.85x [2.28, 3.57], in wall time 0.78x [0.62, 0.97].") in summary
+    assert ("**k=5** vs **k=7**: FID 33.50 ± 0.71 at step 300 vs 11.00 ± 1.00 at step 300 (2 seeds vs 3); 22.50 worse "
+            "[95% CI of the difference +20.01, +24.99], Welch p = 1.2e-04, Holm-adjusted p = 2.3e-04 over 2 rows vs "
+            "k=7: **beyond seed noise**. Does not reach k=7's final FID (11.00); best 33.50 at step 300 [incomplete "
+            "runs: see the Runs table].") in summary
+    assert ("**k=9** vs **k=7**: FID 8.50 at step 100 vs 11.00 ± 1.00 at step 300 (1 seed vs 3); 2.50 better, not "
+            "tested (n=1 vs 3): no claim. Reaches k=7's final FID (11.00) at step 100 (1 of 1 seeds; k=7 itself at "
+            "step 300): speed-up in "
+            "steps ≥ 3.00x, in training compute ≥ 2.33x, in wall time ≥ 3.55x (already at the first evaluation: "
+            "lower bounds)") in summary
     assert "**k=11**: no FID recorded under this protocol yet (seed 0 not run)" in summary
     md = (out / "report.md").read_text()
     assert "![fid_vs_steps](figures/fid_vs_steps.png)" in md and "No published rows are listed" in md
     assert "Results under another protocol (2 of 2)" in md and "FID-1K vs digits-test" in md
     html = (out / "report.html").read_text()
     pngs = [p for p in names if p.endswith(".png")]
-    assert html.count('src="data:image/png;base64,') == len(pngs) == 7  # 3 figures per protocol + samples
+    assert html.count('src="data:image/png;base64,') == len(pngs) == 8  # 3 per protocol, pairs (main), samples
     assert not re.search(r'(src|href)="(?!data:)', html)  # nothing outside the file
 
 
@@ -112,7 +120,7 @@ def test_figures_label_axes_and_draw_one_curve_per_configuration(known):
     assert list(ax.get_lines()[1].get_ydata()) == [26, 13, 9]
     fig = figures.gflops_figure(view, "PROTO-TEXT")
     assert "forward GFLOPs" in fig.axes[0].get_xlabel()
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][1] == "k=3 (0.003 M params)"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][1] == "k=3, 0.003 M params"
     fig = figures.compute_figure(view, "PROTO-TEXT")
     assert fig.axes[0].get_xlabel().startswith("training compute (GFLOP")
     assert fig.axes[0].get_lines()[0].get_xdata()[-1] == pytest.approx(0.007 * 3 * 16 * 300)
@@ -138,8 +146,8 @@ def test_cli_report_of_a_spec_prints_writes_and_logs(spec_store):
     assert result.exit_code == 0, result.output
     out = store / "reports" / "tinyks-smoke"
     assert "Ablation (FID, Table 6 layout)" in result.output and "wrote" in result.output
-    assert "kernel_size=3 vs kernel_size=7 (final FID 11.00 ± 1.41 at step 20, 2 seeds): reaches it at step 15 " \
-           "(1.31x fewer steps" in re.sub(r"\s+", " ", result.output)
+    assert ("kernel_size=3 vs kernel_size=7 (not matched): FID 8.50 ± 0.71 at step 20 vs "
+            "11.00 ± 1.41 at step 20 (2 seeds vs 2)") in re.sub(r"\s+", " ", result.output)
     assert (out / "report.html").is_file() and (out / "figures" / "samples.png").is_file()
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tinyks").experiment_id
@@ -178,12 +186,13 @@ def test_cli_missing_spec_and_empty_stores(spec_store, tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
-def test_end_to_end_two_trained_jobs_every_spec_in_the_store(tmp_path, monkeypatch):
-    """Train k=7 and k=3 for 20 steps (FID at 10 and 20), then `report` with no SPEC finds the spec by its
-    runs' tags in ./ablations and reports what the trainer really recorded."""
+def test_end_to_end_two_seeds_pool_under_one_protocol_every_spec_in_the_store(tmp_path, monkeypatch):
+    """Issue 15 item 1: train k=7 and k=3 at seeds 0 and 1 through the real trainer and evaluation (20 steps, FID
+    at 10 and 20); `report` with no SPEC finds the spec by its runs' tags in ./ablations, and each row's two seeds
+    pool into cells of n = 2 with intervals, compared by Welch's test, in one protocol section."""
     from fcdm.train import train  # heavy (torch): only for the one end-to-end test
 
-    spec = write_spec(tmp_path / "ablations", "tinyks", "[0]")
+    spec = write_spec(tmp_path / "ablations", "tinyks", "[0, 1]")
     store = tmp_path / "store"
     for job in expand(spec):
         assert train(job.config, store=store, progress=False).status == "FINISHED"
@@ -193,9 +202,15 @@ def test_end_to_end_two_trained_jobs_every_spec_in_the_store(tmp_path, monkeypat
     out = store / "reports" / "tinyks-smoke"
     data = pd.read_csv(out / "data.csv")
     assert sorted(data["config"].unique()) == ["kernel_size=3", "kernel_size=7"]
-    assert data.groupby("config")["step"].apply(list).tolist() == [[10, 20], [10, 20]]
+    assert data.groupby(["config", "seed"])["step"].apply(list).tolist() == [[10, 20]] * 4
     assert data["fid"].notna().all() and (data["status"] == "FINISHED").all() and (data["params"] > 0).all()
     assert not math.isnan(data["throughput"].iloc[0])
     md = (out / "report.md").read_text()
-    assert "**kernel_size=3** vs **kernel_size=7**" in md and "![samples](figures/samples.png)" in md
+    assert "Results under another protocol" not in md  # seeds 0 and 1 of one configuration: one protocol
+    steps = pd.read_csv(out / "tables" / "fid_vs_steps.csv")
+    assert (steps["seeds"] == 2).all() and (steps["20_n"] == 2).all() and steps["20_ci_low"].notna().all()
+    ablation = pd.read_csv(out / "tables" / "fid_ablation.csv")
+    assert ablation["p (Welch)"].notna().sum() == 1 and ablation["p (Holm)"].notna().sum() == 1  # k=3 vs k=7
+    assert "**kernel_size=3** vs **kernel_size=7** (not matched): FID " in md and "Welch p = " in md
+    assert "![samples](figures/samples.png)" in md and "![fid_pairs](figures/fid_pairs.png)" in md
     assert "FID of 50 samples vs digits-test; digits-classifier features; euler sampler, 2 steps" in md

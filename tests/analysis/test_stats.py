@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from analysis.stats import first_crossing, summarize, welch
+from analysis.stats import first_crossing, holm, summarize, summarize_ratios, welch
 
 
 def test_summary_matches_scipy_t_interval():
@@ -38,7 +38,24 @@ def test_welch_matches_scipy_and_its_interval():
 
 def test_welch_says_nothing_with_one_seed():
     c = welch([5.0], [6.0, 7.0])
-    assert not c.tested and not c.significant and c.diff == pytest.approx(-1.5)
+    assert not c.tested and not c.significant and c.diff == pytest.approx(-1.5) and c.why == "n=1 vs 2"
+
+
+def test_welch_with_no_spread_on_either_side_is_not_tested_never_p_zero():
+    """Issue 15: three identical values against three identical values gave p = 0 ('beyond seed noise')."""
+    c = welch([2.0, 2.0, 2.0], [3.0, 3.0, 3.0])
+    assert not c.tested and not c.significant and math.isnan(c.p) and c.diff == -1.0 and c.why == "no seed spread"
+    assert welch([2.0, 2.0], [2.0, 2.0]).why == "no seed spread"
+    assert welch([2.0, 2.0, 2.0], [3.0, 3.5, 3.0]).tested  # spread on one side is a noise estimate
+
+
+def test_holm_matches_the_step_down_definition():
+    # sorted 0.01, 0.02, 0.04 -> 3 x 0.01, 2 x 0.02, 1 x 0.04, kept monotone; NaN stays out of the family
+    assert holm([0.04, 0.01, float("nan"), 0.02]) == [pytest.approx(0.04), pytest.approx(0.03), pytest.approx(float("nan"),
+                                                      nan_ok=True), pytest.approx(0.04)]
+    assert holm([0.5, 0.01]) == [pytest.approx(0.5), pytest.approx(0.02)]
+    assert holm([0.6, 0.6, 0.6]) == [1.0, 1.0, 1.0]
+    assert holm([]) == []
 
 
 def test_welch_large_gap_is_beyond_seed_noise_small_gap_is_not():
@@ -62,3 +79,14 @@ def test_crossing_never_reached_at_first_and_higher_is_better():
     assert up.step == pytest.approx(10 ** 1.5)
     # a NaN evaluation is skipped, the crossing is interpolated over the remaining points
     assert first_crossing([100, 200, 400], [20, float("nan"), 10], 15).step == pytest.approx(200)
+
+
+def test_ratios_are_summarised_on_the_log_scale_never_below_zero():
+    r = summarize_ratios([1.0, 4.0, 16.0])
+    logs = np.log([1.0, 4.0, 16.0])
+    lo, hi = st.t.interval(0.95, 2, loc=logs.mean(), scale=st.sem(logs))
+    assert r.mean == pytest.approx(4.0) and (r.ci_low, r.ci_high) == (pytest.approx(math.exp(lo)), pytest.approx(math.exp(hi)))
+    assert r.ci_low > 0 and summarize([1.0, 4.0, 16.0]).ci_low < 0  # the arithmetic interval would say a negative speed-up
+    assert summarize_ratios([2.0, 0.5]).mean == pytest.approx(1.0)  # 2x faster and 2x slower: even
+    one = summarize_ratios([3.0])
+    assert one.n == 1 and one.mean == pytest.approx(3.0) and math.isnan(one.ci_low)

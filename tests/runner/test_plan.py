@@ -103,12 +103,14 @@ def test_table_shows_estimates_and_matched_targets():
     from fcdm.runner.plan import table
 
     row = {"name": "s/a", "seed": 0, "hash": None, "variant": "", "axes": {"model.args.depth": [1, 2]}, "params": 2e6,
-           "gflops": 1.5, "train_gflops": 3e6, "steps": 10, "batch_size": 4, "flops_target": 1.4,
-           "status": "needs data", "est_seconds": 5400.0}
+           "gflops": 1.5, "train_gflops": 3e6, "steps": 10, "batch_size": 4, "flops_target": 1.4, "params_target": None,
+           "vs_target": 1.5 / 1.4 - 1, "solved": "hidden_size=8", "role": "compared", "baseline": "s/b",
+           "matched_on": "FLOPs", "status": "needs data", "est_seconds": 5400.0}
     console = Console(record=True, width=200)
     console.print(table([row, {**row, "seed": 1}, {**row, "seed": 2, "est_seconds": None}], "t"))
     text = console.export_text()
-    assert "est. time" in text and "3.0 h + 1 too large here" in text and "1.4" in text and "9.00 PFLOP" in text and "depth=[1, 2]" in text
+    assert "est. time" in text and "3.0 h + 1 too large here" in text and "9.00 PFLOP" in text and "depth=[1, 2]" in text
+    assert "+7.1% of 1.4 GFLOPs (hidden_size=8)" in text and "s/b (FLOPs)" in text
 
 
 def test_expanding_and_costing_a_shipped_spec_is_fast():
@@ -124,3 +126,24 @@ def test_expanding_and_costing_a_shipped_spec_is_fast():
             start = time.process_time()
             plan_rows(expand(path, profile), store=ROOT / "no-such-store")
             assert time.process_time() - start < 1.5, (path.stem, profile)
+
+
+def test_plan_shows_each_rows_baseline_what_it_is_matched_on_and_its_deviation():
+    """Issue 15: `plan ablations/dit_comparison.yaml --profile paper` lists each row's baseline: FCDM-S with
+    DiT-S/2 (the same size), FCDM-S@DiT-S/2 with DiT-S/2 (FLOPs), ..."""
+    spec = ROOT / "ablations" / "dit_comparison.yaml"
+    out = _invoke(spec, "--profile", "paper", "--format", "csv")
+    rows = {r["name"].removeprefix("dit_comparison/"): r for r in csv.DictReader(io.StringIO(out[out.index("name,"):]))}
+    for size in ("S", "B", "L", "XL"):
+        assert (rows[f"FCDM-{size}"]["baseline"], rows[f"FCDM-{size}"]["matched_on"]) == (
+            f"dit_comparison/DiT-{size}/2", "size")
+        matched = rows[f"FCDM-{size}@DiT-{size}/2"]
+        assert (matched["baseline"], matched["matched_on"]) == (f"dit_comparison/DiT-{size}/2", "FLOPs")
+        assert abs(float(matched["vs_target"])) <= 0.02 and matched["solved"].startswith("hidden_size=")
+        assert rows[f"DiT-{size}/2"]["role"] == "baseline"
+    table = " ".join(_invoke(spec, "--profile", "paper").split())
+    assert "dit_comparison/FCDM-S │ 0 │ needs data │ 32.7 │ 3.073 │ - │ DiT-S/2 (size)" in table
+    smoke = _invoke(spec)
+    for fragment in ("dit_comparison/fcdm@flops", "+1.1% of 0.003841", "dit (FLOPs)", "+1.6% of 371,012",
+                     "dit (parameters)", "(hidden_size=20)", "baseline"):
+        assert fragment in smoke

@@ -28,6 +28,10 @@ def test_six_specs_ship_with_smoke_and_paper_profiles():
         assert resolve_profile(spec, None) == "smoke"
 
 
+# Matched smoke rows that may not land within 3%, each with the reason its spec states.
+SMOKE_LOOSE = {"design/no-inverted-bottleneck": 0.04}  # r = 1 is the ablated setting; no even width within 3%
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_spec_expands_and_matched_jobs_land_within_tolerance(path):
     spec = load_spec(path)
@@ -38,14 +42,14 @@ def test_shipped_spec_expands_and_matched_jobs_land_within_tolerance(path):
             cfg = job.config
             assert cfg.name == job.name and cfg.log.experiment == spec.name
             assert cfg.log.tags["fcdm.profile"] == profile and cfg.log.tags["fcdm.job"] == job.name
-            target = cfg.log.tags.get("fcdm.flops_target")
-            if target:
-                mf = spec.profiles[profile].get("match_flops", spec.match_flops)
-                own = spec.variant(job.variant, profile) if job.variant else None
-                tolerance = (own.get("match_flops") or mf if own and "match_flops" in own else mf)["tolerance"]
-                assert abs(cost(cfg).gflops / float(target) - 1) <= tolerance, job.name
-                if profile == "paper":
-                    assert tolerance <= 0.02
+            flops, params = (cfg.log.tags.get(f"fcdm.{k}_target") for k in ("flops", "params"))
+            if flops or params:
+                c = cost(cfg)
+                off = abs(c.gflops / float(flops) - 1) if flops else abs(c.params / float(params) - 1)
+                view = spec.view(profile)
+                assert off <= view.matching(view.variant(job.variant) if job.variant else None).tolerance, job.name
+                # within 3% on the smoke profile (or the spec says why not), 2% on the paper's
+                assert off <= (0.02 if profile == "paper" else SMOKE_LOOSE.get(job.name, 0.03)), job.name
             if profile == "paper" and spec.name in SPECS:  # the paper's protocol (Table 6; DiT's recipe)
                 assert cfg.train.steps >= 200_000 and cfg.train.batch_size == 256 and cfg.train.mixed_precision == "bf16"
                 assert cfg.eval.sampling_steps == 250 and cfg.eval.num_samples == 50_000 and cfg.eval.sampler == "ddpm"
@@ -63,14 +67,41 @@ def test_kernel_size_smoke_is_five_kernels_and_shares_runs_with_design():
     assert design["no-inverted-bottleneck"].key != jobs[2].key
 
 
-def test_dit_comparison_smoke_has_two_seeds_and_matched_rows():
+def test_dit_comparison_smoke_pairs_dit_at_matched_flops_and_matched_parameters():
     jobs = expand(ROOT / "ablations" / "dit_comparison.yaml")
-    assert sorted({j.seed for j in jobs}) == [0, 1]
-    by_variant = {j.variant: j.config for j in jobs if j.seed == 0}
-    assert by_variant["dit"].model.name.startswith("DiT") and by_variant["fcdm"].model.name.startswith("FCDM")
-    # FCDM narrowed to DiT's FLOPs, DiT widened to FCDM's: widths moved away from the defaults.
-    assert by_variant["fcdm@dit"].model.args["hidden_size"] < by_variant["fcdm"].model.args["hidden_size"]
-    assert by_variant["dit@fcdm"].model.args["hidden_size"] > 32
+    assert sorted({j.seed for j in jobs}) == [0, 1, 2]
+    first = {j.variant: j for j in jobs if j.seed == 0}
+    assert list(first) == ["dit", "fcdm@flops", "fcdm@params"]
+    dit, at_flops, at_params = (cost(first[v].config) for v in first)
+    assert first["dit"].config.model.name == "DiT-S/2" and first["dit"].config.model.args["hidden_size"] == 68
+    assert abs(at_flops.gflops / dit.gflops - 1) <= 0.03 and abs(at_params.params / dit.params - 1) <= 0.03
+    assert first["fcdm@flops"].config.model.args["hidden_size"] == 24
+    assert first["fcdm@params"].config.model.args["hidden_size"] == 20
+    tags = {v: j.config.log.tags for v, j in first.items()}
+    assert tags["dit"]["fcdm.role"] == "baseline"
+    assert (tags["fcdm@flops"]["fcdm.baseline"], tags["fcdm@flops"]["fcdm.matched_on"]) == ("dit_comparison/dit", "FLOPs")
+    assert (tags["fcdm@params"]["fcdm.baseline"], tags["fcdm@params"]["fcdm.matched_on"]) == (
+        "dit_comparison/dit", "parameters")
+    assert first["dit"].config.train.lr == first["fcdm@flops"].config.train.lr == 5e-3  # one recipe for both
+
+
+def test_dit_comparison_paper_forms_the_papers_pairs():
+    jobs = {j.variant: j.config.log.tags for j in expand(ROOT / "ablations" / "dit_comparison.yaml", "paper")}
+    for size in ("S", "B", "L", "XL"):
+        assert jobs[f"FCDM-{size}"]["fcdm.baseline"] == f"dit_comparison/DiT-{size}/2"
+        assert jobs[f"FCDM-{size}"]["fcdm.matched_on"] == "size"
+        assert jobs[f"FCDM-{size}@DiT-{size}/2"]["fcdm.baseline"] == f"dit_comparison/DiT-{size}/2"
+        assert jobs[f"FCDM-{size}@DiT-{size}/2"]["fcdm.matched_on"] == "FLOPs"
+        assert jobs[f"DiT-{size}/2"]["fcdm.role"] == "baseline"
+
+
+def test_flops_budget_pairs_each_fcdm_with_the_dit_at_its_budget():
+    for profile, pairs in (("smoke", {"fcdm-s": "dit-s", "fcdm-b": "dit-b"}),
+                           ("paper", {f"FCDM-{s}": f"DiT-{s}/2@FCDM-{s}" for s in ("S", "B", "L", "XL")})):
+        tags = {j.variant: j.config.log.tags for j in expand(ROOT / "ablations" / "flops_budget.yaml", profile)}
+        for fcdm, dit in pairs.items():
+            assert tags[fcdm]["fcdm.baseline"] == f"flops_budget/{dit}" and tags[fcdm]["fcdm.matched_on"] == "FLOPs"
+            assert tags[dit]["fcdm.role"] == "baseline"
 
 
 # -- the format ----------------------------------------------------------------------------------
@@ -106,9 +137,11 @@ def test_grid_order_names_seeds_exclude_include_and_tags(tmp_path):
     assert wide.config.model.args["hidden_size"] == 48 and wide.config.train.lr == 1e-3  # 1e-3 and 3e-4 are floats
     last = jobs[-1]
     assert last.axes == {"model.args.kernel_size": 9, "model.args.grn": False} and last.config.model.args["grn"] is False
-    tags = jobs[1].config.log.tags
+    tags = dict(jobs[1].config.log.tags)
+    assert tags.pop("fcdm.config_key") == jobs[1].config.config_key  # finds the run where the hash cannot be computed
     assert tags == {"fcdm.spec": "grid", "fcdm.profile": "default", "fcdm.variant": "plain", "fcdm.job": jobs[1].name,
-                    "fcdm.axes": json.dumps(jobs[1].axes, separators=(",", ":"))}
+                    "fcdm.axes": json.dumps(jobs[1].axes, separators=(",", ":")), "fcdm.role": "unpaired",
+                    "fcdm.baseline": "", "fcdm.matched_on": ""}
     assert jobs[1].seed == 1 and jobs[1].config.seed == 1 and jobs[1].key == f"{jobs[1].hash}-s1"
 
 
@@ -155,6 +188,9 @@ def test_baseline_and_reference_rows():
     unconditional = spec.variant("unconditional")
     assert unconditional["reference"] is True
     assert next(j for j in jobs if j.variant == "unconditional").config.eval.cfg_scale == 1.0
+    roles = {j.variant: (j.config.log.tags["fcdm.role"], j.config.log.tags["fcdm.baseline"]) for j in jobs}
+    assert roles == {"adaln-zero": ("baseline", ""), "adaln": ("compared", "conditioning/adaln-zero"),
+                     "additive": ("compared", "conditioning/adaln-zero"), "unconditional": ("reference", "")}
 
 
 def test_search_section_is_validated_by_the_sweep_parser(tmp_path):

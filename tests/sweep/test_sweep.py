@@ -177,6 +177,12 @@ def test_a_study_refuses_another_search_space_and_counts_its_budget(tmp_path):
     other = parse_search(search(params={"model.args.kernel_size": [3, 7]}), "s.yaml")
     with pytest.raises(SweepError, match=r"^study 's' already exists in this storage with another search .*pass --study NEW_NAME"):
         open_study(storage, "s", other, None, None, "spec", "smoke")
+    # Issue 15: a rerun with other --set overrides (e.g. train.steps) is another search, not more of this one
+    with pytest.raises(SweepError, match=r"another --set overrides \('\[\]', now '\[\"train.steps=99\"\]'\)"):
+        open_study(storage, "s", space, None, None, "spec", "smoke", ["train.steps=99"])
+    with_set = open_study(storage, "t", space, None, None, "spec", "smoke", [" train.steps = 99", "train.lr=1e-3"])
+    assert with_set.user_attrs["fcdm.sets"] == '["train.lr=1e-3", "train.steps=99"]'
+    open_study(storage, "t", space, None, None, "spec", "smoke", ["train.lr=1e-3", "train.steps=99"])  # the same
     import threading
 
     stop = threading.Event()
