@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.store import TRAINING_METRICS, read_store
+from fcdm.errors import DataError
 from fcdm.spec import Spec, expand, load_spec, resolve_profile
 from fcdm.spec.job import TAG_BASELINE, TAG_CONFIG_KEY, TAG_FLOPS_TARGET, TAG_MATCHED_ON, TAG_PARAMS_TARGET, TAG_ROLE
 from fcdm.store.tracking import TAG_HASH, TAG_SEED
@@ -90,8 +91,10 @@ def noise_keys(keys, metric: str) -> list[str]:
 def lookup(job) -> tuple[str, str]:
     """(tag, value) that finds a job's run: its configuration hash, or where the hash needs data that is not on
     this machine, its configuration key."""
-    h = job.config.try_hash()
-    return (TAG_HASH, h) if h is not None else (TAG_CONFIG_KEY, job.config.config_key)
+    try:
+        return TAG_HASH, job.hash  # computed once per job (a report looks each up many times)
+    except DataError:
+        return TAG_CONFIG_KEY, job.config.config_key
 
 
 def higher_is_better(key: str) -> bool:

@@ -178,7 +178,8 @@ def grid_dimensions(frame: pd.DataFrame) -> list[str]:
 def heatmap(view: View, dims: list[str], protocol_text: str, step: int | None = None):
     """The final value (or at `step`) of each cell of a two-dimensional grid, with its seed count."""
     first = view.frame.drop_duplicates("config").set_index("config")
-    labels = [[_text(first.at[c, d]) for d in dims] for c in view.configs]
+    of = {d: first[d].to_dict() for d in dims}  # plain dicts: each .at copied the frame's attrs (seconds per 1,000)
+    labels = [[_text(of[d][c]) for d in dims] for c in view.configs]
     rows_v, cols_v = (list(dict.fromkeys(lab[i] for lab in labels)) for i in (0, 1))
     grid = np.full((len(rows_v), len(cols_v)), np.nan)
     notes = [[""] * len(cols_v) for _ in rows_v]

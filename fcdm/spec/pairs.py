@@ -50,6 +50,9 @@ def pairs(view: ProfileView, jobs: Sequence[Job]) -> dict[str, Pair]:
     """{job name: Pair} for every row of `jobs` (this profile's, from `expand`)."""
     rows = list({j.name: j for j in reversed(jobs)}.values())[::-1]  # one job per row (its first seed), in order
     named = {v.baseline for v in view.variants if v.baseline}
+    chosen = [r for r in rows if view.is_baseline(r.variant, r.axes)]  # the spec's baseline rows, looked up once
+    # Each row's axis values as canonical text, once: a 5,000-job spec compares every row with every baseline.
+    texts = {r.name: {k: canonical_text(v) for k, v in r.axes.items()} for r in rows}
     out = {}
     for job in rows:
         variant = view.variant(job.variant) if job.variant else None
@@ -58,40 +61,43 @@ def pairs(view: ProfileView, jobs: Sequence[Job]) -> dict[str, Pair]:
         elif view.is_baseline(job.variant, job.axes) or job.variant in named:
             out[job.name] = Pair("baseline", rule="a baseline")
         else:
-            base, rule = _baseline_of(view, job, rows)
+            base, rule = _baseline_of(view, job, rows, chosen, texts)
             out[job.name] = (Pair("compared", base.name, matched_on(view, job, base), rule) if base is not None
                              else Pair("unpaired", rule="no baseline: the spec names none for this row"))
     return out
 
 
-def _baseline_of(view: ProfileView, job: Job, rows: list[Job]) -> tuple[Job | None, str]:
+def _baseline_of(view: ProfileView, job: Job, rows: list[Job], chosen: list[Job],
+                 texts: dict[str, dict[str, str]]) -> tuple[Job | None, str]:
     variant = view.variant(job.variant) if job.variant else None
     if variant is not None and variant.baseline:
-        return _at_point(variant.baseline, job, rows), f"its variant's baseline: {variant.baseline}"
+        return _at_point(variant.baseline, job, rows, texts), f"its variant's baseline: {variant.baseline}"
     match = view.matching(variant)
     if match is not None and isinstance(match.target, str) and view.variant(match.target) is not None:
-        return _at_point(match.target, job, rows), f"its {match.quantity} target: {match.target}"
+        return _at_point(match.target, job, rows, texts), f"its {match.quantity} target: {match.target}"
     if view.baseline is not None:
-        chosen = [r for r in rows if view.is_baseline(r.variant, r.axes)]
         if chosen:
-            return _closest(job, chosen), "the spec's baseline"
+            return _closest(job, chosen, texts), "the spec's baseline"
     return None, ""
 
 
-def _at_point(variant: str, job: Job, rows: list[Job]) -> Job | None:
+def _at_point(variant: str, job: Job, rows: list[Job], texts: dict[str, dict[str, str]]) -> Job | None:
     """The row of `variant` at `job`'s grid point (else the one that agrees with it on the most axes)."""
-    return _closest(job, [r for r in rows if r.variant == variant])
+    return _closest(job, [r for r in rows if r.variant == variant], texts)
 
 
-def _closest(job: Job, candidates: list[Job]) -> Job | None:
+def _closest(job: Job, candidates: list[Job], texts: dict[str, dict[str, str]]) -> Job | None:
+    """The candidate that agrees with `job` on the most axis values (`texts`: each row's, canonical); the
+    first on a tie."""
     if not candidates:
         return None
+    mine = texts[job.name]
 
     def agree(other: Job) -> int:
-        return sum(canonical_text(other.axes.get(k)) == canonical_text(v) for k, v in job.axes.items()
-                   if k in other.axes)
+        theirs = texts[other.name]
+        return sum(theirs[k] == t for k, t in mine.items() if k in theirs)
 
-    return max(candidates, key=lambda c: (agree(c), -candidates.index(c)))
+    return max(enumerate(candidates), key=lambda ic: (agree(ic[1]), -ic[0]))[1]
 
 
 def matched_on(view: ProfileView, job: Job, base: Job) -> str:
