@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fcdm.store.lock import EXIT_HELD  # noqa: F401  (re-exported for the runner)
 from fcdm.util.process import spawn
 
-EXIT_CLAIM_LOST = 75  # a cluster job found its claim taken over before it started: it trained nothing
+# A cluster job found its claim taken over before it started. The same code as a trainer finding the run's
+# lock held (EXIT_HELD, fcdm.store.lock): both trained nothing; another process has the job; retry later.
+EXIT_CLAIM_LOST = EXIT_HELD
 
 
 def train_argv(config: Path, store: Path, tracking_uri: str) -> list[str]:

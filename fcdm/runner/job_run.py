@@ -8,6 +8,7 @@ from fcdm.runner.session import RunningJob, Session
 from fcdm.runner.summary import JobOutcome
 from fcdm.spec.job import Job
 from fcdm.store.layout import checkpoint_dir
+from fcdm.store.lock import trainer_lock_held
 from fcdm.store.progress import progress_or_empty
 
 
@@ -34,11 +35,16 @@ class JobRun:
     def poll(self) -> JobOutcome | None:
         if self.outcome is None:
             if self.running is None:
+                if trainer_lock_held(checkpoint_dir(self.session.store, self.job.config)):
+                    return None  # another trainer still runs it: look again at the next poll
                 started = self.session.begin(self.job, self.env)
                 if isinstance(started, JobOutcome):
                     self._end(started)
                 self.running = started if isinstance(started, RunningJob) else None
             if self.running is not None and (out := self.session.check(self.running)) is not None:
+                if out.state == "pending" and not self.running.interrupted:  # held elsewhere: start it again later
+                    self.running = None
+                    return None
                 self._end(out)
         return self.outcome
 

@@ -34,6 +34,8 @@ from fcdm.runner.summary import OUTCOMES, JobOutcome, RunSummary, outcome_line
 from fcdm.spec.job import Job
 from fcdm.store import claims
 from fcdm.store.jobs import LOG, job_dir, job_status
+from fcdm.store.layout import checkpoint_dir
+from fcdm.store.lock import trainer_lock_held
 from fcdm.store.trainlog import THREADS, THREADS_ENV, parse_tail, read_tail
 from fcdm.util.files import atomic_write
 from fcdm.util.signals import handled_signals
@@ -171,6 +173,8 @@ class Schedule:
         for job in list(self.pending):
             if not self.free:
                 break
+            if trainer_lock_held(checkpoint_dir(self.session.store, job.config)):
+                continue  # its trainer (of a dead runner, or another machine's) still runs: look again later
             env = self._threads_env(job, envs[self.free[0]])
             started = self.session.begin(job, env, self.free[0])
             if started is None:
@@ -245,6 +249,10 @@ class Schedule:
             self.free.append(r.slot)
             self.free.sort()
             self._dirty = True
+            if outcome.state == "pending" and not self.stops:  # held elsewhere (its lock): start it again later
+                self.pending.append(r.job)
+                view.event(f"  {r.job.label}: {outcome.reason}")
+                continue
             self.outcomes[r.job.key] = outcome
             view.event(outcome_line(outcome))
             if outcome.state == "failed" and self.fail_fast and not self.stops:

@@ -27,15 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fcdm.launchers import make_launcher
-from fcdm.launchers.base import EXIT_CLAIM_LOST, Handle
+from fcdm.launchers.base import EXIT_HELD, Handle
+from fcdm.runner.settle import end_open_run
 from fcdm.runner.summary import JobOutcome, failure_reason
 from fcdm.spec.job import Job
 from fcdm.store import claims
 from fcdm.store.jobs import CONFIG, LOG, job_dir, job_status, write_record
 from fcdm.store.layout import checkpoint_dir, resolve_store, resolve_tracking_uri
+from fcdm.store.lock import HELD_MESSAGE
 from fcdm.store.tracking import TAG_HASH, TAG_SEED, TAG_SPECS, Tracker
 from fcdm.store.trainlog import parse_tail, read_tail
 from fcdm.util.files import atomic_write
+
+HELD_ELSEWHERE = "held elsewhere: another trainer holds the run's lock; started again once it is free"
 
 
 @dataclass
@@ -168,8 +172,11 @@ class Session:
                              time.time() - r.started)
         if code == 0 and status.state == "finished":
             outcome.state = "finished"
-        elif r.claim.lost or code == EXIT_CLAIM_LOST:
+        elif r.claim.lost:
             outcome.state, outcome.reason = "stopped", "another runner took the job over"
+        elif code == EXIT_HELD or (code > 0 and HELD_MESSAGE in failure_reason(code, log)):
+            # Another trainer holds the run's lock (accelerate reports its rank's 75 as 1): it trained nothing.
+            outcome.state, outcome.reason = "pending", HELD_ELSEWHERE
         elif r.interrupted or code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
             outcome.state, outcome.reason = "stopped", "interrupted; its checkpoint resumes it"
         elif code == 0:  # e.g. an evaluation still due: the sidecar does not say finished
@@ -177,6 +184,8 @@ class Session:
                               f"recording the run finished ({status.describe()}); see the log")
         else:
             outcome.reason = getattr(r.handle, "reason", None) or failure_reason(code, log)
+        if not r.claim.lost and outcome.state not in ("finished", "pending"):  # the run's status must end true
+            end_open_run(self.store, self.client, r.job, code, outcome.reason or "", status.run_id)
         if not r.claim.lost:
             write_record(self.store, r.job, state=outcome.state, exit_code=code, reason=outcome.reason,
                          log=str(log), host=socket.gethostname(), step=outcome.step)

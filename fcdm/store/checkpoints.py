@@ -2,7 +2,8 @@
 
 One file per saved step, `<dir>/step_00000400.pt`; the newest `keep` survive. A file is written
 to a temporary name and renamed into place, so a crash mid-write leaves the previous checkpoint
-intact and never a truncated file under a checkpoint name.
+intact and never a truncated file under a checkpoint name. Temporary files of writers killed mid-write
+are removed by the next trainer once it holds the run's lock (`remove_stale_temps`).
 
 The runner lists checkpoints without torch: this module imports torch only inside the functions that
 need it. Beside them lies `progress.json` (fcdm.store.progress).
@@ -42,14 +43,26 @@ def save_checkpoint(state: dict, directory: Path, step: int, keep: int = 2, prot
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, step)
-    for stale in directory.glob(".step_*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
     with atomic_writer(final) as f:
         torch.save(state, f)
     for old_step, old in list_checkpoints(directory)[:-keep]:
         if old_step not in protect:
             old.unlink(missing_ok=True)
     return final
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Remove the temporary files writers killed mid-write left in `directory` (checkpoints, progress.json);
+    the removed paths. Call only while holding the run's trainer lock (fcdm.store.lock): it makes every
+    other writer of this folder a dead one. `save_checkpoint` itself never removes a temporary file: it
+    could be another live writer's."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -38,8 +38,16 @@ from fcdm.config.identity import resolved_model_kwargs
 from fcdm.evaluation import evaluate as ev
 from fcdm.evaluation.protocol import Protocol
 from fcdm.models.costs import architecture_cost, training_gflops
-from fcdm.store.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
+from fcdm.store.checkpoints import (
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    load_latest,
+    remove_stale_temps,
+    save_checkpoint,
+)
 from fcdm.store.layout import checkpoint_dir, resolve_store
+from fcdm.store.lock import TrainerLock
 from fcdm.store.progress import read_progress
 from fcdm.store.tracking import TAG_CKPT, TAG_THREADS, Tracker
 from fcdm.store.trainlog import eval_line, step_line
@@ -57,7 +65,7 @@ from fcdm.train.state import (
     update_ema,
 )
 from fcdm.train.threads import ThreadControl
-from fcdm.util.process import started_at
+from fcdm.util.process import die_with_parent_if_started_so, started_at
 from fcdm.util.signals import handled_signals
 
 
@@ -91,8 +99,18 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
 
     A rerun first performs any evaluation that is due but not logged (a kill during an evaluation),
     from the checkpoint of that step, then continues; the run is FINISHED once its last one is logged.
+    Only one process at a time trains a run (its trainer lock, fcdm.store.lock): another trainer holding
+    it makes this one wait, then exit with TrainerLockHeld (code 75).
     """
+    die_with_parent_if_started_so()  # under a runner: stop (checkpoint) when the process above dies
     run = Trainer(cfg, store)
+    try:
+        return _train(run, cfg, tracking_uri, progress, max_steps)
+    finally:
+        run.release_lock()
+
+
+def _train(run: Trainer, cfg: RunConfig, tracking_uri: str | None, progress: bool, max_steps: int | None):
     pending = run.ledger.pending(run.start)
     if run.start >= cfg.train.steps and not pending:
         return run.skip(tracking_uri)
@@ -152,6 +170,10 @@ class Trainer:
         self.cfg, self.store = cfg, resolve_store(store)
         self.ckpt_dir = checkpoint_dir(self.store, cfg)
         self.dataset = build_dataset(cfg)  # checked against the declared data.image_size and data.num_classes
+        # One trainer per run: the lock before the checkpoint folder, progress.json or MLflow is touched.
+        self.lock = TrainerLock(self.ckpt_dir).acquire() if self.main else None
+        if self.lock:
+            remove_stale_temps(self.ckpt_dir)  # temporary files of writers killed mid-write (all dead now)
         self.identity = cfg.identity()
         self.shape, self.num_classes = cfg.data_shape, cfg.num_classes
         seed_everything(cfg.seed)  # identical initial weights on every rank
@@ -241,6 +263,10 @@ class Trainer:
             self.log(f"threads: {self.threads.threads} from step {self.step} (handed over by the runner)")
             if self.tracker:
                 self.tracker.set_tags({TAG_THREADS: self.threads.describe()})
+
+    def release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def request_stop(self, signum: int) -> None:
         """The signal handler: checkpoint and stop after the current step."""

@@ -1,7 +1,10 @@
 """Child processes that die with their parent: `spawn` starts a command in its own session with its output
 appended to a log, and Linux's PR_SET_PDEATHSIG sends it SIGTERM (checkpoint, stop) when the spawning
 thread's process dies, even by SIGKILL, so no orphan runs on (`die_with_parent` does the same for a
-process forked without exec, fcdm.util.forkserver). `started_at` tells when a process started."""
+process forked without exec, fcdm.util.forkserver). A process started that way carries DIE_ENV in its
+environment, and a trainer calls `die_with_parent_if_started_so` at its start: so every process down the
+chain (runner -> `accelerate launch` -> trainer ranks, runner -> fork server -> trainer) dies with the one
+above it, whatever the launcher in between does with signals. `started_at` tells when a process started."""
 from __future__ import annotations
 
 import ctypes
@@ -14,6 +17,7 @@ import time
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+DIE_ENV = "FCDM_DIE_WITH_PARENT"  # set for children of `spawn`: their own children die with them too
 
 
 def _die_with_parent(parent: int):
@@ -46,6 +50,16 @@ def die_with_parent(parent: int) -> None:
         os._exit(143)
 
 
+def die_with_parent_if_started_so() -> bool:
+    """When this process was started by `spawn` (or below it: DIE_ENV is inherited), get SIGTERM when its own
+    parent dies, e.g. `accelerate launch` killed with its runner. A process a user started by hand (even
+    under nohup) is left alone: its shell's exit must not stop it. True when armed."""
+    if os.environ.get(DIE_ENV) != "1":
+        return False
+    die_with_parent(os.getppid())
+    return True
+
+
 def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None, pass_fds=()) -> subprocess.Popen:
     """Start `argv` with its output appended to `log`; it gets SIGTERM when this thread's process dies.
 
@@ -54,7 +68,7 @@ def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None, pass_fd
     log_header(log, argv)
     with open(log, "ab") as f:
         return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, pass_fds=pass_fds,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", DIE_ENV: "1", **(env or {})}, pass_fds=pass_fds,
                                 start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
 
 

@@ -2,7 +2,13 @@
 import pytest
 import torch
 
-from fcdm.store.checkpoints import CheckpointError, list_checkpoints, load_latest, save_checkpoint
+from fcdm.store.checkpoints import (
+    CheckpointError,
+    list_checkpoints,
+    load_latest,
+    remove_stale_temps,
+    save_checkpoint,
+)
 
 
 def test_save_prunes_to_the_newest_and_load_latest_finds_it(tmp_path):
@@ -80,3 +86,14 @@ def test_reading_progress_imports_no_torch(tmp_path):
             "print(p['status'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "finished", out.stderr
+
+
+def test_save_never_removes_another_writers_temporary_file_and_the_lock_holder_clears_dead_ones(tmp_path):
+    # Another trainer mid-write (the same step or another): its temporary file must survive our save.
+    theirs = tmp_path / ".step_00000010.pt.99999.deadbeef.tmp"
+    theirs.write_bytes(b"half a checkpoint")
+    save_checkpoint({"step": 10, "model": {}}, tmp_path, 10)
+    assert theirs.read_bytes() == b"half a checkpoint"
+    # Once a trainer holds the run's lock, every other writer is dead: their leftovers go.
+    assert remove_stale_temps(tmp_path) == [theirs] and not theirs.exists()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [10]
