@@ -64,6 +64,7 @@ from fcdm.train.state import (
     set_rng_state,
     update_ema,
 )
+from fcdm.train.stops import agreed_signal, stop_flags
 from fcdm.train.threads import ThreadControl
 from fcdm.util.process import die_with_parent_if_started_so, started_at
 from fcdm.util.signals import handled_signals
@@ -338,11 +339,11 @@ class Trainer:
         return loss
 
     def sync(self, loss: torch.Tensor) -> int:
-        """One all-reduce carries the loss (averaged over ranks, kept as `last_loss`) and any rank's stop
-        signal, which it returns (0: none). A non-finite loss raises TrainingDiverged."""
-        packed = self.accelerator.reduce(torch.stack([loss.detach().float(), torch.tensor(
-            float(self.stop_signal), device=self.device)]), reduction="sum")
-        self.last_loss, signum = packed[0].item() / self.world, int(packed[1].item())
+        """One all-reduce carries the loss (averaged over ranks, kept as `last_loss`) and every rank's stop
+        signal, agreed by fcdm.train.stops (0: none). A non-finite loss raises TrainingDiverged."""
+        packed = self.accelerator.reduce(torch.cat([loss.detach().float().reshape(1), torch.tensor(
+            stop_flags(self.stop_signal), device=self.device)]), reduction="sum").tolist()
+        self.last_loss, signum = packed[0] / self.world, agreed_signal(packed[1:])
         if not np.isfinite(self.last_loss):
             raise TrainingDiverged(f"loss became {self.last_loss} at step {self.step} (lr={self.cfg.train.lr}); the "
                                    f"run is marked FAILED and resumes from {self.ckpt_dir} if rerun: lower train.lr, "
