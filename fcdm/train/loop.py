@@ -408,11 +408,16 @@ class Trainer:
         self.log(f"{'KILLED' if killed else 'FAILED'} at step {self.step}: {reason}")
         if not self.tracker:
             return
-        self.stop_monitor()
-        self.ledger.write(status="killed" if killed else "failed", step=self.step, reason=reason)
-        if not killed:
-            self.tracker.set_tags({"fcdm.failure": reason})
-        self.tracker.end("KILLED" if killed else "FAILED")
+        # Each record on its own: a full disk or a tracking server down must neither hide the error being
+        # recorded nor keep the others from being written (the runner ends a run left RUNNING).
+        for record in (self.stop_monitor,
+                       lambda: self.ledger.write(status="killed" if killed else "failed", step=self.step, reason=reason),
+                       lambda: killed or self.tracker.set_tags({"fcdm.failure": reason}),
+                       lambda: self.tracker.end("KILLED" if killed else "FAILED")):
+            try:
+                record()
+            except Exception as failed:
+                self.log(f"could not record the run's end ({type(failed).__name__}: {failed})")
 
     def finish(self, max_steps: int | None) -> TrainResult:
         """FINISHED once the last step and its evaluations are done; else stopped by max_steps (resumable)."""
