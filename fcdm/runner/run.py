@@ -272,11 +272,21 @@ class Schedule:
                             self.threads.get(r.job.key)))
         view.update(rows, _counts(self.outcomes), _steps_done(self.jobs, self.outcomes, self.running), note)
 
-    def abandon(self) -> None:
-        """Kill every job still running and release its claim (after an error in the loop itself)."""
+    def abandon(self, grace_s: float = 10.0) -> None:
+        """After an error in the loop itself: kill every job still running (its whole process group), record
+        how it ended (its MLflow run KILLED) and release its claim; nothing here hides the error."""
         for r in self.running:
+            r.interrupted = True
             r.handle.kill()
-            claims.release(r.claim)
+        deadline = time.time() + grace_s
+        for r in self.running:
+            try:
+                while self.session.check(r) is None and time.time() < deadline:
+                    time.sleep(0.1)
+            except Exception:  # the error being raised is the one to report
+                pass
+            finally:
+                claims.release(r.claim)
 
 
 def _first_metric(metrics: dict[str, float]) -> str:

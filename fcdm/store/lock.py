@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from fcdm.util.process import started_at
+from fcdm.util.process import is_alive, started_at
 
 LOCK_FILE, LOCK_LOG = ".trainer.lock", "lock.log"
 EXIT_HELD = 75  # sysexits EX_TEMPFAIL: another trainer holds this run; nothing was trained; retry later
@@ -60,7 +60,7 @@ def is_running(holder: dict | None) -> bool | None:
     if any(holder.get(k) != me[k] for k in ("host", "boot_id", "pid_ns")):
         return None
     began = started_at(holder["pid"])
-    if began is None:
+    if began is None or not is_alive(holder["pid"]):
         return False
     return holder.get("started") is None or abs(began - holder["started"]) < 1.0
 

@@ -28,7 +28,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from fcdm.util.process import die_with_parent, log_header, spawn
+from fcdm.util.process import die_with_parent, is_alive, log_header, spawn
 
 FD_ENV = "FCDM_FORKSERVER_FD"  # the server's end of the socket pair, in its environment
 START_TIMEOUT_S = 300.0  # how long the first fork may wait for the server's imports
@@ -144,7 +144,7 @@ class ForkServer:
             self._receive(timeout=0.0)
         if pid in self._exits:
             return self._exits[pid]
-        if self.proc.poll() is not None and not _alive(pid):  # the server is gone: its children too
+        if self.proc.poll() is not None and not is_alive(pid):  # the server is gone: its children too
             return self._exits.setdefault(pid, -signal.SIGTERM)
         return None
 
@@ -182,18 +182,3 @@ class ForkServer:
             self.ready = self.ready or bool(message.get("ready"))
             out.append(message)
         return out
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` still runs (a zombie nobody reaped has ended)."""
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -72,6 +72,21 @@ def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None, pass_fd
                                 start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
 
 
+def is_alive(pid: int) -> bool:
+    """Whether process `pid` still runs on this machine (a zombie nobody reaped yet has ended)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def started_at(pid: int | str = "self") -> float | None:
     """Unix time at which process `pid` started (Linux: /proc; 10 ms resolution), None where unknown.
 

@@ -7,7 +7,7 @@ import sys
 import textwrap
 import time
 
-from fcdm.util.process import DIE_ENV
+from fcdm.util.process import DIE_ENV, is_alive
 
 # A: a launcher that starts B with a plain Popen (no PDEATHSIG of its own), prints B's pid, and waits.
 # B: what a trainer does at its start, then sleeps.
@@ -27,14 +27,6 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _chain(die_with_parent: bool) -> int:
     """B's pid, once A was SIGKILLed."""
     env = {k: v for k, v in os.environ.items() if k != DIE_ENV}
@@ -49,15 +41,15 @@ def _chain(die_with_parent: bool) -> int:
 def test_a_process_below_a_runner_dies_when_its_launcher_is_killed():
     child = _chain(die_with_parent=True)
     deadline = time.time() + 20
-    while _alive(child) and time.time() < deadline:
+    while is_alive(child) and time.time() < deadline:
         time.sleep(0.05)
-    assert not _alive(child)
+    assert not is_alive(child)
 
 
 def test_a_process_started_by_hand_outlives_its_shell():
     child = _chain(die_with_parent=False)
     time.sleep(1.0)
     try:
-        assert _alive(child)  # nohup'd by a user: its shell's exit must not stop it
+        assert is_alive(child)  # nohup'd by a user: its shell's exit must not stop it
     finally:
         os.kill(child, signal.SIGKILL)
