@@ -36,7 +36,7 @@ TARGETS = ("trainer", "runner")
 # Three tiny jobs, each a few seconds on one core: evaluations halfway and at the end (sampling only).
 PROFILE = {"model.args.hidden_size": 8, "model.args.depth": [1, 0, 1, 0, 1], "train.batch_size": 16,
            "train.steps": 120, "log.every": 5, "log.checkpoint_every": 10, "eval.at": [0.5, 1.0],
-           "eval.grid_per_class": 1, "eval.sampling_steps": 8, "eval.num_samples": 512, "eval.metrics": []}
+           "eval.grid_per_class": 1, "eval.sampling_steps": 8, "eval.num_samples": 256, "eval.metrics": ["kid"]}
 KERNELS = (3, 5, 7)
 HOOK = textwrap.dedent('''
     """Fault injection (bench/faults.py): each checkpoint's fsync sleeps, so a kill can land mid-write."""
