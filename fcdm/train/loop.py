@@ -175,6 +175,7 @@ class Trainer:
         self.lock = TrainerLock(self.ckpt_dir).acquire() if self.main else None
         if self.lock:
             remove_stale_temps(self.ckpt_dir)  # temporary files of writers killed mid-write (all dead now)
+        acc.wait_for_everyone()  # no rank reads the checkpoints before the lock keeps other writers out
         self.identity = cfg.identity()
         self.shape, self.num_classes = cfg.data_shape, cfg.num_classes
         seed_everything(cfg.seed)  # identical initial weights on every rank
