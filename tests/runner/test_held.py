@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -91,3 +92,33 @@ def test_an_error_in_the_runners_loop_kills_every_trainer_ends_their_runs_and_re
     assert not any(claims.is_live(claims.holder(tmp_path, j.key)) for j in jobs)
     runs = all_runs(tmp_path)
     assert len(runs) == 2 and all(r.info.status == "KILLED" and r.data.tags.get("fcdm.failure") for r in runs)
+
+
+@pytest.mark.e2e
+def test_a_job_whose_trainer_found_the_lock_taken_is_started_again_not_failed(tmp_path, tiny_config, monkeypatch):
+    """The lock taken between the runner's look and its trainer's start: the trainer exits 75, the runner
+    starts the job again later, and the job ends finished, not failed."""
+    import fcdm.runner.run as run_module
+    from fcdm.store.jobs import job_dir
+
+    monkeypatch.setattr(run_module, "trainer_lock_held", lambda ckpt: False)  # every look comes too early
+    monkeypatch.setenv(WAIT_ENV, "1")
+    job = _job(tiny_config, 7)
+    holder = _hold(checkpoint_dir(tmp_path, job.config), 300)
+    log = job_dir(tmp_path, job) / "train.log"
+
+    def end_holder_after_a_refusal():
+        deadline = time.time() + 300
+        while time.time() < deadline and "another trainer holds this run" not in (
+                log.read_text() if log.exists() else ""):
+            time.sleep(0.1)
+        holder.kill()
+    watcher = threading.Thread(target=end_holder_after_a_refusal)
+    watcher.start()
+    summary = run_jobs([job], tmp_path, parallel=1, progress=False)
+    watcher.join()
+    assert [o.state for o in summary.outcomes] == ["finished"] and summary.ok
+    text = log.read_text()
+    assert "another trainer holds this run" in text and text.count("\n=== ") >= 2
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FINISHED"
