@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import shutil
 import signal
 import socket
 import time
@@ -28,12 +27,12 @@ from pathlib import Path
 
 from fcdm.launchers import make_launcher
 from fcdm.launchers.base import EXIT_HELD, Handle
-from fcdm.runner.settle import end_open_run
+from fcdm.runner.settle import discard_checkpoints, end_open_run
 from fcdm.runner.summary import JobOutcome, failure_reason
 from fcdm.spec.job import Job
 from fcdm.store import claims
 from fcdm.store.jobs import CONFIG, LOG, job_dir, job_status, write_record
-from fcdm.store.layout import checkpoint_dir, resolve_store, resolve_tracking_uri
+from fcdm.store.layout import resolve_store, resolve_tracking_uri
 from fcdm.store.lock import HELD_MESSAGE
 from fcdm.store.tracking import TAG_HASH, TAG_SEED, TAG_SPECS, Tracker
 from fcdm.store.trainlog import parse_tail, read_tail
@@ -228,7 +227,7 @@ class Session:
 
     def discard(self, job: Job) -> None:
         """--force: delete the job's checkpoints and record; soft-delete its MLflow run(s)."""
-        shutil.rmtree(checkpoint_dir(self.store, job.config), ignore_errors=True)
+        discard_checkpoints(self.store, job)
         (job_dir(self.store, job) / "runner.json").unlink(missing_ok=True)
         for run in self._runs(job):
             self.client.delete_run(run.info.run_id)

@@ -3,17 +3,20 @@ must say how it ended even when the trainer could not (SIGKILL, out of memory, a
 path, an exit without a final status).
 
     end_open_run(store, client, job, code, reason, run_id)   # KILLED / FAILED, tag fcdm.failure = reason
+    discard_checkpoints(store, job)                          # --force: the checkpoints go, the lock stays
 
-It acts only while holding the run's trainer lock (fcdm.store.lock), so it never touches a run that
+Both act only while holding the run's trainer lock (fcdm.store.lock), so they never touch a run that
 another trainer (this runner's retry, another runner's) has meanwhile taken up.
 """
 from __future__ import annotations
 
+import shutil
 import signal
 
+from fcdm.errors import CheckpointError
 from fcdm.spec.job import Job
 from fcdm.store.layout import checkpoint_dir
-from fcdm.store.lock import TrainerLock, TrainerLockHeld
+from fcdm.store.lock import LOCK_FILE, LOCK_LOG, TrainerLock, TrainerLockHeld, describe
 from fcdm.store.progress import progress_or_empty, write_progress
 
 TAG_FAILURE = "fcdm.failure"
@@ -49,5 +52,26 @@ def end_open_run(store, client, job: Job, code: int, reason: str, run_id: str | 
             client.set_terminated(run_id, status=status)
             ended = status
         return ended
+    finally:
+        lock.release()
+
+
+def discard_checkpoints(store, job: Job) -> None:
+    """--force: delete the job's checkpoints and progress.json, holding its trainer lock (the lock file and
+    lock.log stay: deleting a lock file someone holds would let a second trainer take a new one).
+    CheckpointError when another trainer still trains the run."""
+    ckpt = checkpoint_dir(store, job.config)
+    if not ckpt.is_dir():
+        return
+    lock = TrainerLock(ckpt, role="runner")
+    try:
+        lock.acquire(wait_s=SETTLE_WAIT_S, poll_s=0.2, say=lambda line: None)
+    except TrainerLockHeld as held:
+        raise CheckpointError(f"{ckpt}: --force cannot delete the checkpoints of {job.name}: its trainer still "
+                              f"runs ({describe(held.holder)}); rerun once it ended") from None
+    try:
+        for path in ckpt.iterdir():
+            if path.name not in (LOCK_FILE, LOCK_LOG):
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     finally:
         lock.release()
