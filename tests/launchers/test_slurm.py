@@ -1,0 +1,72 @@
+"""The Slurm launcher through submitit's local executor (fcdm.launchers.slurm): a spec's jobs go out as
+one array, and a job warned of its time limit (SIGUSR2) checkpoints, is requeued and resumes.
+
+The trainer here is a small script with the real trainer's contract (resume from its checkpoint, save
+and exit on SIGTERM), so the time limit can be a few seconds; the launcher, submitit, its local
+executor's signals and requeue, and the claims are all real.
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+from fcdm.launchers import make_launcher
+from fcdm.store import claims
+
+TRAINER = r"""
+import json, os, signal, sys, time
+state, total = sys.argv[1], int(sys.argv[2])
+step = json.load(open(state))["step"] if os.path.exists(state) else 0
+with open(state + ".starts", "a") as f:  # one line per start: resumed step, SIGUSR2 ignored?
+    f.write(json.dumps({"from": step, "usr2_ignored": signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN}) + "\n")
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+while step < total and not stop:
+    time.sleep(0.1)
+    step += 1
+    with open(state + ".tmp", "w") as f:
+        json.dump({"step": step}, f)
+    os.replace(state + ".tmp", state)  # the checkpoint
+sys.exit(0 if step >= total else 143)
+"""
+STEPS = 40  # 4 s of training: longer than the first start's time before the warning
+
+
+def test_jobs_go_out_as_one_array_and_a_time_limited_job_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    trainer = tmp_path / "trainer.py"
+    trainer.write_text(TRAINER)
+    launcher = make_launcher("slurm", {"cluster": "local", "time": 1})
+    # The local executor warns (SIGUSR2) 56 s before its 1 min time limit: 4 s after each start.
+    ex = launcher.executor(store)
+    ex._executor.parameters["signal_delay_s"] = 56  # not an AutoExecutor parameter: the local executor's own
+    batches = []
+    real = type(ex._executor)._internal_process_submissions
+
+    def spy(self, submissions):
+        batches.append(len(submissions))
+        return real(self, submissions)
+    monkeypatch.setattr(type(ex._executor), "_internal_process_submissions", spy)
+    handles, states, held = [], [], []
+    for i in range(2):
+        c = claims.try_claim(store, f"job{i}-s0", note="test runner")
+        assert isinstance(c, claims.Claim)
+        held.append(c)
+        state = tmp_path / f"state{i}.json"
+        states.append(state)
+        handles.append(launcher.queue([sys.executable, str(trainer), str(state), str(STEPS)],
+                                      tmp_path / f"train{i}.log", {}, c, "spec"))
+    deadline, codes = time.time() + 240, [None, None]
+    while None in codes and time.time() < deadline:
+        codes = [h.poll() if code is None else code for h, code in zip(handles, codes)]
+        time.sleep(0.2)
+    logs = "\n".join((tmp_path / f"train{i}.log").read_text() for i in range(2) if (tmp_path / f"train{i}.log").exists())
+    assert batches == [2], batches  # both jobs in one submission: one array
+    assert codes == [0, 0], ([h.reason for h in handles], logs)
+    for state, c in zip(states, held):
+        assert json.loads(state.read_text())["step"] == STEPS
+        starts = [json.loads(line) for line in Path(f"{state}.starts").read_text().splitlines()]
+        assert len(starts) >= 2 and starts[0]["from"] == 0 and starts[-1]["from"] > 0, starts  # resumed
+        assert all(s["usr2_ignored"] for s in starts)  # Slurm's warning cannot kill the trainer unsaved
+        h = claims.holder(store, c.key)
+        assert h.token == c.token and h.state == "released" and h.note.startswith("slurm job")
