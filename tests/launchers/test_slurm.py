@@ -6,12 +6,22 @@ and exit on SIGTERM), so the time limit can be a few seconds; the launcher, subm
 executor's signals and requeue, and the claims are all real.
 """
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
+from helpers import all_runs
+
 from fcdm.launchers import make_launcher
+from fcdm.runner import run_jobs
+from fcdm.spec.job import Job
 from fcdm.store import claims
+from fcdm.store.jobs import job_dir
+from fcdm.store.layout import checkpoint_dir
 
 TRAINER = r"""
 import json, os, signal, sys, time
@@ -70,3 +80,39 @@ def test_jobs_go_out_as_one_array_and_a_time_limited_job_resumes_from_its_checkp
         assert all(s["usr2_ignored"] for s in starts)  # Slurm's warning cannot kill the trainer unsaved
         h = claims.holder(store, c.key)
         assert h.token == c.token and h.state == "released" and h.note.startswith("slurm job")
+
+
+@pytest.mark.e2e
+def test_a_real_trainer_warned_before_its_time_limit_resumes_into_the_same_run(tmp_path, tiny_config):
+    """run_jobs through the Slurm launcher (submitit's local executor) with the real trainer: SIGUSR2 to the
+    array task mid-training (what Slurm sends before the time limit) checkpoints, requeues and resumes;
+    the job ends FINISHED in one MLflow run."""
+    store = tmp_path / "store"
+    cfg = tiny_config("train.steps=300", "log.checkpoint_every=10", "name=slurm/k=3", "log.experiment=slurm")
+    job = Job("slurm", "slurm/kernel_size=3", cfg, axes={"model.args.kernel_size": 3}, profile="smoke")
+    warned = {}
+
+    def warn():  # once the trainer is past step 20: SIGUSR2 to the array task (the claim's adopter)
+        progress = checkpoint_dir(store, cfg) / "progress.json"
+        deadline = time.time() + 300
+        while time.time() < deadline and not warned:
+            try:
+                side = json.loads(progress.read_text())
+            except (OSError, ValueError):
+                side = {}
+            h = claims.holder(store, job.key)
+            if side.get("status") == "running" and side.get("step", 0) > 20 and h and h.note.startswith("slurm"):
+                os.kill(h.pid, signal.SIGUSR2)
+                warned["step"] = side["step"]
+            time.sleep(0.1)
+    t = threading.Thread(target=warn, daemon=True)
+    t.start()
+    summary = run_jobs([job], store, launcher="slurm", launcher_options={"cluster": "local", "time": 10},
+                       progress=False)
+    t.join(5)
+    log = (job_dir(store, job) / "train.log").read_text()
+    assert summary.ok and warned, log[-3000:]
+    runs = [r for r in all_runs(store) if r.data.tags.get("fcdm.config_hash") == job.hash]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED", log[-3000:]
+    assert log.count("\n=== ") == 2 and "resumed from" in log.split("\n=== ")[-1], log[-3000:]
+    assert claims.holder(store, job.key).state == "released"
