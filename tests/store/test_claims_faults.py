@@ -197,3 +197,10 @@ def test_a_contended_claim_gives_up_with_one_line(tmp_path, monkeypatch):
     msg = str(err.value)
     assert 1.0 <= took < 5.0 and "\n" not in msg and "k-s0" in msg and "run again" in msg
     assert not [p for p in (claims.claims_dir(tmp_path) / "k-s0").iterdir()]  # no temp file left
+
+
+def test_a_job_never_claimed_is_looked_up_at_once(tmp_path):
+    """`plan` asks for every job's holder: a missing claims folder is a fact, not a race to retry."""
+    t0 = time.perf_counter()
+    assert all(claims.holder(tmp_path, f"k{i}-s0") is None for i in range(50))
+    assert time.perf_counter() - t0 < 0.5

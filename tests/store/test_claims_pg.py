@@ -132,3 +132,38 @@ def test_run_claims_option_refuses_a_password_in_one_line(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "s3cret" not in out.stderr + out.stdout
     assert "FCDM_CLAIMS" in out.stderr and not (tmp_path / "store").exists()
+
+
+@pytest.mark.e2e
+def test_two_run_processes_share_a_spec_through_postgres_claims(pg_url, tmp_path):
+    """Two `fcdm-ablate run` processes (FCDM_CLAIMS in their environment, as on two machines) split a
+    three-job spec: every job trained once, its claim row released, no claim file in the store."""
+    import yaml
+    from helpers import SMOKE, all_runs
+
+    from fcdm.spec import expand
+
+    profile = {"model.args.hidden_size": 8, "model.args.depth": [1, 0, 1, 0, 1], "train.batch_size": 16,
+               "train.steps": 20, "log.every": 5, "log.checkpoint_every": 5, "eval.at": [1.0],
+               "eval.grid_per_class": 1, "eval.sampling_steps": 2, "eval.metrics": []}
+    spec = tmp_path / "pgtwo.yaml"
+    spec.write_text(yaml.safe_dump({"name": "pgtwo", "base": str(SMOKE), "profiles": {"smoke": profile},
+                                    "axes": {"model.args.kernel_size": [3, 5, 7]}}))
+    store = tmp_path / "store"
+    env = {**os.environ, "FCDM_CLAIMS": pg_url, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "fcdm.cli", "run", str(spec), "--profile", "smoke", "--store", str(store),
+           "--jobs", "1", "--no-progress"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    jobs = expand(spec, "smoke")
+    runs = {}
+    for r in all_runs(store):
+        runs.setdefault(r.data.tags["fcdm.config_hash"], []).append(r)
+    assert all(len(runs[j.hash]) == 1 and runs[j.hash][0].info.status == "FINISHED" for j in jobs), outs
+    starts = [(store / "jobs" / j.key / "train.log").read_text().count("\n=== ") for j in jobs]
+    assert starts == [1, 1, 1], outs
+    pg = claims.backend(store, pg_url)
+    assert all(pg.holder(j.key).state == "released" for j in jobs)
+    assert not (store / "claims").exists()

@@ -193,14 +193,14 @@ def is_mine(h: Holder | None) -> bool:
 TRANSIENT = {errno.ESTALE, errno.EIO, errno.ENOENT, errno.EINTR, errno.EAGAIN, errno.ETIMEDOUT, errno.EBUSY}
 
 
-def retrying(fn, *args, attempts: int = 5, first: float = 0.02):
+def retrying(fn, *args, attempts: int = 5, first: float = 0.02, transient=TRANSIENT):
     """fn(*args), retried on transient OSErrors (ESTALE, EIO, ENOENT races, ...) with a short
     exponential backoff (under a second in all); the last error is raised."""
     for i in range(attempts):
         try:
             return fn(*args)
         except OSError as e:
-            if e.errno not in TRANSIENT or i == attempts - 1:
+            if e.errno not in transient or i == attempts - 1:
                 raise
             time.sleep(first * 2 ** i * (0.5 + random.random()))
 

@@ -21,6 +21,7 @@ EIO on a network file system) is retried and, if it persists, decides nothing.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from pathlib import Path
 from fcdm.store.claims.base import (
     CONTENDED_S,
     STALE_AFTER_S,
+    TRANSIENT,
     Claim,
     ClaimContendedError,
     Holder,
@@ -53,9 +55,10 @@ def _listing(directory: Path) -> list[int]:
 
 
 def generations(directory: Path) -> list[int]:
-    """The generations in `directory` ([] when it does not exist); transient errors retried, then raised."""
+    """The generations in `directory` ([] when it does not exist: a fact, not retried); transient errors
+    retried, then raised."""
     try:
-        return retrying(_listing, directory)
+        return retrying(_listing, directory, transient=TRANSIENT - {errno.ENOENT})
     except FileNotFoundError:
         return []
 
