@@ -204,3 +204,11 @@ def test_a_job_never_claimed_is_looked_up_at_once(tmp_path):
     t0 = time.perf_counter()
     assert all(claims.holder(tmp_path, f"k{i}-s0") is None for i in range(50))
     assert time.perf_counter() - t0 < 0.5
+
+
+def test_a_claim_file_that_stays_unreadable_ends_in_one_line_naming_it(tmp_path):
+    path = _plant(tmp_path, "k-s0")
+    path.write_bytes(b"")  # e.g. left empty by a full disk
+    with pytest.raises(UserError) as err:
+        claims.try_claim(tmp_path, "k-s0")
+    assert str(path) in str(err.value) and "\n" not in str(err.value) and "delete it" in str(err.value)

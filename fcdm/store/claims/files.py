@@ -94,7 +94,7 @@ class FileClaims:
         d.mkdir(parents=True, exist_ok=True)
         token = uuid.uuid4().hex
         tmp = durable_temp(d, json.dumps(identity(token, note)))
-        deadline, why = time.monotonic() + CONTENDED_S, "other runners kept claiming it"
+        deadline, why = time.monotonic() + CONTENDED_S, ""
         try:
             for attempt in range(10_000):
                 if attempt and time.monotonic() > deadline:
@@ -102,7 +102,7 @@ class FileClaims:
                 if attempt:
                     time.sleep(backoff(attempt))
                 try:
-                    got = self._attempt(d, key, tmp, token, stale_after)
+                    got, why = self._attempt(d, key, tmp, token, stale_after)
                 except OSError as e:
                     why = f"the file system failed: {e.strerror or e}"
                     continue
@@ -113,27 +113,28 @@ class FileClaims:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _attempt(self, d: Path, key: str, tmp: Path, token: str, stale_after: float) -> Claim | Holder | None:
-        """One try: the Claim or the live Holder, or None when someone else moved meanwhile (retry)."""
+    def _attempt(self, d: Path, key: str, tmp: Path, token: str, stale_after: float):
+        """One try: (the Claim or the live Holder, None) or (None, why) when it must be tried again."""
         gens = generations(d)
         if gens:
             top = read_holder(d / f"{gens[-1]:08d}.json")
             if top is None:  # unreadable: the holder is mid-release, or a transient error: retry
-                return None
+                return None, (f"its claim {d / f'{gens[-1]:08d}.json'} could not be read; if it stays unreadable "
+                              "and no runner holds the job, delete it")
             if is_live(top, stale_after):
-                return top
+                return top, None
         mine = (gens[-1] + 1) if gens else 0
         path = d / f"{mine:08d}.json"
         try:
             os.link(tmp, path)
         except FileExistsError:
-            return None
+            return None, "other runners kept claiming it"
         if generations(d)[-1] != mine:  # a late taker re-created a pruned generation: back off
             path.unlink(missing_ok=True)
-            return None
+            return None, "other runners kept claiming it"
         for g in gens:  # the generations below ours are dead; keep the directory small
             (d / f"{g:08d}.json").unlink(missing_ok=True)
-        return Claim(key, path, token, backend=self, ref=str(path))
+        return Claim(key, path, token, backend=self, ref=str(path)), None
 
     def verdict(self, claim: Claim) -> str:
         """'held', 'lost' (on evidence: a readable higher generation, or ours readable with another token or
