@@ -2,6 +2,7 @@
 over only from dead holders (pid on this machine, else a heartbeat counter that stopped changing),
 never two runners on one job, and the password never in a message or argv."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -110,12 +111,20 @@ def test_two_runners_on_many_jobs_never_hold_the_same(pg_url, tmp_path):
     assert not a & b and a | b == set(keys), (a, b)
 
 
-def test_the_password_never_shows(pg_url, tmp_path, monkeypatch):
+def test_the_password_never_shows(pg_url, tmp_path, monkeypatch, caplog):
     secret = "s3cr/et@:pw"
     bad = "postgresql://postgres:" + secret + "@127.0.0.1:1/fcdm"  # nothing listens on port 1
     with pytest.raises(UserError) as err:
         claims.backend(tmp_path, bad).try_claim("p-s0")
     assert secret not in str(err.value) and "***" in str(err.value) and "\n" not in str(err.value)
+    beat = claims.Heartbeat(interval=3600)
+    try:
+        beat.add(claims.Claim("p-s0", None, "tok", backend=claims.backend(tmp_path, bad), ref="p-s0"))
+        with caplog.at_level(logging.WARNING, logger="fcdm.claims"):
+            beat.beat()
+    finally:
+        beat.stop()
+    assert "heartbeat failed" in caplog.text and "***" in caplog.text and secret not in caplog.text
     with pytest.raises(UserError) as err:  # on the command line it would show in `ps`: refused
         claims.use_claims(bad)
     assert secret not in str(err.value) and "FCDM_CLAIMS" in str(err.value)

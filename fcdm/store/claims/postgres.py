@@ -72,6 +72,14 @@ def driver():
     return psycopg
 
 
+class ClaimsUnavailable(ClaimsError):
+    """The claims database did not answer (or refused a statement); the message carries no password."""
+
+    @property
+    def reason(self) -> str:
+        return str(self).partition(": ")[2]
+
+
 class PgClaims:
     """The claims in one PostgreSQL database: one connection per process, shared by its threads."""
 
@@ -88,8 +96,11 @@ class PgClaims:
             return _instances.setdefault((url, os.getpid()), cls(url))
 
     def _message(self, e: Exception) -> str:
+        """The driver's error in one line, without the URL's password."""
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return text.replace(self.url, self.shown)
+        text = text.replace(self.url, self.shown)
+        secret = self.url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+        return text.replace(secret, "***") if secret else text
 
     def _run(self, fn):
         """fn(cursor) in one transaction; a broken connection is dropped (the next call reconnects)."""
@@ -104,11 +115,11 @@ class PgClaims:
                         pass  # two processes created it at once: it exists
                 with self._conn.transaction(), self._conn.cursor() as cur:
                     return fn(cur)
-            except psycopg.OperationalError:
-                if self._conn is not None:
+            except psycopg.Error as e:
+                if isinstance(e, psycopg.OperationalError) and self._conn is not None:
                     self._conn.close()
-                self._conn = None
-                raise
+                    self._conn = None
+                raise ClaimsUnavailable(f"{self.shown}: {self._message(e)}") from None
 
     def _holder(self, row) -> Holder | None:
         if row is None:
@@ -123,15 +134,14 @@ class PgClaims:
 
     def try_claim(self, key: str, stale_after: float = STALE_AFTER_S, note: str = "") -> Claim | Holder:
         """Claim job `key` under a row lock; the Claim, or the live Holder when another process has it."""
-        psycopg = driver()
         deadline, attempt = time.monotonic() + CONTENDED_S, 0
         while True:
             try:
                 return self._run(lambda cur: self._claim(cur, key, stale_after, note))
-            except psycopg.Error as e:
+            except ClaimsUnavailable as e:
                 if time.monotonic() > deadline:
                     raise ClaimContendedError(f"{self.shown}: job {key}: no claim decided within "
-                                              f"{CONTENDED_S:.0f} s ({self._message(e)}); check the claims "
+                                              f"{CONTENDED_S:.0f} s ({e.reason}); check the claims "
                                               f"database, or run without --claims to keep claims in the store")
                 attempt += 1
                 time.sleep(backoff(attempt))
@@ -156,11 +166,10 @@ class PgClaims:
     def verdict(self, claim: Claim) -> str:
         """'held'; 'lost' when the row is readable with another token or released; 'unknown' when the
         database does not answer."""
-        psycopg = driver()
         try:
             row = self._run(lambda cur: cur.execute(f"SELECT token, state FROM {TABLE} WHERE key = %s",
                                                     (claim.key,)).fetchone())
-        except psycopg.Error:
+        except ClaimsUnavailable:
             return "unknown"
         return "held" if row is not None and row == (claim.token, "held") else "lost"
 
@@ -170,13 +179,12 @@ class PgClaims:
                                           "AND state = 'held'", (claim.key, claim.token)))
 
     def release(self, claim: Claim) -> None:
-        psycopg = driver()
         for attempt in range(8):
             try:
                 self._run(lambda cur: cur.execute(f"UPDATE {TABLE} SET state = 'released' WHERE key = %s AND "
                                                   "token = %s AND state = 'held'", (claim.key, claim.token)))
                 return
-            except psycopg.Error:
+            except ClaimsUnavailable:
                 time.sleep(backoff(attempt + 1))
 
     def adopt(self, ref: str, token: str, note: str = "") -> Claim | None:
