@@ -141,31 +141,31 @@ class Claim:
 
 
 class Watch:
-    """The observer's memory of heartbeats: per claim, the value last seen and when (time.monotonic)."""
+    """The observer's memory of heartbeats: per claim (its place), the holder's generation and token, the
+    heartbeat value last seen and when it was first seen (time.monotonic). One entry per claim place."""
 
     def __init__(self):
-        self._seen: dict[tuple, tuple[Any, float]] = {}
+        self._seen: dict[str, tuple[tuple, float]] = {}
         self._lock = threading.Lock()
 
     @staticmethod
-    def _key(h: Holder) -> tuple:
-        return (h.where, h.generation, h.token)
+    def _state(h: Holder) -> tuple:
+        return (h.generation, h.token, h.beat)
 
     def observe(self, h: Holder, now: float | None = None) -> float:
         """Record `h`'s heartbeat; seconds (local) since it was last seen changing."""
         now = time.monotonic() if now is None else now
-        key = self._key(h)
         with self._lock:
-            value, since = self._seen.get(key, (None, None))
-            if since is None or value != h.beat:
-                self._seen[key] = (h.beat, now)
+            state, since = self._seen.get(h.where, (None, now))
+            if state != self._state(h):
+                self._seen[h.where] = (self._state(h), now)
                 return 0.0
             return now - since
 
     def unchanged_for(self, h: Holder) -> float | None:
         with self._lock:
-            value, since = self._seen.get(self._key(h), (None, None))
-        return None if since is None or value != h.beat else time.monotonic() - since
+            state, since = self._seen.get(h.where, (None, 0.0))
+        return time.monotonic() - since if state == self._state(h) else None
 
 
 WATCH = Watch()
