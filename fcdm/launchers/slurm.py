@@ -32,6 +32,7 @@ _SLURM_NAMES = {"time": "timeout_min", "partition": "slurm_partition", "account"
                 "exclude": "slurm_exclude", "additional_parameters": "slurm_additional_parameters"}
 _SLURM_GENERIC = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb", "nodes", "tasks_per_node")
 _SLURM_OWN = ("cluster", "folder")
+ARRAY_MAX = 1000  # jobs per array (Slurm's default MaxArraySize is 1001): a larger spec goes as several
 MAX_TIMEOUTS = 20  # requeues after a time limit before submitit gives up (preemptions do not count)
 CHECKPOINT_WAIT_S = 60  # how long checkpoint() waits for the trainer to save (submitit signals 90 s ahead)
 
@@ -104,14 +105,16 @@ class SlurmLauncher(Launcher):
         return handle
 
     def submit(self) -> None:
-        """Submit every queued job as ONE Slurm array (each array task trains one job)."""
+        """Submit every queued job as ONE Slurm array (each array task trains one job; ARRAY_MAX at most)."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
         ex = self._executor
         ex.update_parameters(name=str(pending[0][1]).replace("/", "_")[:100])
-        with ex.batch():
-            jobs = [ex.submit(ClusterEntry(), *args) for _, _, args in pending]
+        jobs = []
+        for first in range(0, len(pending), ARRAY_MAX):  # Slurm refuses arrays above MaxArraySize
+            with ex.batch():
+                jobs += [ex.submit(ClusterEntry(), *args) for _, _, args in pending[first:first + ARRAY_MAX]]
         for (handle, _, _), sjob in zip(pending, jobs):
             handle.job, handle.describe = sjob, f"slurm job {sjob.job_id}"
 

@@ -116,3 +116,20 @@ def test_a_real_trainer_warned_before_its_time_limit_resumes_into_the_same_run(t
     assert len(runs) == 1 and runs[0].info.status == "FINISHED", log[-3000:]
     assert log.count("\n=== ") == 2 and "resumed from" in log.split("\n=== ")[-1], log[-3000:]
     assert claims.holder(store, job.key).state == "released"
+
+
+def test_more_jobs_than_an_array_holds_go_out_as_several(tmp_path, monkeypatch):
+    from fcdm.launchers import slurm
+
+    monkeypatch.setattr(slurm, "ARRAY_MAX", 2)
+    launcher = make_launcher("slurm", {"cluster": "local", "time": 1})
+    ex = launcher.executor(tmp_path / "store")
+    batches, real = [], type(ex._executor)._internal_process_submissions
+    monkeypatch.setattr(type(ex._executor), "_internal_process_submissions",
+                        lambda self, subs: batches.append(len(subs)) or real(self, subs))
+    handles = [launcher.queue([sys.executable, "-c", "pass"], tmp_path / f"l{i}.log", {}) for i in range(3)]
+    deadline, codes = time.time() + 120, [None] * 3
+    while None in codes and time.time() < deadline:
+        codes = [h.poll() if code is None else code for h, code in zip(handles, codes)]
+        time.sleep(0.2)
+    assert batches == [2, 1] and codes == [0, 0, 0]
