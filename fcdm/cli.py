@@ -3,6 +3,7 @@
 Heavy libraries (torch, mlflow, optuna) and the packages that load them are imported inside the commands
 (each such block says `# lazy: keeps --help fast`), so `--help` answers at once. Every error a user can
 cause is a fcdm.errors.UserError: `_Commands` prints it as one line `error: <message>` and exits 2.
+Every message and warning goes through fcdm.util.redact first: a URI's password is never printed.
 """
 from contextlib import suppress
 from enum import Enum
@@ -16,11 +17,12 @@ from fcdm.errors import DataError, UserError
 from fcdm.launchers import LAUNCHER_NAMES, launcher_options
 from fcdm.spec.search import PRUNERS, SAMPLERS
 from fcdm.store.layout import short_name
+from fcdm.util.redact import redact
 
 
 def _fail(message: str, code: int = 2) -> None:
     """One clear message on stderr and a non-zero exit, no traceback."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -297,7 +299,7 @@ def sweep(spec: Annotated[Path, typer.Argument(help="Spec with a `search` sectio
                         study_name=study, workers=workers, sampler=sampler.value if sampler else None,
                         pruner=pruner.value if pruner else None, launcher=kind, launcher_options=options,
                         store=store, tracking_uri=tracking_uri, heartbeat=heartbeat, sets=set_ or [],
-                        log=typer.echo)
+                        log=lambda m: typer.echo(redact(m)))
     typer.echo(format_summary(summary))
     if summary.interrupted or not summary.best:  # 130: interrupted (rerun to resume); 1: no trial completed
         raise typer.Exit(130 if summary.interrupted else 1)
@@ -341,8 +343,8 @@ def report(specs: Annotated[list[Path] | None, typer.Argument(help="Spec files (
     # A UserError (nothing to report, or the only report failed) is `error: ...` and exit 2, as in every command.
     failed = report_many(specs, profile, store, tracking_uri, out, formats, metric=metric, step=step,
                          overrides=tuple(set_ or ()), log=log, on_report=show,
-                         on_warning=lambda w: typer.echo(f"warning: {w}", err=True),
-                         on_error=lambda e: typer.echo(f"error: {e}", err=True))
+                         on_warning=lambda w: typer.echo(f"warning: {redact(w)}", err=True),
+                         on_error=lambda e: typer.echo(f"error: {redact(e)}", err=True))
     if failed:
         raise typer.Exit(1)
 

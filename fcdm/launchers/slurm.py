@@ -19,7 +19,7 @@ from typing import Any
 
 from fcdm.errors import LauncherError
 from fcdm.launchers.accelerate import AccelerateLauncher
-from fcdm.launchers.base import EXIT_CLAIM_LOST, Handle, Launcher, train_argv
+from fcdm.launchers.base import EXIT_CLAIM_LOST, Handle, Launcher, train_argv, trainer_env
 from fcdm.store import claims
 from fcdm.util.process import spawn
 
@@ -83,11 +83,12 @@ class SlurmLauncher(Launcher):
         ex = self.executor(store)
         gpus = int(self.params.get("gpus_per_node", 0))
         if gpus > 1:
-            argv = AccelerateLauncher({"num_processes": gpus}).argv(job, config, store, tracking_uri, {})
+            argv = AccelerateLauncher({"num_processes": gpus}).argv(job, config, store, {})
         else:
-            argv = [sys.executable, *train_argv(config, store, tracking_uri)]
+            argv = [sys.executable, *train_argv(config, store)]
         threads = self.params.get("cpus_per_task")
-        job_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+        job_env = trainer_env({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {},
+                              tracking_uri)
         ex.update_parameters(name=job.name.replace("/", "_")[:100])
         sjob = ex.submit(cluster_entry, argv, str(log), job_env, str(claim.path) if claim else None,
                          claim.token if claim else None)

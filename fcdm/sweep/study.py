@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import threading
 import time
 import warnings
@@ -23,6 +22,7 @@ from typing import Callable, Sequence
 
 from fcdm.errors import UserError
 from fcdm.spec.search import PRUNERS, SAMPLERS, SearchSpace
+from fcdm.util.redact import redact
 
 MAX_CONSECUTIVE_FAILURES = 3  # a broken setup fails every trial: stop instead of sampling forever
 MAX_CONSECUTIVE_INFEASIBLE = 20  # combinations match_flops cannot fit: resampled, up to this many in a row
@@ -47,11 +47,6 @@ def storage_url(storage: str | None, store: Path) -> str:
     return storage
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for printing."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
 def make_storage(url: str, heartbeat: int | None = 60):
     """An Optuna storage for `url`; RDB storages get trial heartbeats and retry of dead workers' trials."""
     import optuna  # heavy: optuna only once a sweep runs
@@ -61,7 +56,7 @@ def make_storage(url: str, heartbeat: int | None = 60):
 
         path = Path(url.removeprefix("journal:")).expanduser()
         if not path.parent.is_dir():
-            raise SweepError(f"--storage {url}: the folder {path.parent} does not exist; create it or pass "
+            raise SweepError(f"--storage {redact(url)}: the folder {path.parent} does not exist; create it or pass "
                              "another path")
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
@@ -89,7 +84,7 @@ def make_storage(url: str, heartbeat: int | None = 60):
                          "pip install 'fcdm-ablate[postgres]'") from None
     except Exception as e:  # sqlalchemy's ArgumentError, OperationalError, ...
         raise SweepError(f"--storage {redact(url)}: cannot open it ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]}); pass an Optuna storage URL such as "
+                         f"{redact(str(e).splitlines()[0][:200])}); pass an Optuna storage URL such as "
                          "sqlite:///runs/optuna.db, postgresql://user@host/db or journal:PATH") from None
 
 

@@ -150,6 +150,11 @@ def test_storage_urls(tmp_path):
         make_storage("journal:/nonexistent/x.log")
     with pytest.raises(SweepError, match=r"--storage nosuchdb://x: cannot open it"):
         make_storage("nosuchdb://x")
+    for secret in ("postgresql+psycopg://:pa/ss@127.0.0.1:1/db", "postgresql+psycopg://u:pa/ss@127.0.0.1:1/db",
+                   "postgresql+psycopg://u@127.0.0.1:1/db?password=pa/ss"):  # issue 16 item 6: never shown
+        with pytest.raises(SweepError, match=r"--storage postgresql\+psycopg://") as e:
+            make_storage(secret, heartbeat=None)
+        assert "pa/ss" not in str(e.value) and "pa%2Fss" not in str(e.value), str(e.value)
 
 
 def test_always_pruner_spares_trial_zero():
