@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fcdm.errors import UserError
+from fcdm.errors import UserError, reason
 from fcdm.spec.search import PRUNERS, SAMPLERS, SearchSpace
 from fcdm.util.redact import redact
 
@@ -83,8 +83,8 @@ def make_storage(url: str, heartbeat: int | None = 60):
         raise SweepError(f"--storage {redact(url)}: its database driver is missing ({e}); for PostgreSQL install "
                          "pip install 'fcdm-ablate[postgres]'") from None
     except Exception as e:  # sqlalchemy's ArgumentError, OperationalError, ...
-        raise SweepError(f"--storage {redact(url)}: cannot open it ({type(e).__name__}: "
-                         f"{redact(str(e).splitlines()[0][:200])}); pass an Optuna storage URL such as "
+        raise SweepError(f"--storage {redact(url)}: cannot open it ("
+                         f"{redact(reason(e))}); pass an Optuna storage URL such as "
                          "sqlite:///runs/optuna.db, postgresql://user@host/db or journal:PATH") from None
 
 
