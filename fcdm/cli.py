@@ -221,14 +221,18 @@ def run(spec: SpecArgument, profile: ProfileOption = None,
         progress: Annotated[bool, typer.Option(help="Show the live progress view.")] = True):
     """Run every job of an ablation spec: skip finished, resume partial, share the work with other runners."""
     from fcdm.runner import run_jobs  # lazy: keeps --help fast
-    from fcdm.spec import expand, load_spec
+    from fcdm.spec import expand, load_spec, resolve_profile
 
     parsed = load_spec(spec)
-    job_list = expand(parsed, profile, set_ or [])
-    kind, options = _launcher(parsed, launcher, launcher_opt, num_processes, accelerate_config)
-    summary = run_jobs(job_list, store, tracking_uri, parallel=jobs or (parsed.launcher or {}).get("jobs"),
-                       launcher=kind, launcher_options=options, force=force, fail_fast=fail_fast, progress=progress,
-                       wait_elsewhere=wait)
+    chosen = resolve_profile(parsed, profile)
+    try:
+        job_list = expand(parsed, chosen, set_ or [])
+        kind, options = _launcher(parsed, launcher, launcher_opt, num_processes, accelerate_config)
+        summary = run_jobs(job_list, store, tracking_uri, parallel=jobs or (parsed.launcher or {}).get("jobs"),
+                           launcher=kind, launcher_options=options, force=force, fail_fast=fail_fast,
+                           progress=progress, wait_elsewhere=wait)
+    except DataError as e:  # the paper profile's latents are not on this machine (or not where data.path says)
+        _fail(f"{spec}: profile {chosen}: data.path: {e}; or pass the prepared data's folder with --set data.path=DIR")
     typer.echo(summary.render())
     if summary.interrupted or not summary.ok:  # 130: interrupted (rerun to resume); 1: a job failed
         raise typer.Exit(130 if summary.interrupted else 1)
