@@ -18,6 +18,7 @@ from fcdm.launchers import LAUNCHER_NAMES, launcher_options
 from fcdm.spec.search import PRUNERS, SAMPLERS
 from fcdm.store.layout import short_name
 from fcdm.util.redact import redact
+from fcdm.util.signals import restore_interrupt
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -247,6 +248,7 @@ def ui(port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0
        storage: Annotated[str | None, typer.Option(help="With --optuna: the study storage (default: the store's "
                                                    "optuna.db).")] = None):
     """Start the MLflow UI on the store (127.0.0.1) and print the URL of each spec's training-runs table."""
+    restore_interrupt()  # Ctrl-C stops it even when started with SIGINT ignored (a background shell)
     if optuna_:
         from fcdm.sweep import open_dashboard  # lazy: keeps --help fast
 

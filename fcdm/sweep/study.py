@@ -47,9 +47,25 @@ def storage_url(storage: str | None, store: Path) -> str:
     return storage
 
 
+# Optuna 4.9 renamed the heartbeat's retry callback (RetryFailedTrialCallback -> RetryHeartbeatStaleTrialCallback,
+# failed_trial_callback -> heartbeat_stale_trial_callback); pyproject.toml declares the same minimum.
+OPTUNA_MIN = "4.9"
+
+
+def check_optuna() -> None:
+    """SweepError unless the installed Optuna has the heartbeat API the sweep uses (OPTUNA_MIN)."""
+    import optuna  # heavy: optuna only once a sweep runs
+
+    if not hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+        raise SweepError(f"optuna {optuna.__version__} is installed; sweeps need optuna>={OPTUNA_MIN} (its trial "
+                         f"heartbeat API): pip install -U 'optuna>={OPTUNA_MIN}'")
+
+
 def make_storage(url: str, heartbeat: int | None = 60):
     """An Optuna storage for `url`; RDB storages get trial heartbeats and retry of dead workers' trials."""
     import optuna  # heavy: optuna only once a sweep runs
+
+    check_optuna()
 
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
