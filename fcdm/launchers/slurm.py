@@ -19,7 +19,7 @@ from typing import Any
 
 from fcdm.errors import LauncherError
 from fcdm.launchers.accelerate import AccelerateLauncher
-from fcdm.launchers.base import EXIT_CLAIM_LOST, Handle, Launcher, train_argv, trainer_env
+from fcdm.launchers.base import EXIT_CLAIM_LOST, TRACKING_ENV, Handle, Launcher, train_argv, trainer_env
 from fcdm.store import claims
 from fcdm.util.process import spawn
 
@@ -87,8 +87,9 @@ class SlurmLauncher(Launcher):
         else:
             argv = [sys.executable, *train_argv(config, store)]
         threads = self.params.get("cpus_per_task")
-        job_env = trainer_env({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {},
-                              tracking_uri)
+        job_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+        if os.environ.get(TRACKING_ENV) != tracking_uri:  # else the job inherits it (sbatch exports the environment)
+            job_env = trainer_env(job_env, tracking_uri)  # pickled into the job's files: see README, Secrets
         ex.update_parameters(name=job.name.replace("/", "_")[:100])
         sjob = ex.submit(cluster_entry, argv, str(log), job_env, str(claim.path) if claim else None,
                          claim.token if claim else None)
