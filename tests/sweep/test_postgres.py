@@ -97,9 +97,8 @@ def test_a_password_in_the_storage_and_tracking_uris_is_never_shown(tmp_path, pg
     (the URI reaches it through MLFLOW_TRACKING_URI), or the sweep could not find its run."""
     from urllib.parse import quote
 
-    from mlflow import MlflowClient
-
     import psycopg
+    from mlflow import MlflowClient
 
     with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
         conn.execute("CREATE DATABASE tracking")  # MLflow and Optuna each keep an alembic_version table

@@ -151,6 +151,13 @@ def test_storage_urls(tmp_path):
         make_storage("journal:/nonexistent/x.log")
     with pytest.raises(SweepError, match=r"--storage nosuchdb://x: cannot open it"):
         make_storage("nosuchdb://x")
+    garbage = tmp_path / "garbage.db"  # a damaged storage file: one line, not a traceback
+    garbage.write_bytes(b"\x00" * 10 + b"not a database" * 100)
+    with pytest.raises(SweepError, match=r"--storage sqlite:///.*garbage\.db: cannot open it \(\w+"):
+        make_storage(f"sqlite:///{garbage}")
+    empty = tmp_path / "empty.db"  # zero bytes: SQLite takes it for an empty database
+    empty.write_bytes(b"")
+    assert type(make_storage(f"sqlite:///{empty}")).__name__ == "RDBStorage"
     for secret in ("postgresql+psycopg://:pa/ss@127.0.0.1:1/db", "postgresql+psycopg://u:pa/ss@127.0.0.1:1/db",
                    "postgresql+psycopg://u@127.0.0.1:1/db?password=pa/ss"):  # issue 16 item 6: never shown
         with pytest.raises(SweepError, match=r"--storage postgresql\+psycopg://") as e:
