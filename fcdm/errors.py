@@ -47,11 +47,6 @@ class LauncherError(UserError, ValueError):
     """A launcher option or environment problem a user can fix; the message says how."""
 
 
-class ClaimError(UserError, RuntimeError):
-    """A job's claim could not be taken: the claims folder stayed contended after retries with backoff (the
-    message names the folder and says to retry); fcdm.store.claims raises it."""
-
-
 def reason(e: BaseException, limit: int = 200) -> str:
     """'<type>: <first line of the message>' (at most `limit` characters of it), or just the type when the
     message is empty (a zero-byte file's EOFError has none): the cause inside a one-line error."""
