@@ -18,6 +18,7 @@ where the run stands (fcdm.store.progress.read_progress).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import signal
 import time
@@ -33,8 +34,9 @@ from accelerate.utils import InitProcessGroupKwargs, gather_object
 from torch.utils.data import DataLoader
 
 from fcdm.build import build_dataset, build_model, build_objective, data_info
-from fcdm.config import RunConfig
+from fcdm.config import ConfigError, RunConfig
 from fcdm.config.identity import resolved_model_kwargs
+from fcdm.diffusion.common import randn
 from fcdm.evaluation import evaluate as ev
 from fcdm.evaluation.protocol import Protocol
 from fcdm.models.costs import architecture_cost, training_gflops
@@ -132,6 +134,22 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     return run.finish(max_steps)
 
 
+def accumulate_gradients(accelerator: Accelerator, model: nn.Module, objective, x: torch.Tensor, y: torch.Tensor,
+                         t: torch.Tensor, noise: torch.Tensor, micro: int) -> torch.Tensor:
+    """Backward of the batch's mean loss in `micro` equal micro-batches (train.grad_accum): each micro-batch's
+    mean scaled by 1/micro, gradients summed; DDP all-reduces once, on the last. Returns the batch's mean loss."""
+    if len(x) % micro:
+        raise ConfigError(f"train.grad_accum={micro} does not divide the per-process batch of {len(x)} "
+                          "(train.batch_size / processes); choose a grad_accum that divides it")
+    total = torch.zeros((), device=x.device)
+    for i, (xs, ys, ts, ns) in enumerate(zip(*(v.chunk(micro) for v in (x, y, t, noise)))):
+        with contextlib.nullcontext() if i == micro - 1 else accelerator.no_sync(model):
+            loss = objective.training_losses(lambda xt, tt, ys=ys: model(xt, tt, ys), xs, ts, ns)["loss"].mean()
+            accelerator.backward(loss / micro if micro > 1 else loss)
+        total += loss.detach().float()
+    return total / micro if micro > 1 else total
+
+
 # -- the run's state and its phases -------------------------------------------------------------------
 
 class Trainer:
@@ -147,6 +165,10 @@ class Trainer:
         self.rank, self.world, self.device = acc.process_index, acc.num_processes, acc.device
         self.main = acc.is_main_process
         self.log = TrainLog(self.main)
+        if cfg.train.batch_size % self.world == 0 and (cfg.train.batch_size // self.world) % cfg.train.grad_accum:
+            raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} does not divide the per-process batch of "
+                              f"{cfg.train.batch_size // self.world} (train.batch_size / {self.world} processes); "
+                              "choose a grad_accum that divides it")
         self.step_lines = True  # a step line every log.every steps (not while a terminal bar shows them)
         self.threads = ThreadControl(enabled=self.world == 1)  # threads the runner hands over (fcdm.train.threads)
         self.cfg, self.store = cfg, resolve_store(store)
@@ -299,10 +321,9 @@ class Trainer:
         """One optimiser step on a batch, then the EMA; returns this rank's mean loss."""
         cfg, device, model = self.cfg, self.device, self.model
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        t = self.objective.sample_t(len(x), device=device)
-        losses = self.objective.training_losses(lambda xt, tt: model(xt, tt, y), x, t)
-        loss = losses["loss"].mean()
-        self.accelerator.backward(loss)
+        t = self.objective.sample_t(len(x), device=device)  # for the whole batch, as without accumulation
+        noise = randn(x.shape, None, device)  # drawn here, as training_losses would: micro-batches share one draw
+        loss = accumulate_gradients(self.accelerator, model, self.objective, x, y, t, noise, cfg.train.grad_accum)
         if cfg.train.grad_clip:
             self.accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         self.opt.step()
