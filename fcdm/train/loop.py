@@ -224,8 +224,12 @@ class Trainer:
         if state:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["optimizer"])
         self.model, self.opt = self.accelerator.prepare(self.model, opt)
+        if state:
+            # After prepare, which would move a loaded state to the GPU, AdamW's `step` counters included (then
+            # read with .item(): ~650 host syncs a step). Loaded now, the moments go to their parameters' device
+            # and `step` stays on the CPU (on the device for fused AdamW), as in a run that never stopped.
+            self.opt.load_state_dict(state["optimizer"])
         if state and state.get("scaler") and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.ema.to(self.device)

@@ -448,3 +448,22 @@ def test_gradient_accumulation_equals_the_large_batch(tiny_config, one_thread):
 def test_the_trainer_trains_with_gradient_accumulation(tmp_path, tiny_config, one_thread):
     result = train(tiny_config("train.grad_accum=4"), store=tmp_path, progress=False, max_steps=2)
     assert result.status == "STOPPED" and result.step == 2 and np.isfinite(result.final_loss)
+
+
+def test_a_resumed_optimizer_state_lives_where_a_fresh_runs_does(tmp_path, tiny_config, one_thread):
+    """Issue 18: loaded after accelerate's prepare, the moments sit on their parameters' device and AdamW's
+    `step` counters on the CPU (the GPU would cost a host sync per parameter per step), values unchanged."""
+    from fcdm.train.loop import Trainer
+
+    cfg = tiny_config()
+    train(cfg, store=tmp_path, progress=False, max_steps=2)
+    trainer = Trainer(cfg, tmp_path)
+    trainer.resume()
+    saved = trainer.state["optimizer"]["state"]
+    params = [p for group in trainer.opt.param_groups for p in group["params"]]
+    assert len(trainer.opt.state) == len(params) == len(saved)
+    for i, p in enumerate(params):
+        state = trainer.opt.state[p]
+        assert state["step"].device.type == "cpu" and float(state["step"]) == 2
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert state[key].device == p.device and torch.equal(state[key].cpu(), saved[i][key])
