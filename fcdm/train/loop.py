@@ -51,6 +51,7 @@ from fcdm.train.state import (
     SeededItems,
     StepBatchSampler,
     ema_decay,
+    make_optimizer,
     rng_as_arrays,
     rng_from_arrays,
     rng_state,
@@ -219,8 +220,7 @@ class Trainer:
         cost = architecture_cost(cfg.model.name, resolved_model_kwargs(cfg), self.shape)  # closed forms, no meta model
         self.params, self.gflops = cost.params, cost.gflops
         self.ema = copy.deepcopy(self.model).float().requires_grad_(False).eval()
-        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                betas=cfg.train.betas)
+        opt = make_optimizer(self.model.to(self.device), cfg, self.device)
         if state:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
