@@ -46,6 +46,7 @@ from fcdm.evaluation.sampling import (
 from fcdm.evaluation.trained import open_run
 from fcdm.store.layout import resolve_store
 from fcdm.store.tracking import Tracker
+from fcdm.util.cuda import evaluation_precision, fast_math
 
 
 def measure(images: np.ndarray, labels: np.ndarray | None, proto: Protocol, metrics: list[str], cache_dir: Path,
@@ -135,7 +136,9 @@ def evaluate_run(run: str, store=None, tracking_uri: str | None = None, step: in
     trained = open_run(run, store, tracking_uri, step)
     cfg = trained.config
     fid_weights = overrides.pop("fid_weights", None) or cfg.eval.fid_weights
-    proto = Protocol.from_config(cfg, **overrides)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    fast_math(device)
+    proto = Protocol.from_config(cfg, **{"precision": evaluation_precision(cfg.eval.precision, device), **overrides})
     allowed = SAMPLERS[cfg.objective.name]
     if proto.sampler not in allowed:
         raise ConfigError(f"--sampler {proto.sampler!r} does not apply to objective {cfg.objective.name!r}; "
@@ -144,7 +147,6 @@ def evaluate_run(run: str, store=None, tracking_uri: str | None = None, step: in
     cache_dir = store / "cache"
     check_ready(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"fid_weights": fid_weights})}), proto,
                 cache_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     conditional = not is_unconditional(cfg)
     with preserved_rng():
         proto = proto.resolved(cache_dir, fid_weights)  # before sampling: a bad weights file fails at once

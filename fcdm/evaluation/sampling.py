@@ -9,7 +9,7 @@ import hashlib
 import random
 import sys
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from rich.progress import Progress
 from fcdm.data.prepare import SD_VAE_SCALE, load_vae
 from fcdm.diffusion import guided_model_fn, sample
 from fcdm.evaluation.protocol import Protocol
+from fcdm.util.cuda import fast_math
 
 
 def spread_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -187,6 +188,7 @@ def write_samples(trained, num: int, out: Path, seed: int = 0, progress: bool = 
     cfg = trained.config
     labels = sample_labels(num, trained.num_classes, not is_unconditional(cfg))
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    fast_math(device)
     x = generate(trained.ema.to(device), trained.objective, trained.shape, labels, sampler=cfg.sampler,
                  num_steps=cfg.eval.sampling_steps, cfg_scale=cfg.eval.cfg_scale,
                  guided_channels=cfg.eval.guided_channels, batch_size=cfg.eval.batch_size, seed=seed,
@@ -239,7 +241,11 @@ def sample_images(model: nn.Module, objective, shape: tuple[int, int, int], num_
     index = shard_indices(proto.num_samples, batch_size, rank, world)
     labels = sample_labels(proto.num_samples, num_classes, conditional)[index]
     dtype = torch.bfloat16 if proto.precision == "bf16" else None
-    with torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+    kind = torch.device(device).type
+    # cuDNN's autotuning (training turns it on) could pick other kernels on other processes: off for samples.
+    with torch.autocast(device_type=kind, dtype=dtype, enabled=dtype is not None), \
+            torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
+                                       allow_tf32=torch.backends.cudnn.allow_tf32) if kind == "cuda" else nullcontext():
         x = generate(model, objective, shape, labels, sampler=proto.sampler, num_steps=proto.sampling_steps,
                      cfg_scale=proto.cfg_scale, guided_channels=proto.guided_channels, batch_size=batch_size,
                      seed=proto.seed, device=device, progress=progress, indices=index)

@@ -60,6 +60,7 @@ from fcdm.train.state import (
     update_ema,
 )
 from fcdm.train.threads import ThreadControl
+from fcdm.util.cuda import evaluation_precision, fast_math
 from fcdm.util.process import started_at
 from fcdm.util.signals import handled_signals
 
@@ -164,6 +165,7 @@ class Trainer:
                                              mixed_precision=cfg.train.mixed_precision,
                                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=2))])
         self.rank, self.world, self.device = acc.process_index, acc.num_processes, acc.device
+        fast_math(self.device, benchmark=True)  # CUDA: TF32 matmuls and convolutions, cuDNN autotuning
         self.main = acc.is_main_process
         self.log = TrainLog(self.main)
         if cfg.train.batch_size % self.world == 0 and (cfg.train.batch_size // self.world) % cfg.train.grad_accum:
@@ -212,7 +214,7 @@ class Trainer:
         """The evaluation protocol and data order checked, then model, EMA, optimiser and grad scaler
         restored from the checkpoint (or fresh) and handed to accelerate."""
         cfg, state = self.cfg, self.state
-        self.protocol = Protocol.from_config(cfg)
+        self.protocol = Protocol.from_config(cfg, precision=evaluation_precision(cfg.eval.precision, self.device))
         if self.ledger.due:
             ev.check_ready(cfg, self.protocol, self.store / "cache")
         self.sampler = StepBatchSampler(len(self.dataset), cfg.train.batch_size, self.rank, self.world, cfg.seed,
