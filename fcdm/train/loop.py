@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -87,6 +88,19 @@ class TrainResult:
     main_process: bool = True  # False on the other ranks of a multi-process run
 
 
+# Steps between the all-reduces that read the loss and the stop flag (fewer when log.every is smaller): a
+# host sync every step stalls the GPU's queue. So on several processes a SIGTERM stops the run within
+# SYNC_EVERY steps (seconds at paper scale, inside a scheduler's grace period); one process stops at once.
+SYNC_EVERY = 10
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The process's peak memory so far in MiB: allocated CUDA memory on a GPU, resident size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
 # -- the loop ----------------------------------------------------------------------------------------
 
 def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | None = None,
@@ -116,10 +130,10 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
                 loss = run.train_step(x, y)
                 if run.step == run.start + 1:
                     run.log_first_step()
-                signum = run.sync(loss)
-                bar.update(run.step, run.last_loss)
-                run.log_metrics()
                 done = run.step == cfg.train.steps or (max_steps is not None and run.step - run.start >= max_steps)
+                signum = run.sync(loss, force=done or run.checkpoint_due())
+                bar.update(run.step, float("nan") if run.last_loss is None else run.last_loss)
+                run.log_metrics()
                 if signum or done or run.checkpoint_due():
                     run.checkpoint_and_evaluate(stopping=bool(signum))
                 if signum:
@@ -191,7 +205,9 @@ class Trainer:
         self.tracker: Tracker | None = None
         self.monitor = None  # MLflow's system metrics monitor (log.system_metrics)
         self.run_id: str | None = None
-        self.stop_signal = 0  # set by SIGINT/SIGTERM; every rank sees any rank's at the next step
+        self.stop_signal = 0  # set by SIGINT/SIGTERM; every rank sees any rank's within SYNC_EVERY steps
+        self.pending, self.pending_steps = None, 0  # losses summed on the device since the last sync
+        self.reset_window()
 
     def skip(self, tracking_uri: str | None) -> TrainResult:
         """An already finished run: make sure MLflow and progress.json say so, and train nothing."""
@@ -255,7 +271,7 @@ class Trainer:
                      f"{self.world} process(es), {self.threads.threads} thread(s); MLflow run {self.run_id}")
             if self.state:
                 self.log(f"resumed from {list_checkpoints(self.ckpt_dir)[-1][1]} at step {self.start}")
-        self.window, self.t0 = [], time.perf_counter()  # the losses (and time) since the last logged step
+        self.reset_window()
 
     def log_first_step(self) -> None:
         """How long the trainer took from its process's start to its first step."""
@@ -338,31 +354,50 @@ class Trainer:
         self.step += 1
         return loss
 
-    def sync(self, loss: torch.Tensor) -> int:
-        """One all-reduce carries the loss (averaged over ranks, kept as `last_loss`) and any rank's stop
-        signal, which it returns (0: none). A non-finite loss raises TrainingDiverged."""
-        packed = self.accelerator.reduce(torch.stack([loss.detach().float(), torch.tensor(
-            float(self.stop_signal), device=self.device)]), reduction="sum")
-        self.last_loss, signum = packed[0].item() / self.world, int(packed[1].item())
-        if not np.isfinite(self.last_loss):
-            raise TrainingDiverged(f"loss became {self.last_loss} at step {self.step} (lr={self.cfg.train.lr}); the "
-                                   f"run is marked FAILED and resumes from {self.ckpt_dir} if rerun: lower train.lr, "
-                                   "set train.grad_clip, or use train.mixed_precision=no")
-        return signum
+    def sync(self, loss: torch.Tensor, force: bool = False) -> int:
+        """The step's loss joins the window's sum on the device; every SYNC_EVERY and log.every steps, and
+        at every step that checkpoints or ends (`force`), one all-reduce carries the last loss (averaged over
+        ranks, kept as `last_loss`), the window's sum and any rank's stop signal, read with one host sync.
+        Returns the stop signal (0: none). A non-finite loss in the window raises TrainingDiverged, before
+        any checkpoint could keep broken weights. On one process a signal is seen at the step it arrives."""
+        loss = loss.detach().double()
+        self.pending = loss if self.pending is None else self.pending + loss
+        self.pending_steps += 1
+        local_stop = self.world == 1 and self.stop_signal
+        if not (force or local_stop or self.step % SYNC_EVERY == 0 or self.step % self.cfg.log.every == 0):
+            return 0
+        packed = self.accelerator.reduce(torch.stack([loss, self.pending, torch.tensor(
+            float(self.stop_signal), dtype=torch.float64, device=self.device)]), reduction="sum")
+        last, total, signum = packed.tolist()
+        self.last_loss = last / self.world
+        self.window_sum, self.window_steps = self.window_sum + total / self.world, self.window_steps + self.pending_steps
+        self.pending, self.pending_steps = None, 0
+        if not (np.isfinite(self.last_loss) and np.isfinite(total)):
+            raise TrainingDiverged(f"loss became {self.last_loss if not np.isfinite(self.last_loss) else total} by "
+                                   f"step {self.step} (lr={self.cfg.train.lr}); the run is marked FAILED and resumes "
+                                   f"from {self.ckpt_dir} if rerun: lower train.lr, set train.grad_clip, or use "
+                                   "train.mixed_precision=no")
+        return int(signum)
 
     def log_metrics(self) -> None:
         """Loss, steps/s, lr and training GFLOPs averaged over the window, every log.every steps."""
         cfg, step = self.cfg, self.step
-        self.window.append(self.last_loss)
-        if self.tracker and (step % cfg.log.every == 0 or step == cfg.train.steps):
+        if self.tracker and (step % cfg.log.every == 0 or step == cfg.train.steps):  # steps sync reduced
             elapsed = time.perf_counter() - self.t0
-            loss, rate, lr = float(np.mean(self.window)), len(self.window) / elapsed, self.opt.param_groups[0]["lr"]
+            loss, rate = self.window_sum / self.window_steps, self.window_steps / elapsed
+            lr = self.opt.param_groups[0]["lr"]
             self.tracker.log_metrics({"loss": loss, "steps_per_sec": rate, "lr": lr,
-                                      "train_gflops": training_gflops(self.gflops, cfg.train.batch_size, step)}, step)
+                                      "train_gflops": training_gflops(self.gflops, cfg.train.batch_size, step),
+                                      "img_per_sec": rate * cfg.train.batch_size,
+                                      "peak_memory_mb": peak_memory_mb(self.device)}, step)
             if self.step_lines:
                 self.log(step_line(step, cfg.train.steps, loss, rate, lr))
             self.take_threads()
-            self.window, self.t0 = [], time.perf_counter()
+            self.reset_window()
+
+    def reset_window(self) -> None:
+        """The losses (summed, over ranks) and time since the last logged step."""
+        self.window_sum, self.window_steps, self.t0 = 0.0, 0, time.perf_counter()
 
     # -- checkpoints ---------------------------------------------------------------------------------
 

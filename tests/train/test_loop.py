@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, SMOKE, TINY, all_runs, client
+from helpers import ROOT, SMOKE, TINY, all_runs, client, history
 from typer.testing import CliRunner
 
 from fcdm.cli import app
@@ -467,3 +467,27 @@ def test_a_resumed_optimizer_state_lives_where_a_fresh_runs_does(tmp_path, tiny_
         assert state["step"].device.type == "cpu" and float(state["step"]) == 2
         for key in ("exp_avg", "exp_avg_sq"):
             assert state[key].device == p.device and torch.equal(state[key].cpu(), saved[i][key])
+
+
+def test_loss_and_stop_flag_are_reduced_every_few_steps_and_logged_with_throughput(tmp_path, tiny_config,
+                                                                                    one_thread, monkeypatch):
+    """Issue 18: one all-reduce (and host sync) per SYNC_EVERY / log.every steps and at checkpoints, not per
+    step; the logged loss is still the mean over every step of the window; img/s and peak memory logged."""
+    from accelerate import Accelerator
+
+    from fcdm.train.loop import SYNC_EVERY
+
+    reduced, real = [], Accelerator.reduce
+    monkeypatch.setattr(Accelerator, "reduce", lambda self, t, **kw: reduced.append(t.clone()) or real(self, t, **kw))
+    cfg = tiny_config("train.steps=24", "log.every=12", "log.checkpoint_every=8")
+    assert SYNC_EVERY == 10
+    result = train(cfg, store=tmp_path, progress=False)
+    assert result.status == "FINISHED"
+    # Steps 8 and 16 (checkpoints), 10 and 20 (SYNC_EVERY), 12 (log.every), 24 (the last): 6 of 24.
+    assert len(reduced) == 6
+    sums = [float(t[1]) for t in reduced]
+    for (step, loss), window in zip(history(tmp_path, result.run_id, "loss"), (sums[:3], sums[3:])):
+        assert step in (12, 24) and loss == pytest.approx(sum(window) / 12, rel=1e-12)
+    rates, images = (dict(history(tmp_path, result.run_id, k)) for k in ("steps_per_sec", "img_per_sec"))
+    assert images.keys() == {12, 24} and all(images[s] == pytest.approx(rates[s] * 16) for s in images)
+    assert all(mb > 10 for _, mb in history(tmp_path, result.run_id, "peak_memory_mb"))  # resident MiB on the CPU
