@@ -112,7 +112,8 @@ def log_sample_grid(tracker, cfg: RunConfig, ema: nn.Module, objective, shape, n
         labels = sample_labels(classes * cfg.eval.grid_per_class, num_classes, conditional=False)
     else:
         labels = spread_labels(classes, num_classes).repeat_interleave(cfg.eval.grid_per_class)
-    with preserved_rng():
+    cuda = torch.device(device).type == "cuda"  # a grid is a look, not a measurement: bf16 on a GPU
+    with preserved_rng(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
         x = generate(ema, objective, shape, labels, sampler=cfg.sampler, num_steps=cfg.eval.sampling_steps,
                      cfg_scale=cfg.eval.cfg_scale, guided_channels=cfg.eval.guided_channels,
                      batch_size=cfg.eval.batch_size, seed=cfg.seed, device=device)

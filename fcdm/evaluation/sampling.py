@@ -48,9 +48,12 @@ def sample_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per sample, seeded by (seed, global sample index)."""
-    return [torch.Generator(device="cpu").manual_seed(sample_seed(seed, int(i))) for i in indices]
+def sample_generators(seed: int, indices: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per sample, seeded by (seed, global sample index). On "cuda" the noise is drawn on the
+    GPU (no host draw and copy per step; other numbers than the CPU's, the same for any batch or process
+    count); any other device gets CPU generators, so CPU samples are what they always were."""
+    where = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    return [torch.Generator(device=where).manual_seed(sample_seed(seed, int(i))) for i in indices]
 
 
 @torch.no_grad()
@@ -81,7 +84,7 @@ def generate(model: nn.Module, objective, shape: tuple[int, int, int], labels: t
             y = labels[i:i + batch_size].to(device)
             fn = guided_model_fn(model, y, cfg_scale, null_class, guided_channels)
             # Fresh generators on every attempt, so a batch retried after an OOM draws the same noise.
-            generators = sample_generators(seed, indices[i:i + batch_size].tolist())
+            generators = sample_generators(seed, indices[i:i + batch_size].tolist(), device)
             try:
                 x = sample(objective, fn, (len(y), *shape), sampler, num_steps, generator=generators, device=device)
             except torch.cuda.OutOfMemoryError:

@@ -138,3 +138,13 @@ def test_evaluation_memory_grows_by_the_uint8_images_alone():
                                 capture_output=True, text=True).stdout) for n in (64, 2112)]
     per_sample = (peaks[1] - peaks[0]) / 2048
     assert 0.7 * 49152 < per_sample < 1.5 * 49152, per_sample  # float32 kept and copied: ~517 KB a sample
+
+
+def test_per_sample_generators_follow_the_device_and_cpu_noise_is_unchanged():
+    """Issue 18: on CUDA each sample's generator lives on the GPU (noise drawn there, no host copy per step);
+    anywhere else CPU generators with the very same seeds as before."""
+    for device in ("cpu", torch.device("cpu")):
+        (g,) = sample_generators(3, [5], device)
+        assert g.device.type == "cpu" and g.initial_seed() == sample_seed(3, 5)
+        assert torch.equal(torch.randn(4, generator=g),
+                           torch.randn(4, generator=torch.Generator().manual_seed(sample_seed(3, 5))))
