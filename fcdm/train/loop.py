@@ -18,9 +18,7 @@ where the run stands (fcdm.store.progress.read_progress).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -60,6 +58,7 @@ from fcdm.train.state import (
     set_rng_state,
     update_ema,
 )
+from fcdm.train.step import accumulate_gradients, peak_memory_mb
 from fcdm.train.threads import ThreadControl
 from fcdm.util.cuda import evaluation_precision, fast_math
 from fcdm.util.process import started_at
@@ -92,13 +91,6 @@ class TrainResult:
 # host sync every step stalls the GPU's queue. So on several processes a SIGTERM stops the run within
 # SYNC_EVERY steps (seconds at paper scale, inside a scheduler's grace period); one process stops at once.
 SYNC_EVERY = 10
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """The process's peak memory so far in MiB: allocated CUDA memory on a GPU, resident size on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 # -- the loop ----------------------------------------------------------------------------------------
@@ -148,22 +140,6 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
             raise
     bar.close()
     return run.finish(max_steps)
-
-
-def accumulate_gradients(accelerator: Accelerator, model: nn.Module, objective, x: torch.Tensor, y: torch.Tensor,
-                         t: torch.Tensor, noise: torch.Tensor, micro: int) -> torch.Tensor:
-    """Backward of the batch's mean loss in `micro` equal micro-batches (train.grad_accum): each micro-batch's
-    mean scaled by 1/micro, gradients summed; DDP all-reduces once, on the last. Returns the batch's mean loss."""
-    if len(x) % micro:
-        raise ConfigError(f"train.grad_accum={micro} does not divide the per-process batch of {len(x)} "
-                          "(train.batch_size / processes); choose a grad_accum that divides it")
-    total = torch.zeros((), device=x.device)
-    for i, (xs, ys, ts, ns) in enumerate(zip(*(v.chunk(micro) for v in (x, y, t, noise)))):
-        with contextlib.nullcontext() if i == micro - 1 else accelerator.no_sync(model):
-            loss = objective.training_losses(lambda xt, tt, ys=ys: model(xt, tt, ys), xs, ts, ns)["loss"].mean()
-            accelerator.backward(loss / micro if micro > 1 else loss)
-        total += loss.detach().float()
-    return total / micro if micro > 1 else total
 
 
 # -- the run's state and its phases -------------------------------------------------------------------
