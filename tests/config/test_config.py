@@ -221,3 +221,20 @@ def test_shipped_configuration_hashes_are_pinned(where, job):
     else:
         h = next(j for j in expand(path, "smoke") if j.name == job).hash
     assert h == PINNED[(where, job)]
+
+
+def test_grad_accum_is_hashed_only_when_it_accumulates_and_must_divide_the_batch():
+    base = load_config(SMOKE)
+    assert base.train.grad_accum == 1
+    assert load_config(SMOKE, ["train.grad_accum=1"]).hash == base.hash  # the pinned hashes above stay put
+    assert "grad_accum" not in base.identity()["train"]
+    assert load_config(SMOKE, ["train.grad_accum=2"]).hash != base.hash  # equal to rounding only: hashed
+    with pytest.raises(ConfigError, match="train.grad_accum"):
+        load_config(SMOKE, ["train.batch_size=64", "train.grad_accum=3"])
+
+
+def test_the_paper_profile_accumulates_micro_batches_of_64_and_loads_with_workers():
+    """Batch 256 does not fit one GPU (issue 18): the paper profile keeps the global batch and accumulates."""
+    cfg = load_config(ROOT / "ablations" / "configs" / "paper.yaml")
+    assert cfg.train.batch_size == 256 and cfg.train.batch_size // cfg.train.grad_accum == 64
+    assert cfg.data.num_workers > 0
