@@ -25,6 +25,7 @@ from fcdm.models.registry import check_model_args, family_of
 SCHEMA_VERSION = 2
 LATENT_CHANNELS = 4  # SD-VAE latents: 4 channels at 1/8 of the image side
 DIGITS_SIZES = (8, 16)
+TAG_CONFIG_KEY = "fcdm.config_key"  # the run tag holding RunConfig.config_key (set by the trainer)
 # Constructor arguments fixed by other sections; the config refuses them in model.args.
 DERIVED_MODEL_ARGS = {"in_channels": "data", "num_classes": "data.num_classes", "input_size": "data.image_size",
                       "learn_sigma": "objective.learn_sigma", "gradient_checkpointing": "train.gradient_checkpointing"}
@@ -96,6 +97,12 @@ class EvalConfig(_Section):
     reference: str | None = None  # None: digits-test for digits; an ADM .npz or image folder otherwise
     vae: str | None = None  # latent runs: diffusers AutoencoderKL folder (or HF cache id) to decode samples
     fid_weights: str | None = None  # Inception weights file; default torch-fidelity's cache
+    # Sampling seed of the evaluation: part of the protocol (and its digest), not of the run, so every training
+    # seed of one configuration evaluated the same way shares one protocol and one metric key.
+    seed: int = Field(0, ge=0)
+    # Evaluation noise: the final checkpoint evaluated this many more times, with sampling seeds seed+1..seed+K,
+    # logged as `<metric>.eval_seed<S>` at the final step (not part of the protocol: the same one, reseeded).
+    noise_seeds: int = Field(0, ge=0)
 
 
 class LogConfig(_Section):

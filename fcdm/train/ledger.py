@@ -48,6 +48,14 @@ class EvalLedger:
         if side and side.get("config_hash") == cfg.hash and side.get("seed") == cfg.seed:
             done |= set(side.get("evals_done", ()))
         self.done = {s for s in done if s <= start}  # later ones belong to deleted checkpoints: redo them
+        # Evaluation noise: the final evaluation's checkpoint re-sampled with sampling seeds seed+1..seed+K,
+        # logged once the final evaluation is (only the sidecar records them: they run after its checkpoint).
+        self.final = max(self.due) if self.due else None
+        k = cfg.eval.noise_seeds if self.final is not None else 0
+        self.noise_seeds = [cfg.eval.seed + i for i in range(1, k + 1)]
+        resampled = set(side.get("noise_done", ())) if side and self.final in self.done and \
+            side.get("config_hash") == cfg.hash and side.get("seed") == cfg.seed else set()
+        self.resampled = resampled & set(self.noise_seeds)
         have = {s for s, _ in list_checkpoints(ckpt_dir)}
         lost = [s for s in self.pending(start) if s not in have]
         if lost:  # e.g. eval.at or eval.metrics changed after those checkpoints were pruned
@@ -58,10 +66,18 @@ class EvalLedger:
     def pending(self, upto: int) -> list[int]:
         return [s for s in self.due if s <= upto and s not in self.done]
 
+    def resamplings_pending(self, upto: int) -> list[int]:
+        """The sampling seeds of the final checkpoint's re-samplings still to log, once its evaluation is."""
+        if self.final is None or self.final > upto or self.final not in self.done:
+            return []
+        return [s for s in self.noise_seeds if s not in self.resampled]
+
     def protected(self) -> set[int]:
-        return set(self.due) - self.done
+        final = {self.final} if self.final is not None and self.resamplings_pending(self.final) else set()
+        return (set(self.due) - self.done) | final
 
     def write(self, **fields) -> None:
         write_progress(self.ckpt_dir, config_hash=self.cfg.hash, seed=self.cfg.seed, steps=self.cfg.train.steps,
-                       evals_due=self.due, evals_done=sorted(self.done), **fields)
+                       evals_due=self.due, evals_done=sorted(self.done), noise_done=sorted(self.resampled),
+                       **fields)
 

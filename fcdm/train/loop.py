@@ -35,14 +35,15 @@ from torch.utils.data import DataLoader
 from fcdm.build import build_dataset, build_model, build_objective, data_info
 from fcdm.config import RunConfig
 from fcdm.config.identity import resolved_model_kwargs
+from fcdm.config.schema import TAG_CONFIG_KEY
 from fcdm.evaluation import evaluate as ev
-from fcdm.evaluation.protocol import Protocol
+from fcdm.evaluation.protocol import TAG_NOISE_SEEDS, Protocol
 from fcdm.models.costs import architecture_cost, training_gflops
 from fcdm.store.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from fcdm.store.layout import checkpoint_dir, resolve_store
 from fcdm.store.progress import read_progress
 from fcdm.store.tracking import TAG_CKPT, TAG_THREADS, Tracker
-from fcdm.store.trainlog import eval_line, step_line
+from fcdm.store.trainlog import eval_line, metrics_text, step_line
 from fcdm.train.display import ProgressBar, TrainLog
 from fcdm.train.ledger import EvalLedger, check_identity
 from fcdm.train.state import (
@@ -94,7 +95,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
     """
     run = Trainer(cfg, store)
     pending = run.ledger.pending(run.start)
-    if run.start >= cfg.train.steps and not pending:
+    if run.start >= cfg.train.steps and not pending and not run.ledger.resamplings_pending(run.start):
         return run.skip(tracking_uri)
     run.resume()
     run.open_tracking(tracking_uri)
@@ -107,6 +108,8 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
             for at in pending:
                 run.log(f"evaluating step {at} first: its evaluation was interrupted")
                 run.evaluate(run.ema_of_step(at), at)
+            if run.ledger.resamplings_pending(run.start):  # a kill during the final checkpoint's re-samplings
+                run.resample(run.ema_of_step(run.ledger.final), run.ledger.final)
             run.restore_rng()
             for x, y in run.batches():
                 loss = run.train_step(x, y)
@@ -215,7 +218,7 @@ class Trainer:
         if self.main:
             self.tracker = Tracker(self.store, tracking_uri)
             self.run_id, _ = self.tracker.open(cfg, tags={
-                "fcdm.params": self.params, "fcdm.gflops": f"{self.gflops:.6g}", "fcdm.model": cfg.model.name,
+                TAG_CONFIG_KEY: cfg.config_key, "fcdm.params": self.params, "fcdm.gflops": f"{self.gflops:.6g}", "fcdm.model": cfg.model.name,
                 TAG_CKPT: str(self.ckpt_dir), "fcdm.processes": self.world, TAG_THREADS: self.threads.describe()})
             self.tracker.log_dataset(cfg, len(self.dataset))
             if cfg.log.system_metrics:
@@ -259,6 +262,25 @@ class Trainer:
         if self.main:
             self.ledger.write(step=self.step)
             self.log(eval_line(at, self.cfg.train.steps, values or {}, time.perf_counter() - began))
+        if at == self.ledger.final:
+            self.resample(weights, at)
+
+    def resample(self, weights: nn.Module, at: int) -> None:
+        """Evaluation noise: the final evaluation's checkpoint evaluated again under the run's protocol with
+        each sampling seed of `eval.noise_seeds` not yet logged (`<metric>.eval_seed<S>` at step `at`)."""
+        seeds = self.ledger.resamplings_pending(at)
+        if seeds and self.tracker:
+            self.tracker.set_tags({TAG_NOISE_SEEDS: ",".join(map(str, self.ledger.noise_seeds))})
+        for seed in seeds:
+            began = time.perf_counter()
+            values = ev.evaluate_in_training(self.accelerator, self.tracker, self.cfg, self.protocol, weights,
+                                             self.objective, self.shape, self.num_classes, step=at, store=self.store,
+                                             sampling_seed=seed)
+            self.ledger.resampled.add(seed)
+            if self.main:
+                self.ledger.write(step=self.step)
+                self.log(f"evaluation noise at step {at} (sampling seed {seed}): {metrics_text(values or {})}  "
+                         f"({time.perf_counter() - began:.1f} s)")
 
     def ema_of_step(self, at: int) -> nn.Module:
         """The EMA weights of step `at` (from its checkpoint) in a copy of the EMA's architecture."""
@@ -389,7 +411,8 @@ class Trainer:
 
     def finish(self, max_steps: int | None) -> TrainResult:
         """FINISHED once the last step and its evaluations are done; else stopped by max_steps (resumable)."""
-        finished = self.step == self.cfg.train.steps and not self.ledger.pending(self.step)
+        finished = self.step == self.cfg.train.steps and not self.ledger.pending(self.step) \
+            and not self.ledger.resamplings_pending(self.step)
         self.stop_monitor()
         if self.tracker and finished:
             self.ledger.write(status="finished", step=self.step, reason=None)

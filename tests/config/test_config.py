@@ -24,7 +24,8 @@ def test_overrides_apply_with_yaml_typing():
 def test_hash_ignores_seed_and_operational_keys_but_not_training_choices():
     base = load_config(SMOKE)
     same = ["seed=7", "name=other", "log.every=1", "log.checkpoint_every=5", "data.num_workers=2",
-            "eval.num_samples=10", "eval.at=[1.0]", "log.experiment=elsewhere", "log.tags={spec: a}"]
+            "eval.num_samples=10", "eval.at=[1.0]", "log.experiment=elsewhere", "log.tags={spec: a}",
+            "eval.seed=3", "eval.noise_seeds=3"]
     for ov in same:
         assert load_config(SMOKE, [ov]).hash == base.hash, ov
     for ov in ["train.lr=2e-4", "model.args.kernel_size=3", "objective.name=ddpm", "train.steps=401",

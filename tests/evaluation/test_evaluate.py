@@ -81,6 +81,20 @@ def test_inception_fid_without_weights_fails_fast_before_training(tmp_path, monk
     assert not (tmp_path / "store" / "mlflow.db").exists()
 
 
+def test_the_protocol_holds_the_sampling_seed_never_the_training_seed():
+    """Issue 15: seeds of one configuration evaluated alike share one protocol (digest, slug, metric key)."""
+    def resolved(*overrides):
+        proto = Protocol.from_config(load_config(SMOKE, list(overrides)))
+        return replace(proto, extractor_weights="sha256:aaaaaaaaaaaa", fid_reference="images")
+
+    base = resolved()
+    assert resolved("seed=1") == base and resolved("seed=1").digest == base.digest
+    assert resolved("eval.noise_seeds=3").digest == base.digest  # re-samplings are the same protocol, reseeded
+    other = resolved("eval.seed=1")
+    assert other.seed == 1 and other.digest != base.digest and "-seed1-" in other.slug
+    assert other.tags(num_channels=1)["eval.seed"] == "1"
+
+
 def test_protocol_digest_covers_every_setting_and_the_extractor_weights(tmp_path):
     cfg = load_config(SMOKE)
     own = Protocol.from_config(cfg)
