@@ -208,7 +208,7 @@ def test_runs_table_lists_every_job(frame):
     assert r[("k=5", 2)][2:5] == ["FAILED", "150/300", "100"]
     assert r[("k=9", 0)][2:5] == ["RUNNING", "120/300", "100"]
     assert r[("k=11", 0)][2:5] + [r[("k=11", 0)][6]] == ["not run", "0/300", "none", "–"]
-    assert r[("k=7", 0)][4] == "100, 200, 300" and r[("k=1", 0)][5].startswith("FID-1K")
+    assert r[("k=7", 0)][4] == "100, 200, 300" and r[("k=1", 0)][5] == PROTO_1K
 
 
 def test_renderers(view):

@@ -208,3 +208,13 @@ def test_shipped_configuration_hashes_are_pinned(where, job):
     else:
         h = next(j for j in expand(path, "smoke") if j.name == job).hash
     assert h == PINNED[(where, job)]
+
+
+def test_the_dit_comparison_smoke_profile_resamples_its_final_checkpoints():
+    """Issue 15: evaluation noise is recorded for the comparison's runs (3 re-samplings of each final checkpoint)."""
+    from helpers import ROOT
+
+    from fcdm.spec import expand
+
+    jobs = expand(ROOT / "ablations" / "dit_comparison.yaml")
+    assert jobs and {(j.config.eval.noise_seeds, j.config.eval.seed) for j in jobs} == {(3, 0)}
