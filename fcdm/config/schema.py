@@ -264,6 +264,23 @@ class RunConfig(_Section):
                                       "hflip": d.hflip})
         return digest(identity)
 
+    @property
+    def eval_key(self) -> str:
+        """12 hex digits naming the evaluation this config asks for (the protocol's settings as the config states
+        them, resolved defaults included): torch-free, so `plan` and the runner can tell whether a run was
+        evaluated as a spec asks (progress.json records evaluations per key, with the protocol digest they got)."""
+        e = self.eval
+        return digest(canonical({"num_samples": e.num_samples, "sampler": self.sampler, "sampling_steps": e.sampling_steps,
+                                 "cfg_scale": float(e.cfg_scale), "guided_channels": e.guided_channels,
+                                 "precision": e.precision, "extractor": self.extractor, "reference": self.reference,
+                                 "vae": e.vae, "fid_weights": e.fid_weights, "seed": e.seed}))
+
+    def noise_seeds(self) -> list[int]:
+        """Sampling seeds of the final checkpoint's re-samplings (eval.noise_seeds; none without evaluations)."""
+        if not self.eval.metrics or not self.eval_steps():
+            return []
+        return [self.eval.seed + i for i in range(1, self.eval.noise_seeds + 1)]
+
     def try_hash(self) -> str | None:
         """The hash, or None when it needs data files that are missing or unreadable (e.g. `plan` on a laptop)."""
         try:

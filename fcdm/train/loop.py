@@ -260,6 +260,8 @@ class Trainer:
                                          self.objective, self.shape, self.num_classes, step=at, store=self.store)
         self.ledger.done.add(at)
         if self.main:
+            # the request's protocol digest, recorded in progress.json beside its evaluations (fcdm.train.ledger)
+            self.ledger.protocol = self.protocol.resolved(self.store / "cache", self.cfg.eval.fid_weights).digest
             self.ledger.write(step=self.step)
             self.log(eval_line(at, self.cfg.train.steps, values or {}, time.perf_counter() - began))
         if at == self.ledger.final:
@@ -383,6 +385,7 @@ class Trainer:
                              "optimizer": self.opt.state_dict(), "rng": rngs, "config_hash": cfg.hash,
                              "identity": self.identity, "data": data_info(cfg, self.dataset), "config": cfg.to_yaml(),
                              "loss": self.last_loss, "evals_due": ledger.due, "evals_done": sorted(ledger.done),
+                             "eval_key": ledger.key,
                              "scaler": scaler.state_dict() if scaler else None},
                             self.ckpt_dir, self.step, keep=cfg.log.keep_checkpoints, protect=ledger.protected())
             ledger.write(step=self.step)

@@ -106,3 +106,34 @@ def test_a_kill_during_the_resamplings_is_finished_by_the_rerun_and_only_the_mis
     assert read_progress(checkpoint_dir(tmp_path, cfg))["noise_done"] == [1, 2, 3]
     seen.clear()
     assert train(cfg, store=tmp_path, progress=False).status == "SKIPPED" and seen == []
+
+
+# -- evaluations follow the spec (issue 15, item 3) ---------------------------------------------------------
+
+def test_a_run_trained_under_one_protocol_gets_anothers_evaluations_from_its_kept_checkpoints(
+        tmp_path, tiny_config, one_thread):
+    from fcdm.store.checkpoints import list_checkpoints
+    from fcdm.store.jobs import job_status
+    from fcdm.store.layout import checkpoint_dir
+
+    a, b = (tiny_config(*FID, "eval.at=[0.5, 1.0]", f"eval.sampling_steps={n}", "log.keep_checkpoints=1")
+            for n in (2, 3))
+    assert a.hash == b.hash and a.eval_key != b.eval_key  # one run, two evaluation requests
+    job_a, job_b = (Job(spec=s, name=f"{s}/x", config=c) for s, c in (("a", a), ("b", b)))
+    assert train(a, store=tmp_path, progress=False).status == "FINISHED"
+    assert [s for s, _ in list_checkpoints(checkpoint_dir(tmp_path, a))] == [5, 10]  # evaluation steps: kept
+    assert job_status(tmp_path, job_a).state == "finished"
+    status = job_status(tmp_path, job_b)
+    assert status.state == "partial" and "protocol" in status.describe()
+    (run,) = all_runs(tmp_path)
+    loss, fid = history(tmp_path, run.info.run_id, "loss"), history(tmp_path, run.info.run_id, "fid")
+
+    assert train(b, store=tmp_path, progress=False).status == "FINISHED"  # evaluates, trains nothing
+    (run,) = all_runs(tmp_path)
+    assert history(tmp_path, run.info.run_id, "loss") == loss and history(tmp_path, run.info.run_id, "fid") == fid
+    (other,) = [k for k in run.data.metrics if k.startswith("fid/")]  # never mixed into the run's own `fid`
+    assert other.startswith("fid/euler-3-") and [s for s, _ in history(tmp_path, run.info.run_id, other)] == [5, 10]
+    assert run.data.tags["eval.sampling_steps"] == "2"  # the run's own protocol stays the one it was trained with
+    assert (job_status(tmp_path, job_a).state, job_status(tmp_path, job_b).state) == ("finished", "finished")
+    assert train(a, store=tmp_path, progress=False).status == "SKIPPED"
+    assert train(b, store=tmp_path, progress=False).status == "SKIPPED"

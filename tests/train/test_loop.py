@@ -340,8 +340,8 @@ def test_a_kill_during_an_evaluation_is_redone_first_and_the_run_finishes_only_w
     assert (progress["status"], progress["step"], progress["evals_done"]) == ("killed", 20, [10])
     (run,) = all_runs(tmp_path / "b")
     assert run.info.status == "KILLED"
-    # keep_checkpoints=1, yet step 10's checkpoint stayed until its evaluation was logged
-    assert [s for s, _ in list_checkpoints(ckpts)] == [20]
+    # keep_checkpoints=1, yet step 10's checkpoint stays: evaluation steps' checkpoints are never pruned
+    assert [s for s, _ in list_checkpoints(ckpts)] == [10, 20]
 
     monkeypatch.undo()
     result = train(cfg, store=tmp_path / "b", progress=False)
