@@ -305,7 +305,11 @@ class _Watcher:
             self.run_id = run.info.run_id if run else None
         if self.run_id is None:
             return False
-        self.seen = metric_history(_client(self.ctx), self.run_id, self.metric)
+        try:  # under the study's protocol: a reused run may be evaluated for it beside its own
+            key = protocol_metric(self.ctx, _client(self.ctx).get_run(self.run_id), self.job, self.metric)
+        except TrialFailed:  # not logged yet under it (MLflow may lag the sidecar): look again later
+            return False
+        self.seen = metric_history(_client(self.ctx), self.run_id, key)
         if len(self.seen) >= len(signature[0]):  # MLflow may lag the sidecar by a moment: look again then
             self._signature = signature
         return self.reported < len(self.seen)

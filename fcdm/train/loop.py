@@ -106,7 +106,8 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
             # Evaluations a kill interrupted, each with the EMA of its own step, before the training RNG
             # is restored (so they cannot disturb it) and before training moves on.
             for at in pending:
-                run.log(f"evaluating step {at} first: its evaluation was interrupted")
+                run.log(f"evaluating step {at} first: due and not logged under this protocol (an interrupted "
+                        "evaluation, or one another spec asks for)")
                 run.evaluate(run.ema_of_step(at), at)
             if run.ledger.resamplings_pending(run.start):  # a kill during the final checkpoint's re-samplings
                 run.resample(run.ema_of_step(run.ledger.final), run.ledger.final)
