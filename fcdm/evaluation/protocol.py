@@ -95,8 +95,10 @@ def log_evaluation(tracker, proto: Protocol, values: dict[str, float], step: int
     if recorded is None:
         tracker.set_tags(proto.tags(num_channels))
     suffix = "" if recorded in (None, proto.digest) else f"/{proto.slug}"
-    if suffix:
-        tracker.set_tags({f"eval{suffix}": json.dumps(asdict(proto), sort_keys=True)})
+    if suffix:  # the protocol, and its digest (a reader joins it with runs whose own protocol it is); not `eval.*`
+        # tags: those describe the run's own protocol
+        tracker.set_tags({f"eval{suffix}": json.dumps(asdict(proto), sort_keys=True),
+                          f"eval{suffix}.digest": proto.digest})
     logged = {f"{k}{suffix}" if sampling_seed is None else noise_key(f"{k}{suffix}", sampling_seed): v
               for k, v in values.items()}
     tracker.log_metrics(logged, step)

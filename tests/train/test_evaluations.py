@@ -133,6 +133,8 @@ def test_a_run_trained_under_one_protocol_gets_anothers_evaluations_from_its_kep
     assert history(tmp_path, run.info.run_id, "loss") == loss and history(tmp_path, run.info.run_id, "fid") == fid
     (other,) = [k for k in run.data.metrics if k.startswith("fid/")]  # never mixed into the run's own `fid`
     assert other.startswith("fid/euler-3-") and [s for s, _ in history(tmp_path, run.info.run_id, other)] == [5, 10]
+    suffix = other.split("/", 1)[1]
+    assert run.data.tags[f"eval/{suffix}.digest"].startswith(suffix[-8:])  # its full digest, for the report
     assert run.data.tags["eval.sampling_steps"] == "2"  # the run's own protocol stays the one it was trained with
     assert (job_status(tmp_path, job_a).state, job_status(tmp_path, job_b).state) == ("finished", "finished")
     assert train(a, store=tmp_path, progress=False).status == "SKIPPED"
