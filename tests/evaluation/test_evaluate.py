@@ -252,7 +252,9 @@ def test_changed_eval_settings_on_resume_log_under_a_suffixed_key_and_keep_the_r
     assert [s for s, _ in history(store_b, run_b, "fid")] == [10]  # the bare curve holds only the first protocol
     (key,) = [k for k in run.data.metrics if k.startswith("fid/")]
     assert key.startswith("fid/euler-3-cfg2-n24-fp32-seed0-")
-    assert [s for s, _ in history(store_b, run_b, key)] == [20]
+    # the changed request is met in full: step 10 (already measured under the old protocol) is measured again
+    # under the new one from its kept checkpoint, so the new protocol's curve is complete (issue 15)
+    assert [s for s, _ in history(store_b, run_b, key)] == [10, 20]
     assert f"class_consistency{key[3:]}" in run.data.metrics
     tags = run.data.tags
     assert tags["eval.sampling_steps"] == "2" and tags["eval.num_samples"] == "20"  # the recorded protocol stays
