@@ -216,11 +216,18 @@ def run(spec: SpecArgument, profile: ProfileOption = None,
                                                                "main_process_port=29600 (accelerate).")] = None,
         wait: Annotated[bool, typer.Option(help="Wait for jobs that other runners hold (taking over any whose runner dies).")] = True,
         store: StoreOption = None, tracking_uri: TrackingOption = None,
-        progress: Annotated[bool, typer.Option(help="Show the live progress view.")] = True):
+        progress: Annotated[bool, typer.Option(help="Show the live progress view.")] = True,
+        claims: Annotated[str | None, typer.Option(help="Keep job claims in PostgreSQL (postgresql://user@host/db; "
+                                                   "password in ~/.pgpass, PGPASSWORD or FCDM_CLAIMS) instead of "
+                                                   "files under <store>/claims: many machines.")] = None):
     """Run every job of an ablation spec: skip finished, resume partial, share the work with other runners."""
     from fcdm.runner import run_jobs  # lazy: keeps --help fast
     from fcdm.spec import expand, load_spec
 
+    if claims:
+        from fcdm.store.claims import use_claims  # lazy: keeps --help fast
+
+        use_claims(claims)
     parsed = load_spec(spec)
     job_list = expand(parsed, profile, set_ or [])
     kind, options = _launcher(parsed, launcher, launcher_opt, num_processes, accelerate_config)

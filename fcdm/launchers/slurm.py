@@ -1,4 +1,4 @@
-"""The Slurm launcher: one Slurm job per ablation job, through submitit.
+"""The Slurm launcher: a spec's jobs as one Slurm array (one task per ablation job), through submitit.
 
     fcdm-ablate run ablations/kernel_size.yaml --profile paper --launcher slurm \\
         --launcher-opt partition=gpu --launcher-opt time=2-00:00:00 --launcher-opt gpus_per_node=8
@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import submitit  # only loaded with --launcher slurm (the registry imports this module on use)
 
 from fcdm.errors import LauncherError
 from fcdm.launchers.accelerate import AccelerateLauncher
@@ -29,10 +32,13 @@ _SLURM_NAMES = {"time": "timeout_min", "partition": "slurm_partition", "account"
                 "exclude": "slurm_exclude", "additional_parameters": "slurm_additional_parameters"}
 _SLURM_GENERIC = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb", "nodes", "tasks_per_node")
 _SLURM_OWN = ("cluster", "folder")
+ARRAY_MAX = 1000  # jobs per array (Slurm's default MaxArraySize is 1001): a larger spec goes as several
+MAX_TIMEOUTS = 20  # requeues after a time limit before submitit gives up (preemptions do not count)
+CHECKPOINT_WAIT_S = 60  # how long checkpoint() waits for the trainer to save (submitit signals 90 s ahead)
 
 
 class SlurmLauncher(Launcher):
-    """One Slurm job per ablation job, through submitit. Options: partition, time (minutes),
+    """A spec's jobs as one Slurm job array, through submitit. Options: partition, time (minutes),
     gpus_per_node, cpus_per_task, mem_gb, account, qos, constraint, setup (shell lines),
     additional_parameters (a dict of sbatch flags), any slurm_* parameter of submitit; cluster=local runs the jobs through
     submitit's local executor (no Slurm needed: tests, a workstation), folder: submitit's files.
@@ -65,13 +71,13 @@ class SlurmLauncher(Launcher):
                 raise LauncherError(f"launcher option {k}={params[k]!r} must be a positive integer")
         self.params = {"timeout_min": 24 * 60, "nodes": 1, "tasks_per_node": 1, **params}
         self._executor = None
+        self._pending: list = []  # (handle, name, cluster_entry arguments) not submitted yet
 
     def executor(self, store: Path):
         if self._executor is None:
-            import submitit  # heavy: only when a Slurm job is submitted
-
             folder = Path(self.folder) if self.folder else Path(store) / "slurm"
-            ex = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster)
+            ex = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster,
+                                       **{f"{self.cluster}_max_num_timeout": MAX_TIMEOUTS})
             try:
                 ex.update_parameters(**self.params)
             except (NameError, AssertionError, ValueError) as e:
@@ -80,7 +86,8 @@ class SlurmLauncher(Launcher):
         return self._executor
 
     def start(self, job, config, log, store, tracking_uri, env, claim=None) -> Handle:
-        ex = self.executor(store)
+        """Queue the job; the jobs queued meanwhile go to Slurm as one array at the first poll (`submit`)."""
+        self.executor(store)
         gpus = int(self.params.get("gpus_per_node", 0))
         if gpus > 1:
             argv = AccelerateLauncher({"num_processes": gpus}).argv(job, config, store, tracking_uri, {})
@@ -88,10 +95,35 @@ class SlurmLauncher(Launcher):
             argv = [sys.executable, *train_argv(config, store, tracking_uri)]
         threads = self.params.get("cpus_per_task")
         job_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
-        ex.update_parameters(name=job.name.replace("/", "_")[:100])
-        sjob = ex.submit(cluster_entry, argv, str(log), job_env, str(claim.path) if claim else None,
-                         claim.token if claim else None)
-        return SlurmHandle(f"slurm job {sjob.job_id}", sjob)
+        return self.queue(argv, log, job_env, claim, job.spec or job.name)
+
+    def queue(self, argv: list[str], log: Path, env: dict[str, str], claim=None, name: str = "fcdm") -> SlurmHandle:
+        """Queue `argv` (a trainer's command line) for the next array; its handle submits the array when polled."""
+        handle = SlurmHandle("slurm job (queued)", launcher=self)
+        self._pending.append((handle, name, (argv, str(log), env, claim.ref if claim else None,
+                                             claim.token if claim else None)))
+        return handle
+
+    def submit(self) -> None:
+        """Submit every queued job as ONE Slurm array (each array task trains one job; ARRAY_MAX at most)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        ex = self._executor
+        ex.update_parameters(name=str(pending[0][1]).replace("/", "_")[:100])
+        jobs = []
+        for first in range(0, len(pending), ARRAY_MAX):  # Slurm refuses arrays above MaxArraySize
+            with ex.batch():
+                jobs += [ex.submit(ClusterEntry(), *args) for _, _, args in pending[first:first + ARRAY_MAX]]
+        for (handle, _, _), sjob in zip(pending, jobs):
+            handle.job, handle.describe = sjob, f"slurm job {sjob.job_id}"
+
+    def withdraw(self, handle: SlurmHandle) -> None:
+        """Forget a queued job that was never submitted."""
+        self._pending = [p for p in self._pending if p[0] is not handle]
+
+    def close(self) -> None:
+        self._pending = []
 
 
 def slurm_minutes(text: str) -> int:
@@ -113,10 +145,16 @@ def slurm_minutes(text: str) -> int:
 
 @dataclass
 class SlurmHandle(Handle):
-    job: Any = None
+    job: Any = None  # the submitit job, once the array is submitted
     reason: str | None = None
+    launcher: Any = None
+    withdrawn: bool = False
 
     def poll(self) -> int | None:
+        if self.withdrawn:
+            return 128 + signal.SIGINT  # stopped before it was submitted: nothing ran
+        if self.job is None:
+            self.launcher.submit()
         if not self.job.done():
             return None
         try:
@@ -126,33 +164,77 @@ class SlurmHandle(Handle):
             return 1
 
     def interrupt(self) -> None:
-        self.job.cancel(check=False)
+        if self.job is None:
+            self.launcher.withdraw(self)
+            self.withdrawn = True
+        else:
+            self.job.cancel(check=False)
 
     kill = interrupt
 
 
-def cluster_entry(argv: list[str], log: str, env: dict[str, str], claim_path: str | None, token: str | None) -> int:
-    """What a Slurm job runs: adopt the runner's claim, train in a child, heartbeat until it ends."""
-    claim, beat = None, None
-    if claim_path:
-        claim = claims.adopt(Path(claim_path), token, note=f"slurm job {os.environ.get('SLURM_JOB_ID', '?')}")
-        if claim is None:
-            with open(log, "a") as f:
-                f.write(f"claim {claim_path} was taken over before this cluster job started; nothing trained\n")
-            return EXIT_CLAIM_LOST
-        beat = claims.Heartbeat()
-        beat.add(claim)
-    proc = spawn(argv, Path(log), env)
-    try:
-        while proc.poll() is None:
-            if claim is not None and claim.lost:  # another runner took the job over: stop, checkpoint
-                proc.send_signal(signal.SIGTERM)
-            time.sleep(1.0)
-    except KeyboardInterrupt:  # cancelled: let the trainer checkpoint
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
-    finally:
-        if beat is not None:
-            beat.stop()
-            claims.release(claim)
-    return proc.returncode
+class ClusterEntry(submitit.helpers.Checkpointable):
+    """What a Slurm array task runs: adopt the runner's claim, train in a child, heartbeat until it ends.
+
+    Before the time limit (and on preemption with a grace time) Slurm sends SIGUSR2 (submitit asks for
+    `--signal=USR2@90`); submitit then calls `checkpoint`, which asks the trainer to checkpoint and stop
+    (SIGTERM, which it handles) and requeues this same call. The requeued task adopts the claim again
+    (the runner's heartbeat kept it meanwhile) and the trainer resumes from its checkpoint. The trainer
+    itself ignores SIGUSR2 (its default action would kill it before it saves)."""
+
+    def __init__(self):
+        self.proc = None
+        self.requeued = False
+
+    def __getstate__(self):  # pickled by submitit: the trainer's process stays behind
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+    def __call__(self, argv: list[str], log: str, env: dict[str, str], claim_ref: str | None,
+                 token: str | None) -> int:
+        claim, beat = None, None
+        if claim_ref:
+            claim = claims.adopt(claim_ref, token, note=f"slurm job {os.environ.get('SLURM_JOB_ID', '?')}")
+            if claim is None:
+                with open(log, "a") as f:
+                    f.write(f"claim {claim_ref} was taken over before this cluster job started; nothing trained\n")
+                return EXIT_CLAIM_LOST
+            beat = claims.Heartbeat()
+            beat.add(claim)
+        previous = signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # inherited through exec by the trainer
+        try:
+            self.proc = proc = spawn(argv, Path(log), env)
+        finally:
+            signal.signal(signal.SIGUSR2, previous)
+        try:
+            while proc.poll() is None:
+                if claim is not None and claim.lost:  # another runner took the job over: stop, checkpoint
+                    proc.send_signal(signal.SIGTERM)
+                time.sleep(1.0)
+        except KeyboardInterrupt:  # cancelled: let the trainer checkpoint
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+        finally:
+            if beat is not None:
+                beat.stop()
+                if not self.requeued:  # requeued: the claim stays ours for the next start
+                    claims.release(claim)
+        return proc.returncode
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit, on SIGUSR2: stop the trainer with a checkpoint, then requeue the same call."""
+        self.requeued = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=CHECKPOINT_WAIT_S)
+            except subprocess.TimeoutExpired:  # what it saved last resumes it
+                pass
+        return submitit.helpers.DelayedSubmission(ClusterEntry(), *args, **kwargs)
+
+
+def cluster_entry(argv: list[str], log: str, env: dict[str, str], claim_ref: str | None, token: str | None) -> int:
+    """The cluster entry as a plain function (what jobs submitted before arrays were pickled with)."""
+    return ClusterEntry()(argv, log, env, claim_ref, token)

@@ -130,7 +130,7 @@ def test_trains_takes_over_a_dead_claim_reports_failures_and_skips_on_rerun(tmp_
     d.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (d / "00000000.json").write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid, "token": "x",
+    (d / "00000000.json").write_text(json.dumps({**claims.machine(), "pid": dead.pid, "token": "x",
                                                  "state": "held"}))
     assert job_status(store, ok).state == "new"
 

@@ -2,12 +2,13 @@
 import json
 import multiprocessing as mp
 import os
-import socket
 import subprocess
 import sys
 import time
 
 from fcdm.store import claims
+
+STALE = 0.6  # stale_after in these tests, seconds
 
 
 def _dead_pid() -> int:
@@ -20,7 +21,7 @@ def _plant(store, key, gen=0, **fields):
     """A claim file as another process would have left it."""
     d = claims.claims_dir(store) / key
     d.mkdir(parents=True, exist_ok=True)
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": claims.process_start(os.getpid()),
+    info = {**claims.machine(), "pid": os.getpid(), "pid_start": claims.process_start(os.getpid()),
             "token": "t-planted", "state": "held", **fields}
     path = d / f"{gen:08d}.json"
     path.write_text(json.dumps(info))
@@ -53,10 +54,11 @@ def test_reused_pid_does_not_keep_a_dead_claim_alive(tmp_path):
 
 def test_other_host_goes_stale_by_heartbeat_only(tmp_path):
     path = _plant(tmp_path, "k-s0", host="node-elsewhere", pid=1)
-    held = claims.try_claim(tmp_path, "k-s0", stale_after=60)
+    os.utime(path, (time.time() - 120, time.time() - 120))  # its mtime says nothing: only a change does
+    held = claims.try_claim(tmp_path, "k-s0", stale_after=STALE)
     assert isinstance(held, claims.Holder) and held.host == "node-elsewhere"
-    os.utime(path, (time.time() - 120, time.time() - 120))  # no heartbeat for two minutes
-    assert isinstance(claims.try_claim(tmp_path, "k-s0", stale_after=60), claims.Claim)
+    time.sleep(STALE + 0.1)  # unchanged for stale_after seconds of our own clock
+    assert isinstance(claims.try_claim(tmp_path, "k-s0", stale_after=STALE), claims.Claim)
 
 
 def _race(store, key, barrier, results):
