@@ -1,7 +1,7 @@
 """`progress.json`: where a run stands, beside its checkpoints, read by `plan` and the runner without torch.
 
     {"config_hash", "seed", "step", "steps", "evals_due": [...], "evals_done": [...], "noise_done": [...],
-     "eval_key", "evaluations": {eval_key: {"steps": [...], "noise": [...], "protocol": digest}},
+     "eval_key", "evaluations": {eval_key: {"steps": [...], "noise": [...], "protocol": digest, "lost": [...]}},
      "status": "running" | "finished" | "failed" | "killed", "run_id", "updated": unix time, "reason"}
 
 `evaluations` records what was measured per evaluation request (RunConfig.eval_key: the config's eval
@@ -60,20 +60,21 @@ def progress_or_empty(ckpt_dir: Path) -> dict:
         return {}
 
 
-def evaluation_record(progress: dict, cfg: RunConfig) -> dict | None:
-    """What progress.json records as measured for `cfg`'s evaluation request ({"steps", "noise", "protocol"}),
-    or None when it predates per-request records (its `evals_done` then stands for whatever was asked)."""
+def evaluation_record(progress: dict, cfg: RunConfig) -> dict:
+    """What progress.json records as measured for `cfg`'s evaluation request: {"steps", "noise", "protocol"}
+    ({} when nothing). A sidecar from before per-request records (no `evaluations`) stands for whatever was
+    asked: its `evals_done` and `noise_done`, with no protocol digest."""
     records = progress.get("evaluations")
     if records is None:
-        return None
+        return {"steps": progress.get("evals_done", []), "noise": progress.get("noise_done", [])}
     return records.get(cfg.eval_key) or {}
 
 
 def evaluated(progress: dict, cfg: RunConfig) -> bool:
-    """Whether every evaluation `cfg` asks for (its steps and re-samplings, under its request) is recorded.
-    A sidecar from before per-request records counts as evaluated as asked."""
-    record = evaluation_record(progress, cfg)
-    if record is None or not cfg.eval.metrics:
+    """Whether every evaluation `cfg` asks for (its steps and re-samplings, under its request) is recorded."""
+    if not cfg.eval.metrics:
         return True
-    return set(cfg.eval_steps()) <= set(record.get("steps", ())) and \
+    record = evaluation_record(progress, cfg)
+    # steps whose checkpoint was gone when they were asked for (the trainer warned) cannot be measured any more
+    return set(cfg.eval_steps()) <= set(record.get("steps", ())) | set(record.get("lost", ())) and \
         set(cfg.noise_seeds()) <= set(record.get("noise", ()))

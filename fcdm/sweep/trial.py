@@ -237,7 +237,7 @@ def protocol_metric(ctx: TrialContext, run, job, metric: str) -> str:
     """The run's key of `metric` under the study's protocol: the bare name when the run's own protocol is the
     one the job's evaluation request resolved to (progress.json), else the suffixed key that protocol was
     logged under (`fid/<sampler>-...-<digest8>`, e.g. a run another spec trained, evaluated for the study)."""
-    record = evaluation_record(progress_or_empty(checkpoint_dir(ctx.store, job.config)), job.config) or {}
+    record = evaluation_record(progress_or_empty(checkpoint_dir(ctx.store, job.config)), job.config)
     digest = record.get("protocol")
     if not digest or run.data.tags.get("eval.protocol") in (None, digest):
         return metric

@@ -36,7 +36,8 @@ class EvalLedger:
     `done` joins the checkpoint's record with the sidecar's (written once the metrics are logged, possibly
     after the newest checkpoint). Both records are per evaluation request (`RunConfig.eval_key`): what was
     measured under one protocol never counts for another; progress.json keeps every request's record
-    under `evaluations` ({key: {"steps", "noise", "protocol"}}), `evals_done` / `noise_done` the current one's.
+    under `evaluations` ({key: {"steps", "noise", "protocol", "lost"}}; lost: steps whose checkpoint was gone
+when the request came), `evals_done` / `noise_done` the current one's.
     """
 
     def __init__(self, cfg: RunConfig, ckpt_dir: Path, state: dict | None):
@@ -63,6 +64,7 @@ class EvalLedger:
             print(f"warning: evaluation at step(s) {lost} of {cfg.name} cannot run: no checkpoint is left at that "
                   f"step; measure a later one with `fcdm-ablate evaluate RUN --step N`")
             self.due = [s for s in self.due if s not in lost]
+        self.lost = sorted(set(lost) | set(record.get("lost", ())))  # recorded: the job settles without them
         # Evaluation noise: the final evaluation's checkpoint re-sampled with sampling seeds seed+1..seed+K,
         # logged once the final evaluation is (only the sidecar records them: they run after its checkpoint).
         self.final = max(self.due) if self.due else None
@@ -84,7 +86,7 @@ class EvalLedger:
 
     def write(self, **fields) -> None:
         self.records[self.key] = {"steps": sorted(self.done), "noise": sorted(self.resampled),
-                                  "protocol": self.protocol}
+                                  "protocol": self.protocol, "lost": self.lost}
         write_progress(self.ckpt_dir, config_hash=self.cfg.hash, seed=self.cfg.seed, steps=self.cfg.train.steps,
                        evals_due=self.due, evals_done=sorted(self.done), noise_done=sorted(self.resampled),
                        eval_key=self.key, evaluations=self.records, **fields)

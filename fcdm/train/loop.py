@@ -41,7 +41,7 @@ from fcdm.evaluation.protocol import TAG_NOISE_SEEDS, Protocol
 from fcdm.models.costs import architecture_cost, training_gflops
 from fcdm.store.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from fcdm.store.layout import checkpoint_dir, resolve_store
-from fcdm.store.progress import read_progress
+from fcdm.store.progress import evaluated, read_progress
 from fcdm.store.tracking import TAG_CKPT, TAG_THREADS, Tracker
 from fcdm.store.trainlog import eval_line, metrics_text, step_line
 from fcdm.train.display import ProgressBar, TrainLog
@@ -182,7 +182,7 @@ class Trainer:
                 tracker.run_id = run.info.run_id
                 tracker.end("FINISHED")
             progress = read_progress(self.ckpt_dir) or {}
-            if progress.get("status") != "finished":
+            if progress.get("status") != "finished" or not evaluated(progress, cfg):  # e.g. steps found lost
                 self.ledger.write(status="finished", step=cfg.train.steps, reason=None,
                                   run_id=run.info.run_id if run is not None else progress.get("run_id"))
             self.log(f"{cfg.name} (hash {cfg.hash}, seed {cfg.seed}) already finished; nothing to do")

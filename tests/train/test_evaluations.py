@@ -139,3 +139,19 @@ def test_a_run_trained_under_one_protocol_gets_anothers_evaluations_from_its_kep
     assert (job_status(tmp_path, job_a).state, job_status(tmp_path, job_b).state) == ("finished", "finished")
     assert train(a, store=tmp_path, progress=False).status == "SKIPPED"
     assert train(b, store=tmp_path, progress=False).status == "SKIPPED"
+
+
+def test_a_step_whose_checkpoint_is_gone_is_recorded_lost_and_the_job_settles_without_it(tmp_path, tiny_config,
+                                                                                          one_thread):
+    from fcdm.store.checkpoints import checkpoint_path
+    from fcdm.store.jobs import job_status
+    from fcdm.store.layout import checkpoint_dir
+
+    a, b = (tiny_config(*FID, "eval.at=[0.5, 1.0]", f"eval.sampling_steps={n}") for n in (2, 3))
+    assert train(a, store=tmp_path, progress=False).status == "FINISHED"
+    checkpoint_path(checkpoint_dir(tmp_path, a), 5).unlink()  # as a store from before evaluation steps were kept
+    job = Job(spec="b", name="b/x", config=b)
+    assert job_status(tmp_path, job).state == "partial"
+    assert train(b, store=tmp_path, progress=False).status == "FINISHED"  # measures step 10, warns about 5
+    assert job_status(tmp_path, job).state == "finished"
+    assert train(b, store=tmp_path, progress=False).status == "SKIPPED"
