@@ -129,7 +129,7 @@ class View:
         keys = [k for k in f.attrs.get("metrics", []) if k in f] + ([self.metric] if self.metric not in
                                                                       f.attrs.get("metrics", []) else [])
         keys += [k for k in self.noise_keys if k in f]
-        first_cols = ("params", "gflops", "batch_size", "model")
+        first_cols = ("params", "gflops", "batch_size", "model", *(["peak_memory_mb"] if "peak_memory_mb" in f else []))
         for r in f[["config", "seed", "step", "status", "last_step", "train_steps", "throughput", *first_cols,
                     *keys]].to_dict("records"):
             c, seed = r["config"], int(r["seed"])

@@ -48,7 +48,7 @@ from fcdm.store.tracking import TAG_HASH, TAG_SEED
 
 FRAME_COLUMNS = ["spec", "profile", "config", "variant", "axes", "hash", "seed", "job", "run_id", "experiment_id",
                  "run_name", "status", "last_step", "train_steps", "model", "params", "gflops", "batch_size",
-                 "throughput", "step", "train_compute", "protocol", "protocol_group", "artifact_uri"]
+                 "throughput", "peak_memory_mb", "step", "train_compute", "protocol", "protocol_group", "artifact_uri"]
 MISSING = "MISSING"
 # Direction of "better" for the metrics the evaluation logs; unknown keys are treated as lower-better.
 HIGHER_IS_BETTER = {"is", "precision", "recall", "class_consistency"}
@@ -145,6 +145,8 @@ def collect(jobs: list, tracking_uri: str) -> pd.DataFrame:
             if tags.get(tag):
                 by_key[(tag, tags[tag], seed)] = run  # newest start wins
     evals, keys, throughput, last = _evaluations(metrics)
+    peak = metrics[metrics["key"] == "peak_memory_mb"].groupby("run_id")["value"].max().to_dict() \
+        if len(metrics) else {}
     labels = _unique_labels(jobs)
     rows = []
     for job in jobs:
@@ -154,6 +156,7 @@ def collect(jobs: list, tracking_uri: str) -> pd.DataFrame:
             rows.append(base)
             continue
         base["throughput"] = throughput.get(run["run_id"], np.nan)
+        base["peak_memory_mb"] = peak.get(run["run_id"], np.nan)
         base["last_step"] = last.get(run["run_id"], 0)
         steps = evals.get(run["run_id"], {})
         for step in sorted(steps) or [np.nan]:
@@ -236,7 +239,7 @@ def _job_row(job, label: str, run: dict | None) -> dict[str, Any]:
            "run_name": run["run_name"] if run else None, "status": run["status"] if run else MISSING,
            "last_step": 0, "train_steps": cfg.train.steps, "model": cfg.model.name,
            "params": _number(tags.get("fcdm.params")), "gflops": _number(tags.get("fcdm.gflops")),
-           "batch_size": cfg.train.batch_size, "throughput": np.nan, "step": np.nan,
+           "batch_size": cfg.train.batch_size, "throughput": np.nan, "peak_memory_mb": np.nan, "step": np.nan,
            "protocol": tags.get("eval.protocol"), "artifact_uri": run["artifact_uri"] if run else None}
     row.update({f"axis.{k}": v for k, v in job.axes.items()})
     row.update({k: v for k, v in tags.items() if k.startswith("eval.") and k != "eval.protocol"})

@@ -5,7 +5,9 @@
     rep.summary, rep.main, rep.files
 
 Everything is written to a temporary folder beside the output and moved into place at the end, so
-a failed report never leaves a half-written one. Nothing here trains or imports the trainer.
+a failed report never leaves a half-written one. A report folder carries the marker file `.fcdm-report`;
+`--out` may name only a missing or empty folder, or a previous report (with the marker): any other folder
+is refused (check_out), never renamed or deleted. Nothing here trains or imports the trainer.
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ from analysis.published import published_table
 from analysis.render import WRITERS, to_markdown
 
 FORMATS = ("md", "tex", "csv", "html")
+MARKER = ".fcdm-report"  # in every folder a report wrote: the next report may replace that folder as a whole
+# What a report written before the marker existed holds: such a folder (with report.md) is a report too.
+LEGACY_ENTRIES = frozenset({"report.md", "report.html", "data.csv", "tables", "figures"})
 STATISTICS = ("Statistics: seeds of one configuration evaluated under one protocol pool into one cell: mean ± std "
               "over seeds with a 95% confidence interval of the mean (Student's t, n - 1 degrees of freedom). Each "
               "row is compared with its baseline (the row the spec pairs it with, and what the two are matched on) "
@@ -64,8 +69,7 @@ def build_report(frame: pd.DataFrame, out: Path, spec: str, profile: str, metric
     formats = tuple(formats)
     _check_request(frame, metric, step)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ReportError(f"--out {out}: exists and is not a folder; pass a folder path")
+    check_out(out)
     rep = Report(spec, profile, out, counts=_counts(frame), description=frame.attrs.get("description", ""))
     with _staged(out) as tmp:
         (tmp / "tables").mkdir()
@@ -80,24 +84,52 @@ def build_report(frame: pd.DataFrame, out: Path, spec: str, profile: str, metric
         (tmp / "report.md").write_text(md)
         if "html" in formats:
             (tmp / "report.html").write_text(to_html_document(rep, sections, tmp, title or _title(rep)))
-    rep.files = sorted(p for p in out.rglob("*") if p.is_file())
+    rep.files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != MARKER)
     return rep
+
+
+def is_report_folder(out: Path) -> bool:
+    """True when `out` is a folder a report wrote: it carries the marker (or, written before the marker
+    existed, holds report.md and nothing but a report's files)."""
+    if (out / MARKER).is_file():
+        return True
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    return "report.md" in names and names <= LEGACY_ENTRIES
+
+
+def check_out(out: Path) -> None:
+    """ReportError unless a report may be written to `out`: a missing or empty folder, or a previous report."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out}: exists and is not a folder; pass a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and not is_report_folder(out):
+        raise ReportError(f"--out {out}: the folder holds files that are not a report (no {MARKER} marker); "
+                          "nothing was changed; pass a new or empty folder")
 
 
 @contextmanager
 def _staged(out: Path) -> Iterator[Path]:
-    """A new folder beside `out` that replaces `out` as a whole when the block succeeds; removed otherwise."""
+    """A new folder beside `out` that replaces `out` when the block succeeds; removed otherwise. `out` is
+    replaced only when it is empty or a previous report (checked again just before)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # as a plain mkdir would (mkdtemp makes it private)
     try:
         yield tmp
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
+        (tmp / MARKER).write_text("written by fcdm-ablate report: the next report to this folder replaces it\n")
+        check_out(out)
+        if out.is_dir() and not is_report_folder(out):
+            out.rmdir()  # empty (checked): rmdir refuses a folder that filled meanwhile
+            tmp.rename(out)
+        elif out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed report's; gone already when it replaced `out`
 

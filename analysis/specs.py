@@ -14,7 +14,7 @@ from pathlib import Path
 from analysis.aggregate import ReportError
 from analysis.collect import collect_spec
 from analysis.mlflow_log import LogError, ReportLogger
-from analysis.report import FORMATS, Report, build_report
+from analysis.report import FORMATS, MARKER, Report, build_report, check_out
 from analysis.store import read_tags, spec_names
 from fcdm.errors import UserError
 from fcdm.spec import SpecError, load_spec
@@ -143,6 +143,11 @@ def report_many(specs: Sequence[Path] | None, profile: str | None = None, store=
     targets, warnings = report_targets(specs, profile, store, tracking_uri)
     for w in warnings:
         on_warning(w)
+    if out is not None:  # before collecting anything: a folder that is not a report is refused at once
+        check_out(Path(out))
+        if len(targets) > 1:  # one sub-folder each, in a folder marked as a report's
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / MARKER).write_text("written by fcdm-ablate report: a folder of reports\n")
     failed, skipped = 0, []
     for path, prof in targets:
         dest = out if out is None or len(targets) == 1 else Path(out) / f"{path.stem}-{prof or 'default'}"

@@ -27,9 +27,10 @@ from fcdm.spec.job import TAG_CONFIG_KEY, TAG_SPEC
 from fcdm.store.tracking import TAG_HASH, TAG_SPECS
 
 # Logged every log.every steps by the trainer; every other metric key is an evaluation metric.
-TRAINING_METRICS = ("loss", "steps_per_sec", "lr", "train_gflops")
-# Read for the throughput column; loss, lr and train_gflops histories are not needed (and are most rows).
-READ_TRAINING = ("steps_per_sec",)
+TRAINING_METRICS = ("loss", "steps_per_sec", "lr", "train_gflops", "img_per_sec", "peak_memory_mb")
+# Read for the throughput and peak memory columns; the other histories are not needed (and are most rows);
+# img/s is steps/s x batch.
+READ_TRAINING = ("steps_per_sec", "peak_memory_mb")
 SYSTEM_PREFIX = "system/"  # MLflow's system metrics (log.system_metrics): never read
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 

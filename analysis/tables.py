@@ -130,7 +130,7 @@ def fid_vs_gflops(view: View, protocol_text: str, step: int | None = None) -> Ta
     for c, compute in zip(view.configs, computes):
         s = _step_for(view, c, step)
         params, gflops = view.first(c, "params"), view.first(c, "gflops")
-        thr = view.throughputs(c)
+        thr, batch = view.throughputs(c), view.first(c, "batch_size")
         rows.append([Cell(row_label(view, c)), matched_cell(view, c),
                      Cell(None if params is None else params / 1e6, fmt="{:.3g}"),
                      Cell(gflops, fmt="{:.3g}"), Cell(s, fmt="{:,d}"),
@@ -138,7 +138,9 @@ def fid_vs_gflops(view: View, protocol_text: str, step: int | None = None) -> Ta
                      _summary_cell(view, c, s, view.metric),
                      *[_summary_cell(view, c, s, companion(view.metric, m), "{:.2f}" if m == "is" else "{:.3f}")
                        for m in COMPANIONS],
-                     Cell(summarize(thr) if thr else None, fmt="{:.3g}", seeds=len(view.seeds(c)))])
+                     Cell(summarize(thr) if thr else None, fmt="{:.3g}", seeds=len(view.seeds(c))),
+                     Cell(summarize([t * batch for t in thr]) if thr and batch else None, fmt="{:.3g}"),
+                     Cell(view.first(c, "peak_memory_mb"), fmt="{:,.0f}")])
     _bold_best(rows, 6, view.higher_better)
     for col in range(7, 7 + len(COMPANIONS)):  # IS, precision, recall: higher is better
         _bold_best(rows, col, True)
@@ -146,10 +148,11 @@ def fid_vs_gflops(view: View, protocol_text: str, step: int | None = None) -> Ta
     name = metric_name(view.metric)
     return Table(f"{base_metric(view.metric)}_vs_gflops", f"{name} vs GFLOPs",
                  ["configuration", MATCHED, "params (M)", "GFLOPs", "step", f"train compute ({unit})", name,
-                  *[metric_name(m) for m in COMPANIONS], "train steps/s"], rows,
+                  *[metric_name(m) for m in COMPANIONS], "train steps/s", "train img/s", "peak memory (MiB)"], rows,
                  f"Each configuration at {at}. GFLOPs: forward pass, batch 1, one multiply-add = one FLOP (DiT's "
                  f"convention); training compute = GFLOPs x 3 x batch x steps. Train steps/s: median of the logged "
-                 f"throughput (this machine, under whatever load it had). {stat_caption(view)} Protocol: "
+                 f"throughput (this machine, under whatever load it had), img/s = steps/s x batch; peak memory: the "
+                 f"trainer's (allocated on a GPU, resident on the CPU). {stat_caption(view)} Protocol: "
                  f"{protocol_text}.", notes + incomplete_notes(view, view.configs))
 
 

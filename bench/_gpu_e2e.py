@@ -52,7 +52,7 @@ def write_config(work: Path, data: Path, e) -> Path:
     cfg = yaml.safe_load(PAPER.read_text())
     cfg["name"] = "gpu-e2e"
     cfg["model"] = {"name": "FCDM-S", "args": dict(e.model_args)}
-    cfg["data"].update(path=str(data), image_size=e.size, num_classes=e.classes)
+    cfg["data"].update(path=str(data), image_size=e.size, num_classes=e.classes, num_workers=e.num_workers)
     cfg["train"].update(steps=e.steps, batch_size=e.batch)  # mixed_precision: bf16, as paper.yaml
     cfg["eval"].update(at=[], metrics=[], vae=None, reference=None, sampling_steps=e.sampling_steps,
                        grid_per_class=1, batch_size=16)

@@ -27,7 +27,6 @@ from fcdm.evaluation.sampling import generate, spread_labels
 from fcdm.models import FCDMBlock, create_model, family_of
 from fcdm.models.dit import DiTBlock
 from fcdm.models.flops import config_gflops, count_params, preset_gflops
-from fcdm.train.state import update_ema
 
 ROOT = Path(__file__).resolve().parent.parent
 EMA_DECAY = 0.9999  # paper.yaml: plain EMA, no warm-up
@@ -110,7 +109,8 @@ class Variant:
     compile: bool = False        # torch.compile: of the residual blocks, or of the whole model (--compile)
 
 
-# A ladder: each rung keeps the one before it. "eager" is fcdm.train.loop as it is today.
+# A ladder: each rung keeps the one before it. "eager" is fcdm.train.loop before issue 18 (unfused AdamW, a
+# lerp_ per parameter); "fused+cudnn.benchmark" is the trainer since (fused AdamW, foreach EMA, autotuning).
 VARIANTS = {"eager": Variant(), "fused": Variant(fused=True),
             "fused+cudnn.benchmark": Variant(fused=True, benchmark=True),
             "channels_last": Variant(fused=True, benchmark=True, channels_last=True),
@@ -156,7 +156,9 @@ class TrainStep:
             with torch.no_grad():
                 torch._foreach_lerp_(self.pairs[0], self.pairs[1], 1 - EMA_DECAY)
         else:
-            update_ema(self.ema, self.model, EMA_DECAY)  # the trainer's: one lerp_ per parameter
+            with torch.no_grad():  # the trainer before issue 18: one lerp_ per parameter
+                for e, p in zip(*self.pairs):
+                    e.lerp_(p, 1 - EMA_DECAY)
 
 
 # -- sections ------------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ class E2E:
     checkpoint_every: int = 200    # the SIGTERM goes out once this checkpoint is on disk
     sampling_steps: int = 250      # sample grids at checkpoints and `sample --num 16`
     model_args: dict = field(default_factory=dict)
+    num_workers: int = 4           # paper.yaml's loader processes
     timeout: float = 150.0         # seconds, per CLI process
 
 
@@ -101,7 +102,7 @@ TINY = Profile(tiny=True, latent=(4, 8, 8),
                memory_batches=(2, 4), train_batch=4, train_warmup=1, train_iters=2, infer_batch=4, infer_iters=2,
                sample_batch=2, sample_steps=5,
                e2e=E2E(n=64, size=8, steps=60, batch=8, log_every=5, checkpoint_every=20, sampling_steps=5,
-                       model_args={"hidden_size": 16, "depth": [1, 1, 1, 1, 1]}, timeout=60))
+                       model_args={"hidden_size": 16, "depth": [1, 1, 1, 1, 1]}, num_workers=0, timeout=60))
 
 # (name, function, time budget in seconds on the H100): ~325 s of the 360 s, the rest for start-up.
 SECTIONS = [("preflight", S.preflight, 5), ("memory", S.memory, 40), ("train", S.train, 40),

@@ -3,6 +3,7 @@
 Heavy libraries (torch, mlflow, optuna) and the packages that load them are imported inside the commands
 (each such block says `# lazy: keeps --help fast`), so `--help` answers at once. Every error a user can
 cause is a fcdm.errors.UserError: `_Commands` prints it as one line `error: <message>` and exits 2.
+Every message and warning goes through fcdm.util.redact first: a URI's password is never printed.
 """
 from contextlib import suppress
 from enum import Enum
@@ -16,11 +17,13 @@ from fcdm.errors import DataError, UserError
 from fcdm.launchers import LAUNCHER_NAMES, launcher_options
 from fcdm.spec.search import PRUNERS, SAMPLERS
 from fcdm.store.layout import short_name
+from fcdm.util.redact import redact
+from fcdm.util.signals import restore_interrupt
 
 
 def _fail(message: str, code: int = 2) -> None:
     """One clear message on stderr and a non-zero exit, no traceback."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -222,18 +225,22 @@ def run(spec: SpecArgument, profile: ProfileOption = None,
                                                    "files under <store>/claims: many machines.")] = None):
     """Run every job of an ablation spec: skip finished, resume partial, share the work with other runners."""
     from fcdm.runner import run_jobs  # lazy: keeps --help fast
-    from fcdm.spec import expand, load_spec
+    from fcdm.spec import expand, load_spec, resolve_profile
 
     if claims:
         from fcdm.store.claims import use_claims  # lazy: keeps --help fast
 
         use_claims(claims)
     parsed = load_spec(spec)
-    job_list = expand(parsed, profile, set_ or [])
-    kind, options = _launcher(parsed, launcher, launcher_opt, num_processes, accelerate_config)
-    summary = run_jobs(job_list, store, tracking_uri, parallel=jobs or (parsed.launcher or {}).get("jobs"),
-                       launcher=kind, launcher_options=options, force=force, fail_fast=fail_fast, progress=progress,
-                       wait_elsewhere=wait)
+    chosen = resolve_profile(parsed, profile)
+    try:
+        job_list = expand(parsed, chosen, set_ or [])
+        kind, options = _launcher(parsed, launcher, launcher_opt, num_processes, accelerate_config)
+        summary = run_jobs(job_list, store, tracking_uri, parallel=jobs or (parsed.launcher or {}).get("jobs"),
+                           launcher=kind, launcher_options=options, force=force, fail_fast=fail_fast,
+                           progress=progress, wait_elsewhere=wait)
+    except DataError as e:  # the paper profile's latents are not on this machine (or not where data.path says)
+        _fail(f"{spec}: profile {chosen}: data.path: {e}; or pass the prepared data's folder with --set data.path=DIR")
     typer.echo(summary.render())
     if summary.interrupted or not summary.ok:  # 130: interrupted (rerun to resume); 1: a job failed
         raise typer.Exit(130 if summary.interrupted else 1)
@@ -248,6 +255,7 @@ def ui(port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0
        storage: Annotated[str | None, typer.Option(help="With --optuna: the study storage (default: the store's "
                                                    "optuna.db).")] = None):
     """Start the MLflow UI on the store (127.0.0.1) and print the URL of each spec's training-runs table."""
+    restore_interrupt()  # Ctrl-C stops it even when started with SIGINT ignored (a background shell)
     if optuna_:
         from fcdm.sweep import open_dashboard  # lazy: keeps --help fast
 
@@ -304,7 +312,7 @@ def sweep(spec: Annotated[Path, typer.Argument(help="Spec with a `search` sectio
                         study_name=study, workers=workers, sampler=sampler.value if sampler else None,
                         pruner=pruner.value if pruner else None, launcher=kind, launcher_options=options,
                         store=store, tracking_uri=tracking_uri, heartbeat=heartbeat, sets=set_ or [],
-                        log=typer.echo)
+                        log=lambda m: typer.echo(redact(m)))
     typer.echo(format_summary(summary))
     if summary.interrupted or not summary.best:  # 130: interrupted (rerun to resume); 1: no trial completed
         raise typer.Exit(130 if summary.interrupted else 1)
@@ -348,8 +356,8 @@ def report(specs: Annotated[list[Path] | None, typer.Argument(help="Spec files (
     # A UserError (nothing to report, or the only report failed) is `error: ...` and exit 2, as in every command.
     failed = report_many(specs, profile, store, tracking_uri, out, formats, metric=metric, step=step,
                          overrides=tuple(set_ or ()), log=log, on_report=show,
-                         on_warning=lambda w: typer.echo(f"warning: {w}", err=True),
-                         on_error=lambda e: typer.echo(f"error: {e}", err=True))
+                         on_warning=lambda w: typer.echo(f"warning: {redact(w)}", err=True),
+                         on_error=lambda e: typer.echo(f"error: {redact(e)}", err=True))
     if failed:
         raise typer.Exit(1)
 

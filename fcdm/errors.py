@@ -47,6 +47,13 @@ class LauncherError(UserError, ValueError):
     """A launcher option or environment problem a user can fix; the message says how."""
 
 
+def reason(e: BaseException, limit: int = 200) -> str:
+    """'<type>: <first line of the message>' (at most `limit` characters of it), or just the type when the
+    message is empty (a zero-byte file's EOFError has none): the cause inside a one-line error."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit]}" if lines else type(e).__name__
+
+
 def did_you_mean(word: object, allowed: Iterable[str], prefix: str = "") -> str:
     """"did you mean '<prefix><closest>'? " when one of `allowed` is close to `word`, else ""."""
     guess = difflib.get_close_matches(str(word), [str(a) for a in allowed], n=1)

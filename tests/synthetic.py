@@ -82,6 +82,8 @@ def log_run(client, experiment_id: str, job: Job, evals: dict[int, dict[str, flo
         metrics += [Metric("loss", 1.0 / (1 + step) ** 0.3, now, step), Metric("steps_per_sec", steps_per_sec, now, step),
                     Metric("lr", cfg.train.lr, now, step),
                     Metric("train_gflops", gflops * 3 * cfg.train.batch_size * step, now, step)]
+    if last_step:  # the trainer logs it every log.every steps; the report reads its maximum
+        metrics.append(Metric("peak_memory_mb", 512.0, now, last_step))
     for source in (evals, extra_metrics or {}):
         for step, values in source.items():
             metrics += [Metric(k, float(v), now, step) for k, v in values.items()]

@@ -10,7 +10,7 @@ The hash covers the *resolved* run: constructor arguments with preset and signat
 for digits, a fingerprint of the files for latents, never their path) and SCHEMA_VERSION.
 
 Modules: `schema` (the sections and RunConfig), `identity` (what the hash covers), `loading` (YAML,
-overrides, error messages). Validation errors are ConfigErrors naming the file, key, value and fix.
+overrides, error messages), `strict_yaml` (the one YAML 1.2 parser of config files, specs and every `--set`). Validation errors are ConfigErrors naming the file, key, value and fix.
 """
 from fcdm.config.identity import canonical, identity_differences, model_kwargs, resolved_model_kwargs
 from fcdm.config.loading import load_config, merge, validate_config

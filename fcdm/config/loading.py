@@ -1,4 +1,5 @@
-"""Reading run configurations: YAML files (safe loading), `--set key.path=value` overrides, and one-line
+"""Reading run configurations: YAML files and `--set key.path=value` overrides (both read by the strict
+YAML 1.2 parser of fcdm.config.strict_yaml, as specs are: `no` stays the string "no"), and one-line
 validation errors that name the file, the key, the value and the fix.
 
     cfg = load_config("ablations/configs/smoke.yaml", overrides=["train.lr=2e-4"])
@@ -8,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from fcdm.config.schema import RunConfig
-from fcdm.errors import ConfigError, did_you_mean
+from fcdm.config.strict_yaml import parse_yaml, read_text
+from fcdm.errors import ConfigError, SpecError, did_you_mean
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
@@ -26,9 +27,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{source}: no such config file; pass the path of a YAML run config "
                               "such as ablations/configs/smoke.yaml")
         try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML ({e}); fix the syntax at the line shown") from None
+            loaded = parse_yaml(read_text(p, "run config"), source)
+        except SpecError as e:  # a config's problem is a ConfigError, with the parser's one line
+            raise ConfigError(str(e)) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections (model, objective, data, "
                               f"train, eval, log), not a {type(loaded).__name__}")
@@ -54,13 +55,18 @@ def merge(a: dict, b: dict) -> dict:
 
 
 def _apply_override(data: dict, item: str, source: str) -> dict:
-    if "=" not in item:
+    """`data` with one `--set key.path=value` applied; the value is read as YAML 1.2 (as `run --set` does)."""
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(p.strip() for p in parts):
         raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set train.lr=2e-4")
-    key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
+    except SpecError as e:
+        raise ConfigError(str(e)) from None
     nested: Any = value
-    for part in reversed(key.strip().split(".")):
-        nested = {part: nested}
+    for part in reversed(parts):
+        nested = {part.strip(): nested}
     return merge(data, nested)
 
 

@@ -78,6 +78,11 @@ class TrainConfig(_Section):
     ema_warmup: bool = True
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
+    # Micro-batches per optimiser step: each process's batch is split into this many, their gradients
+    # summed, so the global batch (and the data order) is unchanged while activations shrink by the factor.
+    # Hashed when above 1 (float sums in another order: equal to the large batch to rounding, not bit for
+    # bit), absent from the identity at 1 so earlier runs keep their hashes.
+    grad_accum: int = Field(1, gt=0)
 
 
 class EvalConfig(_Section):
@@ -161,6 +166,9 @@ class RunConfig(_Section):
             raise ValueError(f"eval.cfg_scale={self.eval.cfg_scale:g} needs a class-conditional model, but "
                              f"model.args.conditioning={self.model.args['conditioning']!r} has no class input, so "
                              "guidance would only double the sampling cost; set eval.cfg_scale: 1.0")
+        if self.train.batch_size % self.train.grad_accum:
+            raise ValueError(f"train.batch_size={self.train.batch_size} is not divisible by train.grad_accum="
+                             f"{self.train.grad_accum}; choose a grad_accum that divides the batch")
         check_model_args(self.model.name, self.model.args)
         return self
 
@@ -243,7 +251,7 @@ class RunConfig(_Section):
             "schema": SCHEMA_VERSION,
             "model": {"family": family_of(self.model.name), "args": resolved_model_kwargs(self)},
             "objective": {"name": self.objective.name, **self.objective_settings()},
-            "train": self.to_dict()["train"],
+            "train": _hashed_train(self.to_dict()["train"]),
         })
 
     @property
@@ -291,6 +299,11 @@ class RunConfig(_Section):
     def flat(self) -> dict[str, Any]:
         """Flattened `section.key` -> value, for MLflow params."""
         return dict(flatten(self.to_dict()))
+
+
+def _hashed_train(train: dict) -> dict:
+    """The train section as the hash covers it: grad_accum only when it accumulates (see TrainConfig)."""
+    return {k: v for k, v in train.items() if not (k == "grad_accum" and v == 1)}
 
 
 @lru_cache(maxsize=1 << 16)  # more than any spec's configurations: a smaller cache thrashed on a 5,000-run report

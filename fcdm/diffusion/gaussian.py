@@ -147,6 +147,7 @@ class GaussianDiffusion:
         self._fixed_var = self.posterior_variance if fixed_variance == "small" else large
         self._fixed_log_var = (self.posterior_log_variance_clipped if fixed_variance == "small"
                                else large.log())
+        self._log_betas = betas.log()
 
     def __repr__(self) -> str:
         return (f"GaussianDiffusion(num_timesteps={self.num_timesteps}, learn_sigma={self.learn_sigma}, "
@@ -154,10 +155,20 @@ class GaussianDiffusion:
 
     # ---- helpers ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _extract(arr: Tensor, t: Tensor, x: Tensor) -> Tensor:
-        """Gather float64 schedule values at t (B,) -> float32 (B, 1, ..., 1) broadcastable to x."""
-        out = arr[t.detach().to("cpu", torch.long)].to(device=x.device, dtype=torch.float32)
+    def _on_device(self, arr: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """`arr` as `dtype` on `device`, copied once per device and kept (no host round trip per call). The
+        cache holds `arr` itself beside its copy, so a key's id() cannot be reused by another tensor."""
+        cache = self.__dict__.setdefault("_device_tables", {})
+        key = (id(arr), torch.device(device), dtype)
+        hit = cache.get(key)
+        if hit is None or hit[0] is not arr:
+            hit = cache[key] = (arr, arr.to(device=device, dtype=dtype))
+        return hit[1]
+
+    def _extract(self, arr: Tensor, t: Tensor, x: Tensor) -> Tensor:
+        """Gather schedule values at t (B,) -> float32 (B, 1, ..., 1) broadcastable to x. The float64 tables
+        are cast to float32 once (a cast commutes with the gather: the same values as casting per call)."""
+        out = self._on_device(arr, x.device, torch.float32)[t.detach().to(x.device, torch.long)]
         return out.view(-1, *([1] * (x.ndim - 1)))
 
     def _clip(self, clip_denoised: bool | None) -> bool:
@@ -165,7 +176,7 @@ class GaussianDiffusion:
 
     def model_timesteps(self, t: Tensor) -> Tensor:
         """Internal indices (B,) -> the timesteps the model was trained on (B,)."""
-        return self.timestep_map.to(t.device)[t]
+        return self._on_device(self.timestep_map, t.device, torch.long)[t]
 
     def sample_t(
         self, batch_size: int, device: torch.device | str | None = None,
@@ -226,7 +237,7 @@ class GaussianDiffusion:
         else:
             # Interpolate in log space between beta~_t (v = -1) and beta_t (v = +1).
             min_log = self._extract(self.posterior_log_variance_clipped, t, x)
-            max_log = self._extract(self.betas.log(), t, x)
+            max_log = self._extract(self._log_betas, t, x)
             frac = (v.float() + 1.0) / 2.0
             log_var = frac * max_log + (1.0 - frac) * min_log
             var = log_var.exp()

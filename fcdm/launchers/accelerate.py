@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from fcdm.errors import LauncherError
-from fcdm.launchers.base import Handle, Launcher, ProcessHandle, train_argv
+from fcdm.launchers.base import Handle, Launcher, ProcessHandle, train_argv, trainer_env
 from fcdm.util.net import free_port
 from fcdm.util.process import spawn
 
@@ -41,7 +41,7 @@ class AccelerateLauncher(Launcher):
                                 f"train.mixed_precision={odd[0].config.train.mixed_precision!r}: precision is part of "
                                 f"the run's identity; set it with --set train.mixed_precision={mp}")
 
-    def argv(self, job, config: Path, store: Path, tracking_uri: str, env: dict[str, str]) -> list[str]:
+    def argv(self, job, config: Path, store: Path, env: dict[str, str]) -> list[str]:
         """accelerate's command line; num_processes defaults to the job's GPUs (one on CPU)."""
         opts = dict(self.options)
         gpus = [g for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
@@ -60,8 +60,8 @@ class AccelerateLauncher(Launcher):
                 flags.append(f"--{k}")
             elif v not in (False, None):
                 flags += [f"--{k}", str(v)]
-        return [sys.executable, "-m", "accelerate.commands.launch", *flags, *train_argv(config, store, tracking_uri)]
+        return [sys.executable, "-m", "accelerate.commands.launch", *flags, *train_argv(config, store)]
 
     def start(self, job, config, log, store, tracking_uri, env, claim=None) -> Handle:
-        proc = spawn(self.argv(job, config, store, tracking_uri, env), log, env)
+        proc = spawn(self.argv(job, config, store, env), log, trainer_env(env, tracking_uri))
         return ProcessHandle(f"pid {proc.pid}", proc)

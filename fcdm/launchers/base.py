@@ -1,12 +1,14 @@
 """What every launcher shares: the trainer's command line, the `Launcher` interface and the `Handle` of a
 started job.
 
-Every launcher runs `fcdm-ablate train <job config> --store S --tracking-uri U --no-progress` in a
+Every launcher runs `fcdm-ablate train <job config> --store S --no-progress` in a
 process of its own (so a crash, OOM or NaN in one job cannot take the others down and its memory is
 returned), its stdout and stderr appended to the job's log in the store. A launcher returns a
 `Handle` the runner polls; `interrupt()` asks the trainer to checkpoint and stop (SIGINT: it marks
 its run KILLED and exits 130), `kill()` ends it at once (it resumes from its last checkpoint).
-The implementations are `local`, `accelerate` and `slurm` in this package.
+The implementations are `local`, `accelerate` and `slurm` in this package. The tracking URI reaches the
+trainer through its environment (MLFLOW_TRACKING_URI, `trainer_env`), never its command line: a
+database password must not show in `ps` or in the command each job's log starts with.
 
 Local children die with the runner: Linux's PR_SET_PDEATHSIG sends them SIGTERM (checkpoint, stop)
 when the runner dies, even by SIGKILL, so no orphan trains on while another runner takes its claim.
@@ -26,12 +28,17 @@ from typing import Any
 from fcdm.util.process import spawn
 
 EXIT_CLAIM_LOST = 75  # a cluster job found its claim taken over before it started: it trained nothing
+TRACKING_ENV = "MLFLOW_TRACKING_URI"  # how the trainer learns its tracking URI (fcdm.store.layout reads it)
 
 
-def train_argv(config: Path, store: Path, tracking_uri: str) -> list[str]:
-    """The trainer's command line after the interpreter / launcher."""
-    return ["-m", "fcdm.cli", "train", str(config), "--store", str(store), "--tracking-uri", tracking_uri,
-            "--no-progress"]
+def train_argv(config: Path, store: Path) -> list[str]:
+    """The trainer's command line after the interpreter / launcher (no tracking URI: see trainer_env)."""
+    return ["-m", "fcdm.cli", "train", str(config), "--store", str(store), "--no-progress"]
+
+
+def trainer_env(env: dict[str, str], tracking_uri: str) -> dict[str, str]:
+    """The trainer's environment: `env` and the tracking URI (which may hold a password: never on argv)."""
+    return {**env, TRACKING_ENV: tracking_uri}
 
 
 @dataclass
@@ -89,7 +96,7 @@ class Launcher:
 
     def start(self, job, config: Path, log: Path, store: Path, tracking_uri: str, env: dict[str, str],
               claim=None) -> Handle:
-        proc = spawn([sys.executable, *train_argv(config, store, tracking_uri)], log, env)
+        proc = spawn([sys.executable, *train_argv(config, store)], log, trainer_env(env, tracking_uri))
         return ProcessHandle(f"pid {proc.pid}", proc)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fcdm.errors import LauncherError
-from fcdm.launchers.base import Handle, Launcher, train_argv
+from fcdm.launchers.base import Handle, Launcher, train_argv, trainer_env
 from fcdm.util.forkserver import ForkServer
 
 SERVER_LOG = "trainer-server.log"  # in <store>/jobs/
@@ -72,7 +72,7 @@ class LocalLauncher(Launcher):
             self._start_server()
         if self.server is not None:
             try:
-                pid = self.server.fork(train_argv(config, store, tracking_uri)[2:], env, log)
+                pid = self.server.fork(train_argv(config, store)[2:], trainer_env(env, tracking_uri), log)
                 return ForkedHandle(f"pid {pid}", self.server, pid)
             except RuntimeError as e:  # the server failed: fresh processes from now on
                 print(f"warning: {e}; starting trainers as fresh processes", file=sys.stderr)

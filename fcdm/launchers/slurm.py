@@ -22,7 +22,7 @@ import submitit  # only loaded with --launcher slurm (the registry imports this 
 
 from fcdm.errors import LauncherError
 from fcdm.launchers.accelerate import AccelerateLauncher
-from fcdm.launchers.base import EXIT_CLAIM_LOST, Handle, Launcher, train_argv
+from fcdm.launchers.base import EXIT_CLAIM_LOST, TRACKING_ENV, Handle, Launcher, train_argv, trainer_env
 from fcdm.store import claims
 from fcdm.util.process import spawn
 
@@ -90,11 +90,13 @@ class SlurmLauncher(Launcher):
         self.executor(store)
         gpus = int(self.params.get("gpus_per_node", 0))
         if gpus > 1:
-            argv = AccelerateLauncher({"num_processes": gpus}).argv(job, config, store, tracking_uri, {})
+            argv = AccelerateLauncher({"num_processes": gpus}).argv(job, config, store, {})
         else:
-            argv = [sys.executable, *train_argv(config, store, tracking_uri)]
+            argv = [sys.executable, *train_argv(config, store)]
         threads = self.params.get("cpus_per_task")
         job_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+        if os.environ.get(TRACKING_ENV) != tracking_uri:  # else the job inherits it (sbatch exports the environment)
+            job_env = trainer_env(job_env, tracking_uri)  # pickled into the job's files: see README, Secrets
         return self.queue(argv, log, job_env, claim, job.spec or job.name)
 
     def queue(self, argv: list[str], log: Path, env: dict[str, str], claim=None, name: str = "fcdm") -> SlurmHandle:

@@ -30,7 +30,7 @@ from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from fcdm.data.digits import digits_arrays
-from fcdm.errors import MetricsError
+from fcdm.errors import MetricsError, reason
 from fcdm.util.files import atomic_writer, sha256_file
 
 EXTRACTOR_NAME = "digits-classifier"
@@ -169,11 +169,16 @@ def weights_path(cache_dir: str | os.PathLike) -> Path:
 def ensure_digits_classifier(cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR) -> Path:
     """Train and cache the classifier unless a current cached file exists; returns its path.
 
-    Current = same recipe version and same digits TRAIN split (by content hash) as this code.
+    Current = same recipe version and same digits TRAIN split (by content hash) as this code. A cached file
+    that cannot be read (zero bytes, cut short) is a cache miss: retrained and replaced atomically and durably.
     """
     path = weights_path(cache_dir)
     if path.is_file():
-        meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # an unreadable cache (empty, cut short, foreign) is rebuilt, as an outdated one is
+            cached = {}
+        meta = cached.get("meta", {}) if isinstance(cached, dict) else {}
         if meta.get("recipe_version") == RECIPE_VERSION and meta.get("train_fingerprint") == _split_fingerprint(
             *digits_arrays("train", NATIVE_SIZE)
         ):
@@ -206,7 +211,7 @@ def check_weights_file(path: str | os.PathLike) -> Path:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
             DigitsCNN().load_state_dict(ckpt["state_dict"])
         except Exception as e:  # any unreadable or mismatched file gets the same one-sentence answer
-            problem = f"not a digits-classifier weights file ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+            problem = f"not a digits-classifier weights file ({reason(e, 120)})"
     if problem:
         raise MetricsError(f"--fid-weights {path}: {problem}. For extractor {EXTRACTOR_NAME!r} it should be a file "
                            f"written by ensure_digits_classifier (<store>/cache/{WEIGHTS_FILE}); omit it to use that one.")

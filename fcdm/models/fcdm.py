@@ -32,9 +32,11 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
-        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
-        return self.gamma * (x * nx) + self.beta + x
+        gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)  # fp32 under autocast
+        # Cast back to x's dtype: under bf16 autocast the (N, 3C, H, W) products would otherwise be fp32
+        # (twice the memory and traffic); the casts do nothing in fp32.
+        nx = (gx / (gx.mean(dim=1, keepdim=True) + 1e-6)).to(x.dtype)
+        return self.gamma.to(x.dtype) * (x * nx) + self.beta.to(x.dtype) + x
 
 
 class FCDMBlock(nn.Module):

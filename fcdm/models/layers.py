@@ -26,8 +26,10 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(num_channels, eps=eps, elementwise_affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        if channels_last:  # stays channels-last (a GPU model in that format): no copy either way
+            return x.permute(0, 3, 1, 2)
         # Back to contiguous NCHW: left channels-last, later reductions over (H, W) such as GRN's
         # norm run ~20x slower on the CPU (bench/RESULTS.md, evaluation).
         return x.permute(0, 3, 1, 2).contiguous()

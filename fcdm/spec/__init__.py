@@ -5,7 +5,7 @@
 
     view = spec.view("smoke")                                   # ProfileView: one profile's typed sections
 
-Modules: `strict_yaml` (safe, strict YAML), `sections` (each section of a spec parsed and checked),
+Modules (the strict YAML parser is fcdm.config.strict_yaml, shared with run configs): `sections` (each section of a spec parsed and checked),
 `load` (the file, its profiles: Spec), `view` (one profile's view: ProfileView, Variant, Match),
 `expansion` (the grid -> jobs: expand), `matching` (FLOPs and parameter matching), `pairs` (which row each row is compared with), `search` (the sweep's search space), `job`
 (Job, and the tags its run carries), `errors` (SpecError and its one-line messages).

@@ -15,7 +15,9 @@ __all__ = ["SpecError", "show", "unknown_key"]
 
 def show(value: Any, limit: int = 70) -> str:
     """A value as the user wrote it, compact, on one line."""
-    text = json.dumps(value, default=str, separators=(", ", ": ")) if not isinstance(value, str) else value
+    plain = isinstance(value, str) and value.isprintable() and value == value.strip()
+    # Anything else (a "k\n" name, a list) as JSON: quoted and escaped, so the message stays one line.
+    text = value if plain else json.dumps(value, default=str, separators=(", ", ": "))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -20,17 +20,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fcdm.config.strict_yaml import load_yaml_file
 from fcdm.errors import SpecError, did_you_mean
 from fcdm.spec.errors import show
 from fcdm.spec.job import Job
 from fcdm.spec.search import parse_search
 from fcdm.spec.sections import Scope, parse_base, parse_launcher, parse_profile, parse_scope
-from fcdm.spec.strict_yaml import load_yaml_file
 from fcdm.spec.view import ProfileView
 
 SPEC_KEYS = ("name", "description", "base", "profiles", "default_profile", "axes", "zip", "variants", "seeds",
              "exclude", "include", "match_flops", "match_params", "baseline", "search", "launcher")
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch: '$' would let "kernel_size\n" through
 DEFAULT_PROFILE = "smoke"
 IMPLICIT_PROFILE = "default"  # the only profile of a spec that declares none: base as written
 
@@ -75,9 +75,9 @@ def load_spec(path: str | Path) -> Spec:
     src = str(path)
     _check_top(raw, src)
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SpecError(f"{src}: name: {show(name)}: required; letters, digits, '_' and '-' only, e.g. "
-                        f"name: {path.stem if _NAME.match(path.stem) else 'kernel_size'}")
+                        f"name: {path.stem if _NAME.fullmatch(path.stem) else 'kernel_size'}")
     description = raw.get("description") or ""
     if not isinstance(description, str):
         raise SpecError(f"{src}: description: {show(description)}: must be text")

@@ -13,9 +13,9 @@ from typing import Any, Generic, Sequence, TypeVar
 from pydantic import BaseModel
 
 from fcdm.config import RunConfig, merge
+from fcdm.config.strict_yaml import load_yaml_file, parse_yaml
 from fcdm.errors import did_you_mean
 from fcdm.spec.errors import SpecError, show, unknown_key
-from fcdm.spec.strict_yaml import load_yaml_file, parse_yaml
 
 V, M = TypeVar("V"), TypeVar("M")
 
@@ -45,7 +45,7 @@ _VARIANT_KEYS = ("name", "set", "description", "reference", "baseline", "match_f
 MATCH_KINDS = ("match_flops", "match_params")  # what a job's width is re-solved on: GFLOPs, or parameters
 SECOND_KNOBS = ("mlp_ratio",)  # float arguments a match may solve after the width, to land closer
 _MATCH_KEYS = ("target", "solve", "tolerance")
-_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+/-]*$")  # no ',' '=' or spaces: job names join them
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+/-]*")  # fullmatch ("k\n" must fail); no ',' '=' or spaces: job names join them
 # The keys of fcdm.launchers.LAUNCHERS (a test checks they agree): the spec cannot import the launchers, as
 # analysis imports the spec and must never reach the code that starts trainers (pyproject.toml's contracts).
 LAUNCHER_NAMES = ("local", "accelerate", "slurm")
@@ -254,7 +254,7 @@ def parse_variants(raw: Any, src: str, where: str) -> list[dict]:
             if key not in _VARIANT_KEYS:
                 raise unknown_key(src, f"{w}.", key, _VARIANT_KEYS)
         name = v.get("name")
-        if not isinstance(name, str) or not _VARIANT_NAME.match(name):
+        if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name):
             raise SpecError(f"{src}: {w}.name: {show(name)}: required; letters, digits and _ . @ + / - (no spaces, "
                             "',' or '=': it becomes part of job names)")
         if name in names or name == "base":
@@ -269,7 +269,7 @@ def parse_variants(raw: Any, src: str, where: str) -> list[dict]:
                             "labelled reference row, e.g. the unconditional model)")
         if "baseline" in v:
             b = v["baseline"]
-            if not isinstance(b, str) or not _VARIANT_NAME.match(b) or b == name:
+            if not isinstance(b, str) or not _VARIANT_NAME.fullmatch(b) or b == name:
                 raise SpecError(f"{src}: {w}.baseline: {show(b)}: the name of another variant, the row this one is "
                                 "compared with in the report (e.g. baseline: DiT-S/2)")
             variant["baseline"] = b
@@ -328,7 +328,7 @@ def parse_scope(raw: dict, spec_path: Path, prefix: str) -> dict:
 
 def parse_profile(name: Any, raw: Any, spec_path: Path) -> dict:
     src = str(spec_path)
-    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_-]+$", name):
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise SpecError(f"{src}: profiles: {show(name)}: a profile name uses letters, digits, '_' and '-'")
     where = f"profiles.{name}"
     raw = {} if raw is None else raw

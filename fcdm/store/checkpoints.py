@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fcdm.errors import CheckpointError
+from fcdm.errors import CheckpointError, reason
 from fcdm.util.files import atomic_writer
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
@@ -56,16 +56,18 @@ def load_checkpoint(path: Path) -> dict:
     """Load one checkpoint with weights_only=True; a damaged file raises CheckpointError."""
     import torch  # heavy: the runner and `plan` list checkpoints without it
 
+    fix = "delete this file to resume from the previous checkpoint (or delete its folder to train from scratch)"
     try:
+        if Path(path).stat().st_size == 0:
+            raise CheckpointError(f"{path}: checkpoint is empty (0 bytes; a full disk or a copy cut short); {fix}")
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as e:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(
-            f"{path}: checkpoint is corrupt or not a fcdm-ablate checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}); delete this file to resume from the previous checkpoint "
-            "(or delete its folder to train from scratch)") from None
+        raise CheckpointError(f"{path}: checkpoint is corrupt or not a fcdm-ablate checkpoint ({reason(e)}); "
+                              f"{fix}") from None
     if not isinstance(state, dict) or "step" not in state or "model" not in state:
-        raise CheckpointError(f"{path}: checkpoint lacks the keys 'step' and 'model'; delete this file to resume "
-                              "from the previous checkpoint (or delete its folder to train from scratch)")
+        raise CheckpointError(f"{path}: checkpoint lacks the keys 'step' and 'model'; {fix}")
     return state
 
 

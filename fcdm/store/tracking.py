@@ -173,8 +173,12 @@ def find_run(run: str, store: Path, tracking_uri: str | None = None):
     except MlflowException:
         pass
     ids = [e.experiment_id for e in tracker.client.search_experiments()]
-    quoted = run.replace("'", "\\'")
-    found = tracker.client.search_runs(ids, filter_string=f"attributes.run_name = '{quoted}'",
+    # MLflow's filter strings have no escape: quote with the quote character the name does not contain.
+    quote = next((q for q in ("'", '"') if q not in run), None)
+    if quote is None:
+        raise RunNotFoundError(f"RUN {run!r}: a run name holding both ' and \" cannot be looked up; pass the run "
+                               "id instead (the first column of `mlflow ui`'s run table)")
+    found = tracker.client.search_runs(ids, filter_string=f"attributes.run_name = {quote}{run}{quote}",
                                        order_by=["attributes.start_time DESC"]) if ids else []
     long = _LONG_NAME.match(run)
     if not found and long and ids:

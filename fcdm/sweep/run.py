@@ -45,7 +45,6 @@ from fcdm.sweep.study import (
     make_sampler,
     make_storage,
     open_study,
-    redact,
     storage_url,
 )
 from fcdm.sweep.trial import (
@@ -57,6 +56,7 @@ from fcdm.sweep.trial import (
     run_trial,
     slot,
 )
+from fcdm.util.redact import redact
 from fcdm.util.signals import handled_signals
 
 DEFAULT_SPEC = "ablations/sweep.yaml"
@@ -311,6 +311,6 @@ def open_dashboard(storage: str | None = None, port: int = 8080, store: str | Pa
                          "pip install 'fcdm-ablate[dashboard]'") from None
     url = storage_url(storage, resolve_store(store))
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise SweepError(f"no study storage at {url}; run `fcdm-ablate sweep --optuna` first, or pass --storage URL")
+        raise SweepError(f"no study storage at {redact(url)}; run `fcdm-ablate sweep --optuna` first, or pass --storage URL")
     log(f"optuna-dashboard on {redact(url)}: http://{host}:{port}/")
     optuna_dashboard.run_server(make_storage(url, heartbeat=None), host=host, port=port)

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fcdm.errors import UserError
+from fcdm.errors import UserError, reason
 from fcdm.spec.search import PRUNERS, SAMPLERS, SearchSpace
+from fcdm.util.redact import redact
 
 MAX_CONSECUTIVE_FAILURES = 3  # a broken setup fails every trial: stop instead of sampling forever
 MAX_CONSECUTIVE_INFEASIBLE = 20  # combinations match_flops cannot fit: resampled, up to this many in a row
@@ -47,21 +47,32 @@ def storage_url(storage: str | None, store: Path) -> str:
     return storage
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for printing."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+# Optuna 4.9 renamed the heartbeat's retry callback (RetryFailedTrialCallback -> RetryHeartbeatStaleTrialCallback,
+# failed_trial_callback -> heartbeat_stale_trial_callback); pyproject.toml declares the same minimum.
+OPTUNA_MIN = "4.9"
+
+
+def check_optuna() -> None:
+    """SweepError unless the installed Optuna has the heartbeat API the sweep uses (OPTUNA_MIN)."""
+    import optuna  # heavy: optuna only once a sweep runs
+
+    if not hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+        raise SweepError(f"optuna {optuna.__version__} is installed; sweeps need optuna>={OPTUNA_MIN} (its trial "
+                         f"heartbeat API): pip install -U 'optuna>={OPTUNA_MIN}'")
 
 
 def make_storage(url: str, heartbeat: int | None = 60):
     """An Optuna storage for `url`; RDB storages get trial heartbeats and retry of dead workers' trials."""
     import optuna  # heavy: optuna only once a sweep runs
 
+    check_optuna()
+
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
         path = Path(url.removeprefix("journal:")).expanduser()
         if not path.parent.is_dir():
-            raise SweepError(f"--storage {url}: the folder {path.parent} does not exist; create it or pass "
+            raise SweepError(f"--storage {redact(url)}: the folder {path.parent} does not exist; create it or pass "
                              "another path")
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
@@ -88,8 +99,8 @@ def make_storage(url: str, heartbeat: int | None = 60):
         raise SweepError(f"--storage {redact(url)}: its database driver is missing ({e}); for PostgreSQL install "
                          "pip install 'fcdm-ablate[postgres]'") from None
     except Exception as e:  # sqlalchemy's ArgumentError, OperationalError, ...
-        raise SweepError(f"--storage {redact(url)}: cannot open it ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]}); pass an Optuna storage URL such as "
+        raise SweepError(f"--storage {redact(url)}: cannot open it ("
+                         f"{redact(reason(e))}); pass an Optuna storage URL such as "
                          "sqlite:///runs/optuna.db, postgresql://user@host/db or journal:PATH") from None
 
 

@@ -33,9 +33,10 @@ from accelerate.utils import InitProcessGroupKwargs, gather_object
 from torch.utils.data import DataLoader
 
 from fcdm.build import build_dataset, build_model, build_objective, data_info
-from fcdm.config import RunConfig
+from fcdm.config import ConfigError, RunConfig
 from fcdm.config.identity import resolved_model_kwargs
 from fcdm.config.schema import TAG_CONFIG_KEY
+from fcdm.diffusion.common import randn
 from fcdm.evaluation import evaluate as ev
 from fcdm.evaluation.protocol import TAG_NOISE_SEEDS, Protocol
 from fcdm.models.costs import architecture_cost, training_gflops
@@ -50,6 +51,7 @@ from fcdm.train.state import (
     SeededItems,
     StepBatchSampler,
     ema_decay,
+    make_optimizer,
     rng_as_arrays,
     rng_from_arrays,
     rng_state,
@@ -57,7 +59,9 @@ from fcdm.train.state import (
     set_rng_state,
     update_ema,
 )
+from fcdm.train.step import accumulate_gradients, peak_memory_mb
 from fcdm.train.threads import ThreadControl
+from fcdm.util.cuda import evaluation_precision, fast_math
 from fcdm.util.process import started_at
 from fcdm.util.signals import handled_signals
 
@@ -82,6 +86,12 @@ class TrainResult:
     checkpoint_dir: Path
     final_loss: float | None = None
     main_process: bool = True  # False on the other ranks of a multi-process run
+
+
+# Steps between the all-reduces that read the loss and the stop flag (fewer when log.every is smaller): a
+# host sync every step stalls the GPU's queue. So on several processes a SIGTERM stops the run within
+# SYNC_EVERY steps (seconds at paper scale, inside a scheduler's grace period); one process stops at once.
+SYNC_EVERY = 10
 
 
 # -- the loop ----------------------------------------------------------------------------------------
@@ -116,10 +126,10 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
                 loss = run.train_step(x, y)
                 if run.step == run.start + 1:
                     run.log_first_step()
-                signum = run.sync(loss)
-                bar.update(run.step, run.last_loss)
-                run.log_metrics()
                 done = run.step == cfg.train.steps or (max_steps is not None and run.step - run.start >= max_steps)
+                signum = run.sync(loss, force=done or run.checkpoint_due())
+                bar.update(run.step, float("nan") if run.last_loss is None else run.last_loss)
+                run.log_metrics()
                 if signum or done or run.checkpoint_due():
                     run.checkpoint_and_evaluate(stopping=bool(signum))
                 if signum:
@@ -149,8 +159,13 @@ class Trainer:
                                              mixed_precision=cfg.train.mixed_precision,
                                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=2))])
         self.rank, self.world, self.device = acc.process_index, acc.num_processes, acc.device
+        fast_math(self.device, benchmark=True)  # CUDA: TF32 matmuls and convolutions, cuDNN autotuning
         self.main = acc.is_main_process
         self.log = TrainLog(self.main)
+        if cfg.train.batch_size % self.world == 0 and (cfg.train.batch_size // self.world) % cfg.train.grad_accum:
+            raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} does not divide the per-process batch of "
+                              f"{cfg.train.batch_size // self.world} (train.batch_size / {self.world} processes); "
+                              "choose a grad_accum that divides it")
         self.step_lines = True  # a step line every log.every steps (not while a terminal bar shows them)
         self.threads = ThreadControl(enabled=self.world == 1)  # threads the runner hands over (fcdm.train.threads)
         self.cfg, self.store = cfg, resolve_store(store)
@@ -170,7 +185,9 @@ class Trainer:
         self.tracker: Tracker | None = None
         self.monitor = None  # MLflow's system metrics monitor (log.system_metrics)
         self.run_id: str | None = None
-        self.stop_signal = 0  # set by SIGINT/SIGTERM; every rank sees any rank's at the next step
+        self.stop_signal = 0  # set by SIGINT/SIGTERM; every rank sees any rank's within SYNC_EVERY steps
+        self.pending, self.pending_steps = None, 0  # losses summed on the device since the last sync
+        self.reset_window()
 
     def skip(self, tracking_uri: str | None) -> TrainResult:
         """An already finished run: make sure MLflow and progress.json say so, and train nothing."""
@@ -193,7 +210,7 @@ class Trainer:
         """The evaluation protocol and data order checked, then model, EMA, optimiser and grad scaler
         restored from the checkpoint (or fresh) and handed to accelerate."""
         cfg, state = self.cfg, self.state
-        self.protocol = Protocol.from_config(cfg)
+        self.protocol = Protocol.from_config(cfg, precision=evaluation_precision(cfg.eval.precision, self.device))
         if self.ledger.due:
             ev.check_ready(cfg, self.protocol, self.store / "cache")
         self.sampler = StepBatchSampler(len(self.dataset), cfg.train.batch_size, self.rank, self.world, cfg.seed,
@@ -201,13 +218,16 @@ class Trainer:
         cost = architecture_cost(cfg.model.name, resolved_model_kwargs(cfg), self.shape)  # closed forms, no meta model
         self.params, self.gflops = cost.params, cost.gflops
         self.ema = copy.deepcopy(self.model).float().requires_grad_(False).eval()
-        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                betas=cfg.train.betas)
+        opt = make_optimizer(self.model.to(self.device), cfg, self.device)
         if state:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["optimizer"])
         self.model, self.opt = self.accelerator.prepare(self.model, opt)
+        if state:
+            # After prepare, which would move a loaded state to the GPU, AdamW's `step` counters included (then
+            # read with .item(): ~650 host syncs a step). Loaded now, the moments go to their parameters' device
+            # and `step` stays on the CPU (on the device for fused AdamW), as in a run that never stopped.
+            self.opt.load_state_dict(state["optimizer"])
         if state and state.get("scaler") and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.ema.to(self.device)
@@ -219,8 +239,8 @@ class Trainer:
         if self.main:
             self.tracker = Tracker(self.store, tracking_uri)
             self.run_id, _ = self.tracker.open(cfg, tags={
-                TAG_CONFIG_KEY: cfg.config_key, "fcdm.params": self.params, "fcdm.gflops": f"{self.gflops:.6g}", "fcdm.model": cfg.model.name,
-                TAG_CKPT: str(self.ckpt_dir), "fcdm.processes": self.world, TAG_THREADS: self.threads.describe()})
+                TAG_CONFIG_KEY: cfg.config_key, "fcdm.params": self.params, "fcdm.gflops": f"{self.gflops:.6g}",
+                "fcdm.model": cfg.model.name, TAG_CKPT: str(self.ckpt_dir), "fcdm.processes": self.world, TAG_THREADS: self.threads.describe()})
             self.tracker.log_dataset(cfg, len(self.dataset))
             if cfg.log.system_metrics:
                 self.monitor = self.tracker.system_metrics()
@@ -231,7 +251,7 @@ class Trainer:
                      f"{self.world} process(es), {self.threads.threads} thread(s); MLflow run {self.run_id}")
             if self.state:
                 self.log(f"resumed from {list_checkpoints(self.ckpt_dir)[-1][1]} at step {self.start}")
-        self.window, self.t0 = [], time.perf_counter()  # the losses (and time) since the last logged step
+        self.reset_window()
 
     def log_first_step(self) -> None:
         """How long the trainer took from its process's start to its first step."""
@@ -324,10 +344,9 @@ class Trainer:
         """One optimiser step on a batch, then the EMA; returns this rank's mean loss."""
         cfg, device, model = self.cfg, self.device, self.model
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        t = self.objective.sample_t(len(x), device=device)
-        losses = self.objective.training_losses(lambda xt, tt: model(xt, tt, y), x, t)
-        loss = losses["loss"].mean()
-        self.accelerator.backward(loss)
+        t = self.objective.sample_t(len(x), device=device)  # for the whole batch, as without accumulation
+        noise = randn(x.shape, None, device)  # drawn here, as training_losses would: micro-batches share one draw
+        loss = accumulate_gradients(self.accelerator, model, self.objective, x, y, t, noise, cfg.train.grad_accum)
         if cfg.train.grad_clip:
             self.accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         self.opt.step()
@@ -336,31 +355,50 @@ class Trainer:
         self.step += 1
         return loss
 
-    def sync(self, loss: torch.Tensor) -> int:
-        """One all-reduce carries the loss (averaged over ranks, kept as `last_loss`) and any rank's stop
-        signal, which it returns (0: none). A non-finite loss raises TrainingDiverged."""
-        packed = self.accelerator.reduce(torch.stack([loss.detach().float(), torch.tensor(
-            float(self.stop_signal), device=self.device)]), reduction="sum")
-        self.last_loss, signum = packed[0].item() / self.world, int(packed[1].item())
-        if not np.isfinite(self.last_loss):
-            raise TrainingDiverged(f"loss became {self.last_loss} at step {self.step} (lr={self.cfg.train.lr}); the "
-                                   f"run is marked FAILED and resumes from {self.ckpt_dir} if rerun: lower train.lr, "
-                                   "set train.grad_clip, or use train.mixed_precision=no")
-        return signum
+    def sync(self, loss: torch.Tensor, force: bool = False) -> int:
+        """The step's loss joins the window's sum on the device; every SYNC_EVERY and log.every steps, and
+        at every step that checkpoints or ends (`force`), one all-reduce carries the last loss (averaged over
+        ranks, kept as `last_loss`), the window's sum and any rank's stop signal, read with one host sync.
+        Returns the stop signal (0: none). A non-finite loss in the window raises TrainingDiverged, before
+        any checkpoint could keep broken weights. On one process a signal is seen at the step it arrives."""
+        loss = loss.detach().double()
+        self.pending = loss if self.pending is None else self.pending + loss
+        self.pending_steps += 1
+        local_stop = self.world == 1 and self.stop_signal
+        if not (force or local_stop or self.step % SYNC_EVERY == 0 or self.step % self.cfg.log.every == 0):
+            return 0
+        packed = self.accelerator.reduce(torch.stack([loss, self.pending, torch.tensor(
+            float(self.stop_signal), dtype=torch.float64, device=self.device)]), reduction="sum")
+        last, total, signum = packed.tolist()
+        self.last_loss = last / self.world
+        self.window_sum, self.window_steps = self.window_sum + total / self.world, self.window_steps + self.pending_steps
+        self.pending, self.pending_steps = None, 0
+        if not (np.isfinite(self.last_loss) and np.isfinite(total)):
+            raise TrainingDiverged(f"loss became {self.last_loss if not np.isfinite(self.last_loss) else total} by "
+                                   f"step {self.step} (lr={self.cfg.train.lr}); the run is marked FAILED and resumes "
+                                   f"from {self.ckpt_dir} if rerun: lower train.lr, set train.grad_clip, or use "
+                                   "train.mixed_precision=no")
+        return int(signum)
 
     def log_metrics(self) -> None:
         """Loss, steps/s, lr and training GFLOPs averaged over the window, every log.every steps."""
         cfg, step = self.cfg, self.step
-        self.window.append(self.last_loss)
-        if self.tracker and (step % cfg.log.every == 0 or step == cfg.train.steps):
+        if self.tracker and (step % cfg.log.every == 0 or step == cfg.train.steps):  # steps sync reduced
             elapsed = time.perf_counter() - self.t0
-            loss, rate, lr = float(np.mean(self.window)), len(self.window) / elapsed, self.opt.param_groups[0]["lr"]
+            loss, rate = self.window_sum / self.window_steps, self.window_steps / elapsed
+            lr = self.opt.param_groups[0]["lr"]
             self.tracker.log_metrics({"loss": loss, "steps_per_sec": rate, "lr": lr,
-                                      "train_gflops": training_gflops(self.gflops, cfg.train.batch_size, step)}, step)
+                                      "train_gflops": training_gflops(self.gflops, cfg.train.batch_size, step),
+                                      "img_per_sec": rate * cfg.train.batch_size,
+                                      "peak_memory_mb": peak_memory_mb(self.device)}, step)
             if self.step_lines:
                 self.log(step_line(step, cfg.train.steps, loss, rate, lr))
             self.take_threads()
-            self.window, self.t0 = [], time.perf_counter()
+            self.reset_window()
+
+    def reset_window(self) -> None:
+        """The losses (summed, over ranks) and time since the last logged step."""
+        self.window_sum, self.window_steps, self.t0 = 0.0, 0, time.perf_counter()
 
     # -- checkpoints ---------------------------------------------------------------------------------
 

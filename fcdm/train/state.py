@@ -82,8 +82,17 @@ class SeededItems(Dataset):
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().float(), 1 - decay)
+    """ema <- ema + (1 - decay) (model - ema), every parameter in one foreach call (a launch or a few on the
+    GPU, not one per tensor); the same numbers as a per-tensor lerp_."""
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach().float() for p in model.parameters()], 1 - decay)
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
+    """The run's AdamW: fused kernels on CUDA (the parameters must already be there), torch's default
+    (foreach) elsewhere, so CPU runs keep their numbers."""
+    t = cfg.train
+    return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=t.betas,
+                             fused=True if device.type == "cuda" else None)
 
 
 def ema_decay(cfg: RunConfig, updates: int) -> float:

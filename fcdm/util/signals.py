@@ -26,3 +26,11 @@ def handled_signals(on_signal: Callable[[int], None], signals: Iterable[int]) ->
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def restore_interrupt() -> None:
+    """Make SIGINT raise KeyboardInterrupt again when this process inherited it as ignored (started in the
+    background of a non-interactive shell, where Python installs no handler), so Ctrl-C or `kill -INT`
+    stops a foreground service such as `fcdm-ablate ui`. Only from the main thread; otherwise a no-op."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

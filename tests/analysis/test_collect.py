@@ -42,7 +42,7 @@ def test_cost_columns_identity_and_protocol(known):
     r = rows(frame, 3, 0).iloc[-1]
     assert (r.params, r.gflops, r.batch_size, r.train_steps) == (3000, pytest.approx(0.003), 16, 300)
     assert r.train_compute == pytest.approx(0.003 * 3 * 16 * 300)
-    assert r.throughput == 7.0 and r.last_step == 300 and r.model == "FCDM-S"
+    assert r.throughput == 7.0 and r.last_step == 300 and r.model == "FCDM-S" and r.peak_memory_mb == 512
     assert r["axis.model.args.kernel_size"] == 3 and r.spec == "known" and r.profile == "smoke"
     job = next(j for j in jobs if j.axes["model.args.kernel_size"] == 3 and j.seed == 0)
     assert (r.hash, r.seed, r.job) == (job.hash, 0, "known/k=3")

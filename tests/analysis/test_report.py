@@ -214,3 +214,42 @@ def test_end_to_end_two_seeds_pool_under_one_protocol_every_spec_in_the_store(tm
     assert "**kernel_size=3** vs **kernel_size=7** (not matched): FID " in md and "Welch p = " in md
     assert "![samples](figures/samples.png)" in md and "![fid_pairs](figures/fid_pairs.png)" in md
     assert "FID of 50 samples vs digits-test; digits-classifier features; euler sampler, 2 steps" in md
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_out_refuses_a_folder_of_user_files_and_never_touches_it(known, tmp_path):
+    """Issue 16 item 1: --out naming a folder that holds a user's files is refused (one line), untouched."""
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "thesis.tex").write_text("chapter 1")
+    (out / "data.csv").write_text("a,b\n1,2\n")
+    before = _listing(tmp_path)
+    with pytest.raises(ReportError, match=r"--out .*thesis: the folder holds files that are not a report "
+                                          r"\(no \.fcdm-report marker\); nothing was changed"):
+        build_report(known, out, "known", "smoke", formats=("md",))
+    assert _listing(tmp_path) == before  # no temporary folder, nothing renamed
+
+
+def test_out_writes_into_an_empty_folder_and_replaces_only_a_previous_report(known, tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    build_report(known, out, "known", "smoke", formats=("md",))
+    assert (out / ".fcdm-report").is_file() and (out / "report.md").is_file()
+    (out / "tables" / "stale.md").write_text("from an older report")
+    build_report(known, out, "known", "smoke", formats=("csv",))  # a report folder: replaced as a whole
+    assert not (out / "tables" / "stale.md").exists() and (out / "tables" / "runs.csv").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_cli_out_naming_the_store_leaves_the_store_unchanged(spec_store):
+    """`report --out runs` (the store itself) must not rename or delete the store: one line, exit 2."""
+    spec, store = spec_store
+    before = _listing(store)
+    result = runner.invoke(app, ["report", str(spec), "--store", str(store), "--out", str(store), "--no-log"])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("error: --out ")
+    assert "holds files that are not a report" in result.output and "pass a new or empty folder" in result.output
+    assert _listing(store) == before

@@ -99,3 +99,16 @@ def test_with_no_spec_a_spec_that_cannot_be_reported_is_a_warning_not_an_abort(t
     assert none.exit_code == 2 and "no spec in the store could be reported" in none.output  # nothing at all: an error
     asked = runner.invoke(app, ["report", str(folder / "late.yaml"), "--store", str(store), "--no-log", "--step", "10"])
     assert asked.exit_code == 2 and asked.output.startswith("error: --step 10")  # asked for by name: an error
+    # Several reports into one --out: a marked folder of marked sub-folders, which the next report may replace;
+    # a folder with a user's file in it is refused before anything is collected (issue 16 item 1).
+    out = tmp_path / "all"
+    for _ in range(2):
+        both = runner.invoke(app, ["report", "--store", str(store), "--no-log", "--out", str(out)])
+        assert both.exit_code == 0, both.output
+    assert {p.name for p in out.iterdir()} == {".fcdm-report", "early-smoke", "late-smoke"}
+    assert all((out / d / ".fcdm-report").is_file() for d in ("early-smoke", "late-smoke"))
+    (out / ".fcdm-report").unlink()
+    (out / "notes.txt").write_text("mine")
+    refused = runner.invoke(app, ["report", "--store", str(store), "--no-log", "--out", str(out)])
+    assert refused.exit_code == 2 and "holds files that are not a report" in refused.output
+    assert (out / "notes.txt").read_text() == "mine" and (out / "early-smoke" / "report.md").is_file()

@@ -80,7 +80,7 @@ def test_fid_vs_steps_every_cell(view):
 def test_fid_vs_gflops_every_cell(view):
     t = tables.fid_vs_gflops(view, "p")
     assert t.columns == ["configuration", "matched (vs target)", "params (M)", "GFLOPs", "step", "train compute (GFLOP)",
-                         "FID", "IS", "Precision", "Recall", "train steps/s"]
+                         "FID", "IS", "Precision", "Recall", "train steps/s", "train img/s", "peak memory (MiB)"]
     r = {row[0].value: row[:1] + row[2:] for row in t.rows}  # without the matched column: as before it existed
     k7 = r["k=7 (baseline)"]
     assert [k7[i].value for i in range(1, 5)] == [pytest.approx(0.007), pytest.approx(0.007), 300,
@@ -88,6 +88,7 @@ def test_fid_vs_gflops_every_cell(view):
     assert stat(k7[5]) == approx_stat(11, 1, 3) and stat(k7[6]) == approx_stat(89, 1, 3)
     assert stat(k7[7]) == approx_stat(0.57, 0, 3) and stat(k7[8]) == approx_stat(0.6, 0, 3)
     assert stat(k7[9]) == approx_stat(11, 0, 3)  # 4 + k steps/s on every seed
+    assert stat(k7[10]) == approx_stat(11 * 16, 0, 3) and k7[11].value == 512  # img/s: steps/s x batch 16
     k9 = r["k=9 †"]
     assert k9[3].value == 100 and k9[4].value == pytest.approx(0.009 * 3 * 16 * 100)  # compute at ITS final step
     assert stat(k9[5]) == approx_stat(8.5, math.nan, 1)

@@ -21,6 +21,20 @@ def test_overrides_apply_with_yaml_typing():
     assert cfg.train.lr == 2e-4 and cfg.model.args["kernel_size"] == 3 and cfg.train.betas == (0.9, 0.95)
 
 
+def test_overrides_and_files_are_read_as_yaml_1_2_like_a_specs(tmp_path):
+    """Issue 16 item 10: `train --set` and config files use the spec's strict YAML 1.2 parser: `no` stays the
+    string "no" (YAML 1.1: False), a malformed value is a ConfigError naming the key, not a YAMLError."""
+    assert load_config(SMOKE, ["log.experiment=no"]).log.experiment == "no"
+    (tmp_path / "c.yaml").write_text("log:\n  experiment: off\n")
+    assert load_config(tmp_path / "c.yaml").log.experiment == "off"
+    with pytest.raises(ConfigError, match=r"^--set train.lr: line 1, column 4: not valid YAML: .*fix the syntax there$"):
+        load_config(SMOKE, ["train.lr=[1,"])
+    with pytest.raises(ConfigError, match=r"^--set train.lr: line 1: YAML tag '!!python/name:os.system' is not allowed"):
+        load_config(SMOKE, ["train.lr=!!python/name:os.system"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_config(SMOKE, ["train..lr=1"])
+
+
 def test_hash_ignores_seed_and_operational_keys_but_not_training_choices():
     base = load_config(SMOKE)
     same = ["seed=7", "name=other", "log.every=1", "log.checkpoint_every=5", "data.num_workers=2",
@@ -218,3 +232,20 @@ def test_the_dit_comparison_smoke_profile_resamples_its_final_checkpoints():
 
     jobs = expand(ROOT / "ablations" / "dit_comparison.yaml")
     assert jobs and {(j.config.eval.noise_seeds, j.config.eval.seed) for j in jobs} == {(3, 0)}
+
+
+def test_grad_accum_is_hashed_only_when_it_accumulates_and_must_divide_the_batch():
+    base = load_config(SMOKE)
+    assert base.train.grad_accum == 1
+    assert load_config(SMOKE, ["train.grad_accum=1"]).hash == base.hash  # the pinned hashes above stay put
+    assert "grad_accum" not in base.identity()["train"]
+    assert load_config(SMOKE, ["train.grad_accum=2"]).hash != base.hash  # equal to rounding only: hashed
+    with pytest.raises(ConfigError, match="train.grad_accum"):
+        load_config(SMOKE, ["train.batch_size=64", "train.grad_accum=3"])
+
+
+def test_the_paper_profile_accumulates_micro_batches_of_64_and_loads_with_workers():
+    """Batch 256 does not fit one GPU (issue 18): the paper profile keeps the global batch and accumulates."""
+    cfg = load_config(ROOT / "ablations" / "configs" / "paper.yaml")
+    assert cfg.train.batch_size == 256 and cfg.train.batch_size // cfg.train.grad_accum == 64
+    assert cfg.data.num_workers > 0

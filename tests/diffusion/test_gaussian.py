@@ -483,3 +483,18 @@ def test_create_objective_and_errors():
         sample(flow, optimal_eps, (1, 1, 2, 2), "ddim", 10)
     with pytest.raises(ValueError, match="fixed_variance"):
         GaussianDiffusion(fixed_variance="medium")
+
+
+def test_schedule_tables_are_cast_once_per_device_and_give_the_per_call_values():
+    """Issue 18: the float64 tables were gathered on the CPU and copied to the samples' device at every call
+    (~14 host round trips a training step); now each is cast to float32 once per device and kept."""
+    d = respace(GaussianDiffusion(1000), 50)
+    t, x = torch.tensor([0, 7, 49, 7]), torch.zeros(4, 1, 2, 2)
+    for table in (d.sqrt_alphas_cumprod, d.posterior_log_variance_clipped, d._fixed_log_var):
+        first = d._extract(table, t, x)
+        assert first.dtype == torch.float32 and first.shape == (4, 1, 1, 1)
+        assert torch.equal(first.flatten(), table[t].float())  # the cast commutes with the gather
+        cached = d._on_device(table, x.device, torch.float32)
+        d._extract(table, t, x)
+        assert d._on_device(table, x.device, torch.float32) is cached  # one copy, reused
+    assert torch.equal(d.model_timesteps(t), d.timestep_map[t])

@@ -299,6 +299,10 @@ def test_digits_weights_file_is_checked_and_digested_by_its_tensors(cache_dir, c
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(MetricsError, match="not a digits-classifier weights file"):
         compute_metrics(images, labels, cache_dir=cache_dir, fid_weights=junk)
+    empty = tmp_path / "empty.pt"  # issue 16 item 10: a zero-byte file's error has no message
+    empty.write_bytes(b"")
+    with pytest.raises(MetricsError, match=r"--fid-weights .*empty.pt: not a digits-classifier weights file \(EOFError\)"):
+        compute_metrics(images, labels, cache_dir=cache_dir, fid_weights=empty)
 
     ckpt = torch.load(classifier.weights_path, weights_only=True)
     same = tmp_path / "same.pt"
@@ -329,3 +333,13 @@ def test_classify_trains_the_classifier_on_first_use_from_an_empty_cache(tmp_pat
     labels = classify(np.zeros((3, 8, 8, 1), np.uint8), cache_dir=tmp_path)
     assert labels.shape == (3,) and labels.dtype == np.int64 and ((labels >= 0) & (labels < 10)).all()
     assert list(tmp_path.iterdir()), "the trained classifier is cached"
+
+
+def test_a_zero_byte_cache_is_rebuilt_atomically(tmp_path, classifier):
+    """Issue 16 item 10: an unreadable cached classifier (zero bytes) is a cache miss: retrained and replaced,
+    leaving no temporary file; the rebuilt weights equal the first ones (the recipe is deterministic)."""
+    path = tmp_path / dc.WEIGHTS_FILE
+    path.write_bytes(b"")
+    model = load_digits_classifier(tmp_path)
+    assert path.stat().st_size > 0 and sorted(p.name for p in tmp_path.iterdir()) == [dc.WEIGHTS_FILE]
+    assert dc.state_digest(path) == dc.state_digest(classifier.weights_path) and not model.training

@@ -291,3 +291,34 @@ def test_dit_accepts_label_dropout_and_both_modes_draw_the_same():
     assert set(LABEL_DROPOUT_TYPES) == {"per-level", "joint"}
     with pytest.raises(ValueError, match="label_dropout='levels' is not supported; allowed values"):
         create_model("DiT-S/8", label_dropout="levels", **kw)
+
+
+def test_layernorm2d_keeps_channels_last_and_gives_the_same_numbers():
+    """Issue 18: a channels-last feature map stays channels-last (no copy back to NCHW); values bit for bit."""
+    from fcdm.models.layers import LayerNorm2d
+
+    torch.manual_seed(0)
+    norm = LayerNorm2d(8)
+    norm.weight.data.normal_()
+    norm.bias.data.normal_()
+    x = torch.randn(2, 8, 5, 5)
+    nchw, nhwc = norm(x), norm(x.contiguous(memory_format=torch.channels_last))
+    assert nchw.is_contiguous() and nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(nchw, nhwc)
+
+
+def test_grn_stays_in_the_input_dtype_under_autocast_and_is_unchanged_in_fp32():
+    from fcdm.models.fcdm import GRN
+
+    torch.manual_seed(0)
+    grn = GRN(12)
+    grn.gamma.data.normal_()
+    grn.beta.data.normal_()
+    x = torch.randn(2, 12, 4, 4)
+    gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
+    reference = grn.gamma * (x * (gx / (gx.mean(dim=1, keepdim=True) + 1e-6))) + grn.beta + x
+    assert torch.equal(grn(x), reference)  # fp32: the casts are no-ops
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = grn(x.bfloat16())
+    assert low.dtype == torch.bfloat16  # was promoted to fp32 (3C-wide) by the fp32 norm and parameters
+    torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.05)

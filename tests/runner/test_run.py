@@ -96,7 +96,7 @@ def test_launcher_options_and_their_errors(tiny_config):
     with pytest.raises(LauncherError, match="set it with --set train.mixed_precision=bf16"):
         acc.check([_job(tiny_config, "t", 3)])
     argv = make_launcher("accelerate", {"num_processes": 2}).argv(_job(tiny_config, "t", 3), Path("c.yaml"),
-                                                                  Path("s"), "sqlite:///x", {"OMP_NUM_THREADS": "1"})
+                                                                  Path("s"), {"OMP_NUM_THREADS": "1"})
     # Two gloo processes on CPU need --multi_gpu (--cpu silently runs one).
     assert "--multi_gpu" in argv and argv[argv.index("--num_processes") + 1] == "2"
     assert argv[argv.index("--mixed_precision") + 1] == "no" and "--main_process_port" in argv

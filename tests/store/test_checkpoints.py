@@ -34,6 +34,17 @@ def test_corrupt_checkpoint_names_the_file_and_the_fix(tmp_path):
     assert str(bad) in str(err.value) and "delete this file" in str(err.value)
 
 
+def test_a_zero_byte_checkpoint_is_one_line_naming_the_file_and_the_fix(tmp_path):
+    """Issue 16 item 10: torch's EOFError for an empty file has no message (it was an IndexError)."""
+    save_checkpoint({"step": 1, "model": {}}, tmp_path, 1)
+    (tmp_path / "step_00000002.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError) as e:
+        load_latest(tmp_path)
+    assert str(e.value) == (f"{tmp_path / 'step_00000002.pt'}: checkpoint is empty (0 bytes; a full disk or a copy "
+                            "cut short); delete this file to resume from the previous checkpoint (or delete its "
+                            "folder to train from scratch)")
+
+
 def test_no_directory_means_no_checkpoint(tmp_path):
     assert load_latest(tmp_path / "missing") is None
 

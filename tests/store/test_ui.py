@@ -30,8 +30,11 @@ def store(tmp_path_factory, request):
 def test_ui_serves_the_runs_of_a_spec_and_stops_on_ctrl_c(store):
     store_dir, run_id = store
     port = free_port()
+    # SIGINT's disposition is set, not inherited: ignored, as in a child of a non-interactive background shell
+    # (where Python installs no KeyboardInterrupt handler); `ui` must still stop on Ctrl-C.
     proc = subprocess.Popen([sys.executable, "-m", "fcdm.cli", "ui", "--port", str(port), "--store", str(store_dir),
-                             "--spec", "uitest"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--spec", "uitest"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         url = None
         deadline = time.time() + 120

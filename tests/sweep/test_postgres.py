@@ -6,6 +6,7 @@ recorded once in Optuna and its job once in MLflow.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -86,3 +87,39 @@ def test_two_workers_on_postgres_one_killed_mid_trial(tmp_path, pg_url):
     runs = {r.info.run_id: r for r in runs if r.data.tags.get("fcdm.kind") != "study"}
     assert len(runs) == TRIALS and {t.user_attrs["run_id"] for t in done} == set(runs)
     assert sorted(int(r.data.tags["fcdm.trial"]) for r in runs.values()) == sorted(t.number for t in done)
+
+
+@pytest.mark.e2e
+def test_a_password_in_the_storage_and_tracking_uris_is_never_shown(tmp_path, pg_url):
+    """Issue 16 item 6: a sweep whose study storage AND MLflow tracking URI carry a password (one with '/',
+    '@' and ':'; the test server trusts any) shows it nowhere: not in the output, the trainer's command line
+    or train.log, the `fcdm.storage` tag or any tag or param. The trainer still logs to that tracking server
+    (the URI reaches it through MLFLOW_TRACKING_URI), or the sweep could not find its run."""
+    from urllib.parse import quote
+
+    import psycopg
+    from mlflow import MlflowClient
+
+    with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE tracking")  # MLflow and Optuna each keep an alembic_version table
+    secret = "s3/cr@t:pw"
+    url = pg_url.replace("postgres@", f"postgres:{quote(secret, safe='')}@")
+    tracking = url.rsplit("/", 1)[0] + "/tracking"
+    spec = write_spec(tmp_path, "tsecret", {"metric": "fid", "params": LR})
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "fcdm.cli", "sweep", str(spec), "--optuna", "--storage", url, "--tracking-uri", tracking,
+           "--trials", "1", "--store", str(store)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    shown = [out] + [p.read_text(errors="replace") for p in store.rglob("*") if p.is_file() and p.suffix in (".log", ".json", ".yaml")]
+    client = MlflowClient(tracking)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 2  # the trial's job and the study run
+    (study,) = [r for r in runs if r.data.tags.get("fcdm.kind") == "study"]
+    assert study.data.tags["fcdm.storage"] == url.replace(quote(secret, safe=""), "***")
+    shown += [json.dumps(r.data.tags) + json.dumps(r.data.params) for r in runs]
+    logs = list(store.rglob("train.log"))
+    assert logs and all("--tracking-uri" not in p.read_text() for p in logs)
+    for text in shown:
+        assert secret not in text and quote(secret, safe="") not in text

@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from helpers import ROOT
 from optuna.trial import TrialState
 from sweep_specs import LR, mlflow_runs, write_spec
 from typer.testing import CliRunner
@@ -150,6 +151,34 @@ def test_storage_urls(tmp_path):
         make_storage("journal:/nonexistent/x.log")
     with pytest.raises(SweepError, match=r"--storage nosuchdb://x: cannot open it"):
         make_storage("nosuchdb://x")
+    garbage = tmp_path / "garbage.db"  # a damaged storage file: one line, not a traceback
+    garbage.write_bytes(b"\x00" * 10 + b"not a database" * 100)
+    with pytest.raises(SweepError, match=r"--storage sqlite:///.*garbage\.db: cannot open it \(\w+"):
+        make_storage(f"sqlite:///{garbage}")
+    empty = tmp_path / "empty.db"  # zero bytes: SQLite takes it for an empty database
+    empty.write_bytes(b"")
+    assert type(make_storage(f"sqlite:///{empty}")).__name__ == "RDBStorage"
+    for secret in ("postgresql+psycopg://:pa/ss@127.0.0.1:1/db", "postgresql+psycopg://u:pa/ss@127.0.0.1:1/db",
+                   "postgresql+psycopg://u@127.0.0.1:1/db?password=pa/ss"):  # issue 16 item 6: never shown
+        with pytest.raises(SweepError, match=r"--storage postgresql\+psycopg://") as e:
+            make_storage(secret, heartbeat=None)
+        assert "pa/ss" not in str(e.value) and "pa%2Fss" not in str(e.value), str(e.value)
+
+
+def test_an_older_optuna_is_named_with_the_version_needed(tmp_path, monkeypatch):
+    """Issue 16 item 12: without the heartbeat API of OPTUNA_MIN, one line naming the installed and needed
+    versions (it was a misleading storage error); pyproject.toml declares the same minimum."""
+    import tomllib
+
+    from fcdm.sweep import SweepError
+    from fcdm.sweep.study import OPTUNA_MIN, make_storage
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"optuna>={OPTUNA_MIN}" in [d.replace(" ", "") for d in deps]
+    monkeypatch.delattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
+    with pytest.raises(SweepError, match=rf"optuna {optuna.__version__} is installed; sweeps need optuna>=4\.9"):
+        make_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    assert not list(tmp_path.iterdir())
 
 
 def test_always_pruner_spares_trial_zero():

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, SMOKE, TINY, all_runs, client
+from helpers import ROOT, SMOKE, TINY, all_runs, client, history
 from typer.testing import CliRunner
 
 from fcdm.cli import app
@@ -415,3 +415,51 @@ def test_progress_sidecar_follows_the_run_and_experiment_and_tags_apply(tmp_path
     assert run.data.tags["attempt"] == "2" and run.info.status == "FINISHED"
     p = read_progress(ckpts)
     assert (p["status"], p["step"], p["reason"]) == ("finished", 30, None)
+
+
+def test_the_trainer_trains_with_gradient_accumulation(tmp_path, tiny_config, one_thread):
+    result = train(tiny_config("train.grad_accum=4"), store=tmp_path, progress=False, max_steps=2)
+    assert result.status == "STOPPED" and result.step == 2 and np.isfinite(result.final_loss)
+
+
+def test_a_resumed_optimizer_state_lives_where_a_fresh_runs_does(tmp_path, tiny_config, one_thread):
+    """Issue 18: loaded after accelerate's prepare, the moments sit on their parameters' device and AdamW's
+    `step` counters on the CPU (the GPU would cost a host sync per parameter per step), values unchanged."""
+    from fcdm.train.loop import Trainer
+
+    cfg = tiny_config()
+    train(cfg, store=tmp_path, progress=False, max_steps=2)
+    trainer = Trainer(cfg, tmp_path)
+    trainer.resume()
+    saved = trainer.state["optimizer"]["state"]
+    params = [p for group in trainer.opt.param_groups for p in group["params"]]
+    assert len(trainer.opt.state) == len(params) == len(saved)
+    for i, p in enumerate(params):
+        state = trainer.opt.state[p]
+        assert state["step"].device.type == "cpu" and float(state["step"]) == 2
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert state[key].device == p.device and torch.equal(state[key].cpu(), saved[i][key])
+
+
+def test_loss_and_stop_flag_are_reduced_every_few_steps_and_logged_with_throughput(tmp_path, tiny_config,
+                                                                                    one_thread, monkeypatch):
+    """Issue 18: one all-reduce (and host sync) per SYNC_EVERY / log.every steps and at checkpoints, not per
+    step; the logged loss is still the mean over every step of the window; img/s and peak memory logged."""
+    from accelerate import Accelerator
+
+    from fcdm.train.loop import SYNC_EVERY
+
+    reduced, real = [], Accelerator.reduce
+    monkeypatch.setattr(Accelerator, "reduce", lambda self, t, **kw: reduced.append(t.clone()) or real(self, t, **kw))
+    cfg = tiny_config("train.steps=24", "log.every=12", "log.checkpoint_every=8")
+    assert SYNC_EVERY == 10
+    result = train(cfg, store=tmp_path, progress=False)
+    assert result.status == "FINISHED"
+    # Steps 8 and 16 (checkpoints), 10 and 20 (SYNC_EVERY), 12 (log.every), 24 (the last): 6 of 24.
+    assert len(reduced) == 6
+    sums = [float(t[1]) for t in reduced]
+    for (step, loss), window in zip(history(tmp_path, result.run_id, "loss"), (sums[:3], sums[3:])):
+        assert step in (12, 24) and loss == pytest.approx(sum(window) / 12, rel=1e-12)
+    rates, images = (dict(history(tmp_path, result.run_id, k)) for k in ("steps_per_sec", "img_per_sec"))
+    assert images.keys() == {12, 24} and all(images[s] == pytest.approx(rates[s] * 16) for s in images)
+    assert all(mb > 10 for _, mb in history(tmp_path, result.run_id, "peak_memory_mb"))  # resident MiB on the CPU

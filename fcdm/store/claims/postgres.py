@@ -33,6 +33,7 @@ from fcdm.store.claims.base import (
     identity,
     is_live,
 )
+from fcdm.util.redact import redact
 
 TABLE = "fcdm_claims"
 _COLUMNS = "key, generation, token, host, boot_id, pid_ns, pid, pid_start, note, state, beat"
@@ -46,21 +47,6 @@ _instances_lock = threading.Lock()
 
 def is_postgres(url: str) -> bool:
     return re.match(r"^postgres(ql)?(\+\w+)?://", url) is not None
-
-
-def redact(url: str) -> str:
-    """`url` with its password (userinfo or ?password=) replaced by ***; minimal: fcdm.util has no
-    redaction function yet."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    query_at = rest.find("?")
-    head, query = (rest, "") if query_at < 0 else (rest[:query_at], rest[query_at:])
-    at = head.rfind("@")
-    if at >= 0 and ":" in head[:at]:
-        head = f"{head[:at].split(':', 1)[0]}:***{head[at:]}"
-    query = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", query)
-    return f"{scheme}://{head}{query}"
 
 
 def driver():

@@ -1,11 +1,14 @@
-"""Strict, safe YAML for specs: plain data only, every problem one line naming the file and the line.
+"""Strict, safe YAML for specs, run configs and `--set` values: plain data only, every problem one line
+naming the file and the line. It is the only YAML parser of user input: `train CONFIG --set k=v` reads
+exactly as a spec's base and `run SPEC --set k=v` do.
 
     data = load_yaml_file("ablations/kernel_size.yaml")   # a dict, or SpecError
 
 On top of PyYAML's SafeLoader this refuses: duplicate keys, non-string keys, tags beyond the plain
 ones (no `!!python/...`, `!!binary`, `!!set`, custom `!tags`), aliases whose expansion would exceed
 MAX_NODES (billion laughs) or that refer to themselves, tabs in indentation, binary or non-UTF-8
-content, files over MAX_BYTES, an empty file and a root that is not a mapping. It also reads YAML 1.2
+content, files over MAX_BYTES, nesting deeper than MAX_DEPTH, an empty file and a root that is not a
+mapping. It also reads YAML 1.2
 scalars where YAML 1.1 surprises people: `1e-4` is a float (1.1: a string) and only `true`/`false`
 are booleans (1.1: `no`, `off`, `y` too); dates stay strings.
 """
@@ -21,6 +24,7 @@ from fcdm.errors import SpecError
 
 MAX_BYTES = 1 << 20  # a spec is a small hand-written file
 MAX_NODES = 100_000  # expanded size of the document (aliases counted at every use)
+MAX_DEPTH = 64  # mappings and lists inside each other: a spec or config is a few levels deep
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float", "str", "seq", "map", "merge")}
 
 
@@ -70,15 +74,24 @@ _SpecLoader.add_implicit_resolver(
 
 
 def _check_nodes(root: yaml.Node, source: str) -> None:
-    """Walk the composed graph once per distinct node: tags, self-reference, expanded size."""
-    sizes: dict[int, int] = {}
+    """Walk the composed graph once per distinct node: tags, self-reference, expanded size, nesting depth
+    (an alias counts at every depth it is used: a node's height is remembered with its size)."""
+    seen: dict[int, tuple[int, int]] = {}  # node -> (expanded size, height)
     active: set[int] = set()
 
-    def size(node: yaml.Node) -> int:
+    def deep(line: int) -> SpecError:
+        return SpecError(f"{source}: line {line}: values nested more than {MAX_DEPTH} levels deep; a spec or config "
+                         "is a few levels of mappings and lists: flatten it")
+
+    def walk(node: yaml.Node, depth: int) -> tuple[int, int]:
         nid = id(node)
-        if nid in sizes:
-            return sizes[nid]
         line = node.start_mark.line + 1
+        if nid in seen:
+            if depth + seen[nid][1] - 1 > MAX_DEPTH:
+                raise deep(line)
+            return seen[nid]
+        if depth > MAX_DEPTH:
+            raise deep(line)
         if nid in active:
             raise SpecError(f"{source}: line {line}: an alias refers to the node that contains it (a recursive "
                             "structure); specs are trees: copy the value instead")
@@ -87,19 +100,18 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
             raise SpecError(f"{source}: line {line}: YAML tag '{tag}' is not allowed; a spec holds plain "
                             "mappings, lists, strings, numbers, booleans and null: remove the tag")
         active.add(nid)
-        total = 1
-        if isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
-        elif isinstance(node, yaml.SequenceNode):
-            total += sum(size(v) for v in node.value)
+        children = [c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode) else (
+            list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        below = [walk(c, depth + 1) for c in children]
         active.discard(nid)
+        total, height = 1 + sum(t for t, _ in below), 1 + max((h for _, h in below), default=0)
         if total > MAX_NODES:
             raise SpecError(f"{source}: line {line}: aliases here expand to more than {MAX_NODES:,} values (an "
                             "alias bomb?); write the values out, or use fewer nested aliases")
-        sizes[nid] = total
-        return total
+        seen[nid] = (total, height)
+        return seen[nid]
 
-    size(root)
+    walk(root, 1)
 
 
 def parse_yaml(text: str, source: str = "<spec>") -> Any:
@@ -126,6 +138,9 @@ def parse_yaml(text: str, source: str = "<spec>") -> Any:
         raise SpecError(f"{source}: {where}not valid YAML: {problem}; fix the syntax there") from None
     except yaml.YAMLError as e:  # reader errors (control characters) carry no mark
         raise SpecError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:  # PyYAML composes recursively: thousands of levels end here, before MAX_DEPTH
+        raise SpecError(f"{source}: values nested too deeply to read (Python's recursion limit); a spec or config is a few levels "
+                        "of mappings and lists: flatten it") from None
     finally:
         loader.dispose()
 

@@ -1,0 +1,34 @@
+"""fcdm.store.tracking.find_run: a RUN argument is a literal name, never part of the filter's syntax
+(issue 16 item 10: MLflow's filter strings have no escape character)."""
+import pytest
+from mlflow import MlflowClient
+
+from fcdm.errors import RunNotFoundError
+from fcdm.store.tracking import find_run
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    exp = client.create_experiment("x")
+    for name in ("it's", 'say "hi"', "a\\b", "plain"):
+        client.create_run(exp, run_name=name)
+    return store
+
+
+@pytest.mark.parametrize("name", ["it's", 'say "hi"', "a\\b", "plain"])
+def test_names_with_quotes_are_found_literally(store, name):
+    assert find_run(name, store).info.run_name == name
+
+
+@pytest.mark.parametrize("name", ["x' or attributes.run_name != '", 'x" or attributes.run_name != "', "'", '"'])
+def test_a_quote_cannot_widen_the_search(store, name):
+    with pytest.raises(RunNotFoundError, match="no run with id or name"):
+        find_run(name, store)
+
+
+def test_a_name_with_both_quotes_is_refused_in_one_line(store):
+    with pytest.raises(RunNotFoundError, match=r"""RUN '.*': a run name holding both ' and " cannot be looked up; """
+                                               "pass the run id instead"):
+        find_run("""it's "x\"""", store)
