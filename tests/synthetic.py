@@ -13,6 +13,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +21,26 @@ import pandas as pd
 from helpers import make_config
 
 from analysis.collect import collect
+from fcdm.evaluation.protocol import Protocol
 from fcdm.spec.job import Job
 from fcdm.store.tracking import TAG_HASH, TAG_SEED
 
+SYNTHETIC_WEIGHTS = "sha256:000000000000"  # the digits classifier's weights digest in every synthetic store
+
 
 def protocol_tags(num_samples: int = 500, sampler: str = "euler", steps: int = 50, cfg_scale: float = 2.0,
-                  digest: str | None = None) -> dict[str, str]:
-    """`eval.*` tags as `fcdm.evaluation.protocol.Protocol.tags` writes them for a digits run."""
-    return {"eval.protocol": digest or f"FID-{num_samples / 1000:g}K vs digits-test, digits-classifier",
-            "eval.extractor": "digits-classifier", "eval.reference": "digits-test",
-            "eval.num_samples": str(num_samples), "eval.sampler": sampler, "eval.sampling_steps": str(steps),
-            "eval.cfg_scale": str(cfg_scale), "eval.guided_channels": "1 of 1", "eval.precision": "fp32",
-            "eval.seed": "0"}
+                  digest: str | None = None, seed: int = 0) -> dict[str, str]:
+    """`eval.*` tags of a digits run, written by `fcdm.evaluation.protocol.Protocol.tags` itself (digest
+    included), so a synthetic store carries exactly the digests the trainer would; `digest` overrides it."""
+    proto = Protocol(num_samples, sampler, steps, float(cfg_scale), None, "fp32", "digits-classifier", "digits-test",
+                     None, seed, extractor_weights=SYNTHETIC_WEIGHTS, fid_reference="images")
+    return {**proto.tags(num_channels=1), **({"eval.protocol": digest} if digest else {})}
+
+
+def config_protocol_tags(cfg) -> dict[str, str]:
+    """The `eval.*` tags the trainer records for a run of `cfg` (Protocol.from_config, the trainer's own path)."""
+    proto = replace(Protocol.from_config(cfg), extractor_weights=SYNTHETIC_WEIGHTS, fid_reference="images")
+    return proto.tags(num_channels=cfg.data_shape[0])
 
 
 def experiment(client, name: str, store: Path) -> str:
@@ -60,7 +69,7 @@ def log_run(client, experiment_id: str, job: Job, evals: dict[int, dict[str, flo
             "fcdm.profile": job.profile or "", "fcdm.variant": job.variant or "", "fcdm.job": job.name,
             "fcdm.axes": json.dumps(job.axes, sort_keys=True, default=str)}
     if evals:
-        tags.update(protocol or protocol_tags())
+        tags.update(protocol or config_protocol_tags(cfg))
     run = client.create_run(experiment_id, run_name=f"{cfg.name}-{cfg.hash[:8]}-s{cfg.seed}", tags=tags)
     rid = run.info.run_id
     client.log_batch(rid, params=[Param(k, str(v)) for k, v in list(cfg.flat().items())[:100]])

@@ -25,6 +25,7 @@ from fcdm.models.registry import check_model_args, family_of
 SCHEMA_VERSION = 2
 LATENT_CHANNELS = 4  # SD-VAE latents: 4 channels at 1/8 of the image side
 DIGITS_SIZES = (8, 16)
+TAG_CONFIG_KEY = "fcdm.config_key"  # the run tag holding RunConfig.config_key (set by the trainer)
 # Constructor arguments fixed by other sections; the config refuses them in model.args.
 DERIVED_MODEL_ARGS = {"in_channels": "data", "num_classes": "data.num_classes", "input_size": "data.image_size",
                       "learn_sigma": "objective.learn_sigma", "gradient_checkpointing": "train.gradient_checkpointing"}
@@ -101,6 +102,12 @@ class EvalConfig(_Section):
     reference: str | None = None  # None: digits-test for digits; an ADM .npz or image folder otherwise
     vae: str | None = None  # latent runs: diffusers AutoencoderKL folder (or HF cache id) to decode samples
     fid_weights: str | None = None  # Inception weights file; default torch-fidelity's cache
+    # Sampling seed of the evaluation: part of the protocol (and its digest), not of the run, so every training
+    # seed of one configuration evaluated the same way shares one protocol and one metric key.
+    seed: int = Field(0, ge=0)
+    # Evaluation noise: the final checkpoint evaluated this many more times, with sampling seeds seed+1..seed+K,
+    # logged as `<metric>.eval_seed<S>` at the final step (not part of the protocol: the same one, reseeded).
+    noise_seeds: int = Field(0, ge=0)
 
 
 class LogConfig(_Section):
@@ -264,6 +271,23 @@ class RunConfig(_Section):
         identity["data"] = canonical({"name": d.name, "image_size": self.image_size, "num_classes": self.num_classes,
                                       "hflip": d.hflip})
         return digest(identity)
+
+    @property
+    def eval_key(self) -> str:
+        """12 hex digits naming the evaluation this config asks for (the protocol's settings as the config states
+        them, resolved defaults included): torch-free, so `plan` and the runner can tell whether a run was
+        evaluated as a spec asks (progress.json records evaluations per key, with the protocol digest they got)."""
+        e = self.eval
+        return digest(canonical({"num_samples": e.num_samples, "sampler": self.sampler, "sampling_steps": e.sampling_steps,
+                                 "cfg_scale": float(e.cfg_scale), "guided_channels": e.guided_channels,
+                                 "precision": e.precision, "extractor": self.extractor, "reference": self.reference,
+                                 "vae": e.vae, "fid_weights": e.fid_weights, "seed": e.seed}))
+
+    def noise_seeds(self) -> list[int]:
+        """Sampling seeds of the final checkpoint's re-samplings (eval.noise_seeds; none without evaluations)."""
+        if not self.eval.metrics or not self.eval_steps():
+            return []
+        return [self.eval.seed + i for i in range(1, self.eval.noise_seeds + 1)]
 
     def try_hash(self) -> str | None:
         """The hash, or None when it needs data files that are missing or unreadable (e.g. `plan` on a laptop)."""

@@ -20,6 +20,7 @@ continues bit for bit like one that never stopped.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,14 +75,17 @@ def check_ready(cfg: RunConfig, proto: Protocol, cache_dir: Path) -> None:
 # -- during training -----------------------------------------------------------------------------
 
 def evaluate_in_training(accelerator, tracker, cfg: RunConfig, protocol, ema: nn.Module, objective, shape,
-                         num_classes: int, step: int, store: Path) -> dict[str, float]:
+                         num_classes: int, step: int, store: Path, sampling_seed: int | None = None
+                         ) -> dict[str, float]:
     """Every process samples its share; the main process measures and logs at this training step, and
-    returns the metrics as logged ({} on the other processes)."""
+    returns the metrics as logged ({} on the other processes). `sampling_seed`: a re-sampling of this
+    checkpoint under `protocol` with another sampling seed, logged as `<metric>.eval_seed<S>`."""
     logged: dict[str, float] = {}
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     conditional = not is_unconditional(cfg)
+    sampling = protocol if sampling_seed is None else replace(protocol, seed=sampling_seed)
     with preserved_rng():
-        share = sample_images(ema, objective, shape, num_classes, protocol, cfg.eval.batch_size, device,
+        share = sample_images(ema, objective, shape, num_classes, sampling, cfg.eval.batch_size, device,
                               make_decoder(protocol.vae, device), rank=rank, world=world, conditional=conditional)
         shares = gather_to_main(share, accelerator.is_main_process, world)
         if tracker:
@@ -89,7 +93,7 @@ def evaluate_in_training(accelerator, tracker, cfg: RunConfig, protocol, ema: nn
             images, labels = gather_samples(shares, cfg.eval.batch_size)
             values = measure(images, labels if conditional else None, proto, cfg.eval.metrics, store / "cache",
                              cfg.eval.fid_weights)
-            logged = log_evaluation(tracker, proto, values, step, shape[0])
+            logged = log_evaluation(tracker, proto, values, step, shape[0], sampling_seed)
     accelerator.wait_for_everyone()
     return logged
 

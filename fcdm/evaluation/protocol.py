@@ -11,6 +11,7 @@ from pathlib import Path
 from fcdm.config.schema import RunConfig
 
 TAG_PROTOCOL = "eval.protocol"
+TAG_NOISE_SEEDS = "eval.noise_seeds"  # sampling seeds of the final checkpoint's re-samplings, "1,2,3"
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Protocol:
     extractor: str
     reference: str
     vae: str | None
-    seed: int = 0
+    seed: int = 0  # the sampling seed (eval.seed), never the run's training seed: seeds of a configuration pool
     extractor_weights: str | None = None  # "sha256:<12 hex>" of the extractor's weights; set by `resolved`
     fid_reference: str | None = None  # "stored-statistics" | "images"; set by `resolved`
 
@@ -33,7 +34,7 @@ class Protocol:
     def from_config(cls, cfg: RunConfig, **overrides) -> Protocol:
         e = cfg.eval
         proto = cls(e.num_samples, cfg.sampler, e.sampling_steps, float(e.cfg_scale), e.guided_channels,
-                    e.precision, cfg.extractor, cfg.reference, e.vae, cfg.seed)
+                    e.precision, cfg.extractor, cfg.reference, e.vae, e.seed)
         return replace(proto, **{k: v for k, v in overrides.items() if v is not None})
 
     def resolved(self, cache_dir: Path, fid_weights: str | None = None) -> Protocol:
@@ -74,18 +75,31 @@ class Protocol:
         return tags
 
 
-def log_evaluation(tracker, proto: Protocol, values: dict[str, float], step: int, num_channels: int) -> dict:
+def noise_key(key: str, sampling_seed: int) -> str:
+    """The key of a re-sampling of `key`'s checkpoint with another sampling seed: `fid` -> `fid.eval_seed1`;
+    under another protocol the seed comes before the protocol suffix: `fid.eval_seed1/<slug>`."""
+    base, slash, suffix = key.partition("/")
+    return f"{base}.eval_seed{sampling_seed}{slash}{suffix}"
+
+
+def log_evaluation(tracker, proto: Protocol, values: dict[str, float], step: int, num_channels: int,
+                   sampling_seed: int | None = None) -> dict:
     """Log metric values at `step` under the run's protocol or, if `proto` is another one, suffixed.
 
     The run's first evaluation records its protocol (tags before metrics: a crash in between leaves a
-    recorded protocol without numbers, never numbers under an unrecorded one). Returns what was logged.
+    recorded protocol without numbers, never numbers under an unrecorded one). `sampling_seed`: the values
+    are a re-sampling of the checkpoint under `proto` with that sampling seed instead of proto.seed
+    (evaluation noise), logged as `<metric>.eval_seed<S>` (noise_key). Returns what was logged.
     """
     recorded = tracker.client.get_run(tracker.run_id).data.tags.get(TAG_PROTOCOL)
     if recorded is None:
         tracker.set_tags(proto.tags(num_channels))
     suffix = "" if recorded in (None, proto.digest) else f"/{proto.slug}"
-    if suffix:
-        tracker.set_tags({f"eval{suffix}": json.dumps(asdict(proto), sort_keys=True)})
-    logged = {f"{k}{suffix}": v for k, v in values.items()}
+    if suffix:  # the protocol, and its digest (a reader joins it with runs whose own protocol it is); not `eval.*`
+        # tags: those describe the run's own protocol
+        tracker.set_tags({f"eval{suffix}": json.dumps(asdict(proto), sort_keys=True),
+                          f"eval{suffix}.digest": proto.digest})
+    logged = {f"{k}{suffix}" if sampling_seed is None else noise_key(f"{k}{suffix}", sampling_seed): v
+              for k, v in values.items()}
     tracker.log_metrics(logged, step)
     return logged

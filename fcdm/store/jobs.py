@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from fcdm.store import claims
 from fcdm.store.checkpoints import list_checkpoints
 from fcdm.store.layout import checkpoint_dir
-from fcdm.store.progress import progress_or_empty
+from fcdm.store.progress import evaluated, progress_or_empty
 from fcdm.util.files import atomic_write
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class JobStatus:
     def describe(self) -> str:
         """One phrase for tables: 'new', 'partial at step 120/400', 'failed: ...', 'running elsewhere (...)'."""
         if self.state == "partial":
-            return f"partial at step {self.step}/{self.steps}"
+            return f"partial at step {self.step}/{self.steps}" + (f" ({self.reason})" if self.reason else "")
         if self.state == "failed":
             return f"failed at step {self.step}: {self.reason}" if self.reason else f"failed at step {self.step}"
         if self.state == "running":
@@ -72,7 +72,9 @@ def job_status(store: Path, job: Job) -> JobStatus:
     """The job's state from the store alone: its claim, progress sidecar, checkpoints and runner record.
 
     Cheap (no torch, no MLflow): `plan` calls it for every job. `finished` means the trainer recorded
-    the run finished, every evaluation logged; a final checkpoint without that is `partial`.
+    the run finished with every evaluation the job asks for logged under the job's evaluation request
+    (its eval section); a final checkpoint without that is `partial` (the trainer then performs the missing
+    evaluations from the kept checkpoints of their steps, training nothing).
     """
     store = Path(store)
     steps = job.config.train.steps
@@ -86,8 +88,11 @@ def job_status(store: Path, job: Job) -> JobStatus:
     holder = claims.holder(store, job.key)
     if claims.is_live(holder) and not claims.is_mine(holder):
         return JobStatus("running", step, steps, holder.describe(), log, run_id, updated)
-    if progress.get("status") == "finished":
+    if progress.get("status") == "finished" and evaluated(progress, job.config):
         return JobStatus("finished", step, steps, None, log, run_id, updated)
+    if progress.get("status") == "finished":  # trained, but not evaluated as this job asks: the trainer does it
+        return JobStatus("partial", step, steps, "evaluation under this spec's protocol missing", log, run_id,
+                         updated)
     record = read_record(store, job) or {}
     if record.get("state") == "failed" and record.get("ended", 0) >= (updated or 0):
         return JobStatus("failed", step, steps, record.get("reason"), log, run_id, record.get("ended"))

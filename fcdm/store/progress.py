@@ -1,7 +1,12 @@
 """`progress.json`: where a run stands, beside its checkpoints, read by `plan` and the runner without torch.
 
-    {"config_hash", "seed", "step", "steps", "evals_due": [...], "evals_done": [...],
+    {"config_hash", "seed", "step", "steps", "evals_due": [...], "evals_done": [...], "noise_done": [...],
+     "eval_key", "evaluations": {eval_key: {"steps": [...], "noise": [...], "protocol": digest, "lost": [...]}},
      "status": "running" | "finished" | "failed" | "killed", "run_id", "updated": unix time, "reason"}
+
+`evaluations` records what was measured per evaluation request (RunConfig.eval_key: the config's eval
+section, torch-free), with the protocol digest it resolved to; `evals_done` / `noise_done` are those of the
+request the trainer last ran under (`eval_key`).
 
 Only the trainer's main process writes it.
 """
@@ -12,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fcdm.config.schema import RunConfig
 from fcdm.errors import CheckpointError
 from fcdm.util.files import atomic_write
 
@@ -52,3 +58,23 @@ def progress_or_empty(ckpt_dir: Path) -> dict:
         return read_progress(ckpt_dir) or {}
     except CheckpointError:
         return {}
+
+
+def evaluation_record(progress: dict, cfg: RunConfig) -> dict:
+    """What progress.json records as measured for `cfg`'s evaluation request: {"steps", "noise", "protocol"}
+    ({} when nothing). A sidecar from before per-request records (no `evaluations`) stands for whatever was
+    asked: its `evals_done` and `noise_done`, with no protocol digest."""
+    records = progress.get("evaluations")
+    if records is None:
+        return {"steps": progress.get("evals_done", []), "noise": progress.get("noise_done", [])}
+    return records.get(cfg.eval_key) or {}
+
+
+def evaluated(progress: dict, cfg: RunConfig) -> bool:
+    """Whether every evaluation `cfg` asks for (its steps and re-samplings, under its request) is recorded."""
+    if not cfg.eval.metrics:
+        return True
+    record = evaluation_record(progress, cfg)
+    # steps whose checkpoint was gone when they were asked for (the trainer warned) cannot be measured any more
+    return set(cfg.eval_steps()) <= set(record.get("steps", ())) | set(record.get("lost", ())) and \
+        set(cfg.noise_seeds()) <= set(record.get("noise", ()))

@@ -29,7 +29,7 @@ from fcdm.spec.search import SearchSpace, overrides
 from fcdm.store.checkpoints import list_checkpoints
 from fcdm.store.jobs import CONFIG, job_dir, job_status
 from fcdm.store.layout import checkpoint_dir, run_name
-from fcdm.store.progress import progress_or_empty
+from fcdm.store.progress import evaluation_record, progress_or_empty
 from fcdm.store.tracking import TAG_PRUNED, TAG_STUDY, TAG_TRIAL, Tracker
 
 
@@ -188,7 +188,7 @@ def _reuse(ctx: TrialContext, trial, job):
     if not ctx.space.multi:
         metric = ctx.space.objectives[0].metric
         if metric not in ("gflops", "params"):
-            for step, value in metric_history(_client(ctx), run.info.run_id, metric):
+            for step, value in metric_history(_client(ctx), run.info.run_id, protocol_metric(ctx, run, job, metric)):
                 trial.report(value, step)
     values = objective_values(ctx, run, job)
     trial.set_user_attr("run_id", run.info.run_id)
@@ -233,6 +233,21 @@ def metric_history(client, run_id: str, metric: str) -> list[tuple[int, float]]:
     return [(s, v) for s, (_, v) in sorted(latest.items())]
 
 
+def protocol_metric(ctx: TrialContext, run, job, metric: str) -> str:
+    """The run's key of `metric` under the study's protocol: the bare name when the run's own protocol is the
+    one the job's evaluation request resolved to (progress.json), else the suffixed key that protocol was
+    logged under (`fid/<sampler>-...-<digest8>`, e.g. a run another spec trained, evaluated for the study)."""
+    record = evaluation_record(progress_or_empty(checkpoint_dir(ctx.store, job.config)), job.config)
+    digest = record.get("protocol")
+    if not digest or run.data.tags.get("eval.protocol") in (None, digest):
+        return metric
+    suffixed = [k for k in run.data.metrics if k.startswith(f"{metric}/") and k.endswith(f"-{digest[:8]}")]
+    if not suffixed:
+        raise TrialFailed(f"run {run.info.run_id} ({run.info.run_name}) has no {metric!r} under the study's "
+                          f"protocol {digest}; rerun the sweep to evaluate it")
+    return suffixed[0]
+
+
 def objective_values(ctx: TrialContext, run, job) -> list[float]:
     """Each objective of a finished run: a metric at its final evaluation, or gflops/params of the config."""
     values = []
@@ -241,7 +256,7 @@ def objective_values(ctx: TrialContext, run, job) -> list[float]:
             tag = run.data.tags.get(f"fcdm.{o.metric}")
             values.append(float(tag) if tag is not None else config_cost(job.config)[o.metric])
             continue
-        history = metric_history(_client(ctx), run.info.run_id, o.metric)
+        history = metric_history(_client(ctx), run.info.run_id, protocol_metric(ctx, run, job, o.metric))
         if not history:
             raise TrialFailed(f"run {run.info.run_id} ({run.info.run_name}) logged no metric {o.metric!r}; the "
                               f"objective needs it: make the spec's eval.metrics measure it, or change search.metric")
@@ -290,7 +305,11 @@ class _Watcher:
             self.run_id = run.info.run_id if run else None
         if self.run_id is None:
             return False
-        self.seen = metric_history(_client(self.ctx), self.run_id, self.metric)
+        try:  # under the study's protocol: a reused run may be evaluated for it beside its own
+            key = protocol_metric(self.ctx, _client(self.ctx).get_run(self.run_id), self.job, self.metric)
+        except TrialFailed:  # not logged yet under it (MLflow may lag the sidecar): look again later
+            return False
+        self.seen = metric_history(_client(self.ctx), self.run_id, key)
         if len(self.seen) >= len(signature[0]):  # MLflow may lag the sidecar by a moment: look again then
             self._signature = signature
         return self.reported < len(self.seen)

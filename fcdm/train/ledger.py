@@ -31,37 +31,62 @@ class EvalLedger:
     """Which evaluation steps are due and which are logged, kept in every checkpoint and in progress.json.
 
     An evaluation runs after the checkpoint of its step, so a kill during it leaves that checkpoint
-    without it: a rerun finds it pending and performs it first. Its checkpoint is protected from pruning
-    until then. `done` joins the checkpoint's record with the sidecar's (written once the metrics are
-    logged, possibly after the newest checkpoint).
+    without it: a rerun finds it pending and performs it first. The checkpoints of evaluation steps are
+    never pruned, so a later request for another evaluation (another spec's protocol) is met from them.
+    `done` joins the checkpoint's record with the sidecar's (written once the metrics are logged, possibly
+    after the newest checkpoint). Both records are per evaluation request (`RunConfig.eval_key`): what was
+    measured under one protocol never counts for another; progress.json keeps every request's record
+    under `evaluations` ({key: {"steps", "noise", "protocol", "lost"}}; lost: steps whose checkpoint was gone
+when the request came), `evals_done` / `noise_done` the current one's.
     """
 
     def __init__(self, cfg: RunConfig, ckpt_dir: Path, state: dict | None):
-        self.cfg, self.ckpt_dir = cfg, ckpt_dir
+        self.cfg, self.ckpt_dir, self.key = cfg, ckpt_dir, cfg.eval_key
         self.due = cfg.eval_steps() if cfg.eval.metrics else []
         start = int(state["step"]) if state else 0
-        done = set(state.get("evals_done", ())) if state else set()
+        # A checkpoint written before per-request records (no eval_key) counts for the request it resumes under.
+        done = set(state.get("evals_done", ())) if state and state.get("eval_key", self.key) == self.key else set()
         try:
             side = read_progress(ckpt_dir)
         except CheckpointError:
             side = None
-        if side and side.get("config_hash") == cfg.hash and side.get("seed") == cfg.seed:
-            done |= set(side.get("evals_done", ()))
+        ours = bool(side) and side.get("config_hash") == cfg.hash and side.get("seed") == cfg.seed
+        self.records: dict = dict(side.get("evaluations") or {}) if ours else {}
+        # A sidecar written before per-request records: its evaluations count for the current request.
+        record = self.records.get(self.key, {}) if ours and "evaluations" in side else \
+            {"steps": side.get("evals_done", ()), "noise": side.get("noise_done", ())} if ours else {}
+        done |= set(record.get("steps", ()))
         self.done = {s for s in done if s <= start}  # later ones belong to deleted checkpoints: redo them
+        self.protocol: str | None = record.get("protocol")  # the digest, once the trainer has resolved it
         have = {s for s, _ in list_checkpoints(ckpt_dir)}
         lost = [s for s in self.pending(start) if s not in have]
         if lost:  # e.g. eval.at or eval.metrics changed after those checkpoints were pruned
             print(f"warning: evaluation at step(s) {lost} of {cfg.name} cannot run: no checkpoint is left at that "
                   f"step; measure a later one with `fcdm-ablate evaluate RUN --step N`")
             self.due = [s for s in self.due if s not in lost]
+        self.lost = sorted(set(lost) | set(record.get("lost", ())))  # recorded: the job settles without them
+        # Evaluation noise: the final evaluation's checkpoint re-sampled with sampling seeds seed+1..seed+K,
+        # logged once the final evaluation is (only the sidecar records them: they run after its checkpoint).
+        self.final = max(self.due) if self.due else None
+        self.noise_seeds = cfg.noise_seeds() if self.final is not None else []
+        self.resampled = set(record.get("noise", ())) & set(self.noise_seeds) if self.final in self.done else set()
 
     def pending(self, upto: int) -> list[int]:
         return [s for s in self.due if s <= upto and s not in self.done]
 
+    def resamplings_pending(self, upto: int) -> list[int]:
+        """The sampling seeds of the final checkpoint's re-samplings still to log, once its evaluation is."""
+        if self.final is None or self.final > upto or self.final not in self.done:
+            return []
+        return [s for s in self.noise_seeds if s not in self.resampled]
+
     def protected(self) -> set[int]:
-        return set(self.due) - self.done
+        """Checkpoints never pruned: every evaluation step's (another protocol may ask for it later)."""
+        return set(self.due)
 
     def write(self, **fields) -> None:
+        self.records[self.key] = {"steps": sorted(self.done), "noise": sorted(self.resampled),
+                                  "protocol": self.protocol, "lost": self.lost}
         write_progress(self.ckpt_dir, config_hash=self.cfg.hash, seed=self.cfg.seed, steps=self.cfg.train.steps,
-                       evals_due=self.due, evals_done=sorted(self.done), **fields)
-
+                       evals_due=self.due, evals_done=sorted(self.done), noise_done=sorted(self.resampled),
+                       eval_key=self.key, evaluations=self.records, **fields)

@@ -35,9 +35,10 @@ from torch.utils.data import DataLoader
 from fcdm.build import build_dataset, build_model, build_objective, data_info
 from fcdm.config import ConfigError, RunConfig
 from fcdm.config.identity import resolved_model_kwargs
+from fcdm.config.schema import TAG_CONFIG_KEY
 from fcdm.diffusion.common import randn
 from fcdm.evaluation import evaluate as ev
-from fcdm.evaluation.protocol import Protocol
+from fcdm.evaluation.protocol import TAG_NOISE_SEEDS, Protocol
 from fcdm.models.costs import architecture_cost, training_gflops
 from fcdm.store.checkpoints import (
     checkpoint_path,
@@ -49,9 +50,9 @@ from fcdm.store.checkpoints import (
 )
 from fcdm.store.layout import checkpoint_dir, resolve_store
 from fcdm.store.lock import TrainerLock
-from fcdm.store.progress import read_progress
+from fcdm.store.progress import evaluated, read_progress
 from fcdm.store.tracking import TAG_CKPT, TAG_THREADS, Tracker
-from fcdm.store.trainlog import eval_line, step_line
+from fcdm.store.trainlog import eval_line, metrics_text, step_line
 from fcdm.train.display import ProgressBar, TrainLog
 from fcdm.train.ledger import EvalLedger, check_identity
 from fcdm.train.state import (
@@ -123,7 +124,7 @@ def train(cfg: RunConfig, store: str | Path | None = None, tracking_uri: str | N
 
 def _train(run: Trainer, cfg: RunConfig, tracking_uri: str | None, progress: bool, max_steps: int | None):
     pending = run.ledger.pending(run.start)
-    if run.start >= cfg.train.steps and not pending:
+    if run.start >= cfg.train.steps and not pending and not run.ledger.resamplings_pending(run.start):
         return run.skip(tracking_uri)
     run.resume()
     run.open_tracking(tracking_uri)
@@ -134,8 +135,11 @@ def _train(run: Trainer, cfg: RunConfig, tracking_uri: str | None, progress: boo
             # Evaluations a kill interrupted, each with the EMA of its own step, before the training RNG
             # is restored (so they cannot disturb it) and before training moves on.
             for at in pending:
-                run.log(f"evaluating step {at} first: its evaluation was interrupted")
+                run.log(f"evaluating step {at} first: due and not logged under this protocol (an interrupted "
+                        "evaluation, or one another spec asks for)")
                 run.evaluate(run.ema_of_step(at), at)
+            if run.ledger.resamplings_pending(run.start):  # a kill during the final checkpoint's re-samplings
+                run.resample(run.ema_of_step(run.ledger.final), run.ledger.final)
             run.restore_rng()
             for x, y in run.batches():
                 loss = run.train_step(x, y)
@@ -219,7 +223,7 @@ class Trainer:
                 tracker.run_id = run.info.run_id
                 tracker.end("FINISHED")
             progress = read_progress(self.ckpt_dir) or {}
-            if progress.get("status") != "finished":
+            if progress.get("status") != "finished" or not evaluated(progress, cfg):  # e.g. steps found lost
                 self.ledger.write(status="finished", step=cfg.train.steps, reason=None,
                                   run_id=run.info.run_id if run is not None else progress.get("run_id"))
             self.log(f"{cfg.name} (hash {cfg.hash}, seed {cfg.seed}) already finished; nothing to do")
@@ -259,8 +263,8 @@ class Trainer:
         if self.main:
             self.tracker = Tracker(self.store, tracking_uri)
             self.run_id, _ = self.tracker.open(cfg, tags={
-                "fcdm.params": self.params, "fcdm.gflops": f"{self.gflops:.6g}", "fcdm.model": cfg.model.name,
-                TAG_CKPT: str(self.ckpt_dir), "fcdm.processes": self.world, TAG_THREADS: self.threads.describe()})
+                TAG_CONFIG_KEY: cfg.config_key, "fcdm.params": self.params, "fcdm.gflops": f"{self.gflops:.6g}",
+                "fcdm.model": cfg.model.name, TAG_CKPT: str(self.ckpt_dir), "fcdm.processes": self.world, TAG_THREADS: self.threads.describe()})
             self.tracker.log_dataset(cfg, len(self.dataset))
             if cfg.log.system_metrics:
                 self.monitor = self.tracker.system_metrics()
@@ -305,8 +309,29 @@ class Trainer:
                                          self.objective, self.shape, self.num_classes, step=at, store=self.store)
         self.ledger.done.add(at)
         if self.main:
+            # the request's protocol digest, recorded in progress.json beside its evaluations (fcdm.train.ledger)
+            self.ledger.protocol = self.protocol.resolved(self.store / "cache", self.cfg.eval.fid_weights).digest
             self.ledger.write(step=self.step)
             self.log(eval_line(at, self.cfg.train.steps, values or {}, time.perf_counter() - began))
+        if at == self.ledger.final:
+            self.resample(weights, at)
+
+    def resample(self, weights: nn.Module, at: int) -> None:
+        """Evaluation noise: the final evaluation's checkpoint evaluated again under the run's protocol with
+        each sampling seed of `eval.noise_seeds` not yet logged (`<metric>.eval_seed<S>` at step `at`)."""
+        seeds = self.ledger.resamplings_pending(at)
+        if seeds and self.tracker:
+            self.tracker.set_tags({TAG_NOISE_SEEDS: ",".join(map(str, self.ledger.noise_seeds))})
+        for seed in seeds:
+            began = time.perf_counter()
+            values = ev.evaluate_in_training(self.accelerator, self.tracker, self.cfg, self.protocol, weights,
+                                             self.objective, self.shape, self.num_classes, step=at, store=self.store,
+                                             sampling_seed=seed)
+            self.ledger.resampled.add(seed)
+            if self.main:
+                self.ledger.write(step=self.step)
+                self.log(f"evaluation noise at step {at} (sampling seed {seed}): {metrics_text(values or {})}  "
+                         f"({time.perf_counter() - began:.1f} s)")
 
     def ema_of_step(self, at: int) -> nn.Module:
         """The EMA weights of step `at` (from its checkpoint) in a copy of the EMA's architecture."""
@@ -428,6 +453,7 @@ class Trainer:
                              "optimizer": self.opt.state_dict(), "rng": rngs, "config_hash": cfg.hash,
                              "identity": self.identity, "data": data_info(cfg, self.dataset), "config": cfg.to_yaml(),
                              "loss": self.last_loss, "evals_due": ledger.due, "evals_done": sorted(ledger.done),
+                             "eval_key": ledger.key,
                              "scaler": scaler.state_dict() if scaler else None},
                             self.ckpt_dir, self.step, keep=cfg.log.keep_checkpoints, protect=ledger.protected())
             ledger.write(step=self.step)
@@ -461,7 +487,8 @@ class Trainer:
 
     def finish(self, max_steps: int | None) -> TrainResult:
         """FINISHED once the last step and its evaluations are done; else stopped by max_steps (resumable)."""
-        finished = self.step == self.cfg.train.steps and not self.ledger.pending(self.step)
+        finished = self.step == self.cfg.train.steps and not self.ledger.pending(self.step) \
+            and not self.ledger.resamplings_pending(self.step)
         self.stop_monitor()
         if self.tracker and finished:
             self.ledger.write(status="finished", step=self.step, reason=None)

@@ -46,8 +46,8 @@ def test_cost_columns_identity_and_protocol(known):
     assert r["axis.model.args.kernel_size"] == 3 and r.spec == "known" and r.profile == "smoke"
     job = next(j for j in jobs if j.axes["model.args.kernel_size"] == 3 and j.seed == 0)
     assert (r.hash, r.seed, r.job) == (job.hash, 0, "known/k=3")
-    assert r.protocol == "FID-0.5K vs digits-test, digits-classifier" and r["eval.num_samples"] == "500"
-    assert rows(frame, 1).iloc[0].protocol == "FID-1K vs digits-test, digits-classifier"
+    assert r.protocol == protocol_tags(500)["eval.protocol"] and r["eval.num_samples"] == "500"
+    assert rows(frame, 1).iloc[0].protocol == protocol_tags(1000)["eval.protocol"]
 
 
 def test_failed_running_and_missing_jobs_are_kept_and_marked(known):

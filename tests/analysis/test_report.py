@@ -100,7 +100,7 @@ def test_report_files_summary_and_self_contained_html(known, tmp_path):
     assert "**k=11**: no FID recorded under this protocol yet (seed 0 not run)" in summary
     md = (out / "report.md").read_text()
     assert "![fid_vs_steps](figures/fid_vs_steps.png)" in md and "No published rows are listed" in md
-    assert "Results under another protocol (2 of 2)" in md and "FID-1K vs digits-test" in md
+    assert "Results under another protocol (2 of 2)" in md and "FID of 1000 samples vs digits-test" in md
     html = (out / "report.html").read_text()
     pngs = [p for p in names if p.endswith(".png")]
     assert html.count('src="data:image/png;base64,') == len(pngs) == 8  # 3 per protocol, pairs (main), samples

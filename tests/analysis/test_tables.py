@@ -7,7 +7,7 @@ import math
 
 import pytest
 from scipy import stats as st
-from synthetic import SUFFIX, known_for_tests
+from synthetic import SUFFIX, known_for_tests, protocol_tags
 
 from analysis import tables
 from analysis.aggregate import ReportError, View, protocols
@@ -17,7 +17,8 @@ from analysis.render import cell_text, to_csv, to_latex, to_markdown
 from analysis.stats import Summary
 
 T = float(st.t.ppf(0.975, 2) / math.sqrt(3))  # CI half-width per unit std with 3 seeds
-PROTO = "FID-0.5K vs digits-test, digits-classifier"
+PROTO = protocol_tags(500)["eval.protocol"]  # the digest Protocol computes, as the trainer logs it
+PROTO_1K = protocol_tags(1000)["eval.protocol"]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +46,9 @@ def col(table, name):
 
 
 def test_protocols_are_separate_views(frame, view):
-    assert protocols(frame, "fid") == [PROTO, "FID-1K vs digits-test, digits-classifier"]
+    assert protocols(frame, "fid") == [PROTO, PROTO_1K]
     assert view.protocol == PROTO and view.values("k=1", 100) == []  # k=1 measured under the 1K protocol only
-    other = View.build(frame, "fid", protocol="FID-1K vs digits-test, digits-classifier")
+    other = View.build(frame, "fid", protocol=PROTO_1K)
     assert other.values("k=1", 300) == [44] and other.values("k=7", 300) == []
     post = View.build(frame, f"fid/{SUFFIX}")
     assert post.steps() == [300] and post.values("k=7", 300) == [9, 11, 10] and post.values("k=3", 300) == []
@@ -208,7 +209,7 @@ def test_runs_table_lists_every_job(frame):
     assert r[("k=5", 2)][2:5] == ["FAILED", "150/300", "100"]
     assert r[("k=9", 0)][2:5] == ["RUNNING", "120/300", "100"]
     assert r[("k=11", 0)][2:5] + [r[("k=11", 0)][6]] == ["not run", "0/300", "none", "–"]
-    assert r[("k=7", 0)][4] == "100, 200, 300" and r[("k=1", 0)][5].startswith("FID-1K")
+    assert r[("k=7", 0)][4] == "100, 200, 300" and r[("k=1", 0)][5] == PROTO_1K
 
 
 def test_renderers(view):

@@ -38,7 +38,8 @@ def test_overrides_and_files_are_read_as_yaml_1_2_like_a_specs(tmp_path):
 def test_hash_ignores_seed_and_operational_keys_but_not_training_choices():
     base = load_config(SMOKE)
     same = ["seed=7", "name=other", "log.every=1", "log.checkpoint_every=5", "data.num_workers=2",
-            "eval.num_samples=10", "eval.at=[1.0]", "log.experiment=elsewhere", "log.tags={spec: a}"]
+            "eval.num_samples=10", "eval.at=[1.0]", "log.experiment=elsewhere", "log.tags={spec: a}",
+            "eval.seed=3", "eval.noise_seeds=3"]
     for ov in same:
         assert load_config(SMOKE, [ov]).hash == base.hash, ov
     for ov in ["train.lr=2e-4", "model.args.kernel_size=3", "objective.name=ddpm", "train.steps=401",
@@ -221,6 +222,16 @@ def test_shipped_configuration_hashes_are_pinned(where, job):
     else:
         h = next(j for j in expand(path, "smoke") if j.name == job).hash
     assert h == PINNED[(where, job)]
+
+
+def test_the_dit_comparison_smoke_profile_resamples_its_final_checkpoints():
+    """Issue 15: evaluation noise is recorded for the comparison's runs (3 re-samplings of each final checkpoint)."""
+    from helpers import ROOT
+
+    from fcdm.spec import expand
+
+    jobs = expand(ROOT / "ablations" / "dit_comparison.yaml")
+    assert jobs and {(j.config.eval.noise_seeds, j.config.eval.seed) for j in jobs} == {(3, 0)}
 
 
 def test_grad_accum_is_hashed_only_when_it_accumulates_and_must_divide_the_batch():
