@@ -26,6 +26,11 @@ Columns (FRAME_COLUMNS, then one per evaluation metric key, then `eval.*` protoc
 - evaluation noise: re-samplings of one checkpoint under the same protocol with other sampling seeds,
   `fid.eval_seed<S>` (suffixed: `fid.eval_seed<S>/<slug>`), columns of their own listed in attrs["noise"],
   never among the metrics.
+- evaluated_as: a run reused by another spec was evaluated under that spec's protocol from its kept checkpoints,
+  logged as `<metric>/<slug>` with the tag `eval/<slug>.digest`. Where that digest is the own protocol of
+  another collected run, those values are rows of their own: bare keys, `protocol` that digest, its `eval.*`
+  tags, and `evaluated_as` = the slug (None on a run's own rows); so one protocol section holds every
+  configuration, and the run's bare metrics stay under its own protocol.
 
 A job is looked up by (configuration hash, seed); a job whose hash needs data that is not on this machine
 (latents of runs trained elsewhere) by (`fcdm.config_key`, seed): the hash without the data's fingerprint,
@@ -148,9 +153,10 @@ def collect(jobs: list, tracking_uri: str) -> pd.DataFrame:
     peak = metrics[metrics["key"] == "peak_memory_mb"].groupby("run_id")["value"].max().to_dict() \
         if len(metrics) else {}
     labels = _unique_labels(jobs)
-    rows = []
-    for job in jobs:
-        run = by_key.get((*finds[id(job)], job.seed))
+    found = [(job, by_key.get((*finds[id(job)], job.seed))) for job in jobs]
+    described = _own_protocols(run for _, run in found if run is not None and evals.get(run["run_id"]))
+    rows, moved = [], set()  # moved: the bare keys that values logged under another protocol's suffix became
+    for job, run in found:
         base = _job_row(job, labels[(_identity(job), job.seed)], run)
         if run is None:
             rows.append(base)
@@ -159,9 +165,11 @@ def collect(jobs: list, tracking_uri: str) -> pd.DataFrame:
         base["peak_memory_mb"] = peak.get(run["run_id"], np.nan)
         base["last_step"] = last.get(run["run_id"], 0)
         steps = evals.get(run["run_id"], {})
+        joined = {slug: d for slug, d in reevaluations(run["tags"]).items() if d in described}
         for step in sorted(steps) or [np.nan]:
-            rows.append({**base, "step": step, **steps.get(step, {})})
+            rows += _step_rows(base, step, steps.get(step, {}), joined, described, moved)
     frame = pd.DataFrame(rows)
+    keys = sorted(set(keys) | moved, key=lambda k: ("/" in k, k))  # bare keys first
     for col in FRAME_COLUMNS:
         if col not in frame:
             frame[col] = pd.Series(dtype=float)
@@ -194,6 +202,53 @@ def protocol_groups(frame: pd.DataFrame) -> dict[str, str]:
         key = json.dumps([None if isinstance(v, float) and np.isnan(v) else v for v in values], default=str)
         out[digest] = named.setdefault(key, digest)
     return out
+
+
+REEVALUATED = re.compile(r"^eval/(?P<slug>.+)\.digest$")  # eval/<slug>.digest: a protocol not the run's own
+TAKEN_FROM = "evaluated_as"  # column: the suffix a row's metrics were logged under (None: the run's own protocol)
+
+
+def reevaluations(tags: dict[str, str]) -> dict[str, str]:
+    """{slug: protocol digest} of the protocols other than its own a run was evaluated under (its kept checkpoints
+    evaluated for another spec that reused it), from its tags `eval/<slug>.digest`."""
+    own = tags.get("eval.protocol")
+    return {m["slug"]: v for k, v in tags.items() if (m := REEVALUATED.match(k)) and v and v != own}
+
+
+def _own_protocols(runs) -> dict[str, dict[str, str]]:
+    """{digest: its `eval.*` tags (but the digest)} of the protocols the evaluated `runs` record as their own."""
+    out: dict[str, dict[str, str]] = {}
+    for run in runs:
+        tags = run["tags"]
+        if tags.get("eval.protocol"):
+            out.setdefault(tags["eval.protocol"], {k: v for k, v in tags.items()
+                                                   if k.startswith("eval.") and k != "eval.protocol"})
+    return out
+
+
+def _step_rows(base: dict, step, values: dict, joined: dict[str, str], described: dict, moved: set) -> list[dict]:
+    """The rows of a run's evaluation step: one under its own protocol (bare keys), and one per other protocol in
+    `joined` ({slug: digest}, protocols some collected run records as its own) whose `<metric>/<slug>` values
+    (and re-samplings `<metric>.eval_seed<S>/<slug>`) it holds, as bare keys under that protocol's digest and
+    `eval.*` tags. Never mixed: a row's metrics are all of one protocol. Adds the moved bare keys to `moved`."""
+    if not joined:
+        return [{**base, "step": step, **values}]
+    own: dict[str, float] = {}
+    other: dict[str, dict[str, float]] = {slug: {} for slug in joined}
+    for key, value in values.items():
+        head, _, slug = key.partition("/")
+        if slug in other:
+            other[slug][head] = value
+        else:
+            own[key] = value
+    rows = [{**base, "step": step, **own}] if own or not any(other.values()) else []
+    unowned = {k: v for k, v in base.items() if not k.startswith("eval.")}  # the run's own protocol tags go
+    for slug, vals in other.items():
+        if vals:
+            moved.update(vals)
+            rows.append({**unowned, **described[joined[slug]], "step": step, "protocol": joined[slug],
+                         TAKEN_FROM: slug, **vals})
+    return rows
 
 
 def _evaluations(metrics: pd.DataFrame):

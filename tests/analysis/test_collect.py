@@ -122,3 +122,48 @@ def test_the_caption_names_the_profiles_baseline_and_noise_keys_are_not_metrics(
         == "kernel_size=3"
     assert frame.attrs["metrics"] == ["fid"] and frame.attrs["noise"] == ["fid.eval_seed1"]
     assert view.noise("kernel_size=7") == {0: [5.0, 5.1]}
+
+
+def test_a_run_reevaluated_under_the_specs_protocol_joins_that_protocols_section(tmp_path):
+    """Issue 15: a run another spec trained (protocol A: 25 sampling steps) evaluated under this spec's protocol B
+    logs `fid/<slug>` (and re-samplings `fid.eval_seed<S>/<slug>`) with the tag `eval/<slug>.digest` = B; it
+    belongs to B's section with those values, its bare fid (A) never in it."""
+    from mlflow import MlflowClient  # heavy: only to build the store
+
+    from analysis.report import build_report  # the report's sections, read from its files
+
+    spec = tmp_path / "r.yaml"
+    spec.write_text(f"name: r\nbase: {SMOKE}\naxes: {{model.args.kernel_size: [3, 5, 7]}}\n"
+                    "baseline: {model.args.kernel_size: 7}\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = experiment(client, "r", tmp_path)
+    a, b = protocol_tags(steps=25), protocol_tags(steps=50)
+    slug = f"euler-50-cfg2-n500-fp32-seed0-{b['eval.protocol'][:8]}"
+    for job in expand(spec):
+        k = job.axes["model.args.kernel_size"]
+        if k != 7:
+            log_run(client, exp, job, {400: {"fid": 10.0 + k, "fid.eval_seed1": 10.5 + k}}, protocol=b)
+            continue
+        rid = log_run(client, exp, job, {200: {"fid": 99.0}, 400: {"fid": 98.0, "fid.eval_seed1": 97.0}}, protocol=a,
+                      extra_metrics={400: {f"fid/{slug}": 8.0, f"fid.eval_seed1/{slug}": 8.5}})
+        client.set_tag(rid, f"eval/{slug}.digest", b["eval.protocol"])
+    frame = collect_spec(spec, None, uri)
+    assert frame.attrs["metrics"] == ["fid"] and frame.attrs["noise"] == ["fid.eval_seed1"]
+    k7 = frame[frame["config"] == "kernel_size=7"]
+    own, joined = k7[k7["evaluated_as"].isna()], k7[k7["evaluated_as"] == slug]
+    assert own["protocol"].tolist() == [a["eval.protocol"]] * 2 and own["fid"].tolist() == [99.0, 98.0]
+    assert joined["protocol"].tolist() == [b["eval.protocol"]] and joined["step"].tolist() == [400]
+    assert joined[["fid", "fid.eval_seed1"]].values.tolist() == [[8.0, 8.5]]
+    assert joined["eval.sampling_steps"].tolist() == ["50"] and set(own["eval.sampling_steps"]) == {"25"}
+    assert f"fid/{slug}" not in frame  # taken as B's fid, not a protocol column of its own
+    view = View.build(frame, "fid")  # the main protocol: B, every configuration
+    assert view.protocol == b["eval.protocol"]
+    assert {c: view.curve(c)[400].mean for c in view.configs} == {"kernel_size=3": 13.0, "kernel_size=5": 15.0,
+                                                                  "kernel_size=7": 8.0}
+    assert view.noise("kernel_size=7") == {0: [8.0, 8.5]}
+    assert View.build(frame, "fid", a["eval.protocol"]).curve("kernel_size=7")[400].mean == 98.0  # A: its own
+    build_report(frame, tmp_path / "rep", "r", "smoke")
+    ablation = pd.read_csv(tmp_path / "rep" / "tables" / "fid_ablation.csv")  # the main section's table: B
+    assert ablation["configuration"].tolist() == ["kernel_size=3", "kernel_size=5", "kernel_size=7 (baseline)"]
+    assert ablation["FID"].tolist() == [13.0, 15.0, 8.0]
