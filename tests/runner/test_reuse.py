@@ -1,10 +1,12 @@
 """A run another spec trained is reused under this spec's protocol (issue 15, item 3): `run ablations/sweep.yaml`
 trains the configuration that is kernel_size's k=7 baseline, evaluated with 25 sampling steps; `run
 ablations/kernel_size.yaml` then evaluates that run's kept checkpoints with 50 steps (the real runner, trainer
-and evaluation, steps shrunk with --set), retraining nothing and mixing no protocols."""
+and evaluation, steps shrunk with --set), retraining nothing and mixing no protocols; `report ablations/kernel_size.yaml`
+shows every kernel size in one protocol section, the shared run's under kernel_size's protocol."""
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from helpers import ROOT, all_runs, history
 
@@ -51,3 +53,14 @@ def test_run_sweep_then_kernel_size_evaluates_the_shared_baseline_under_kernel_s
     assert key.endswith(f"-{others.pop()[:8]}") and [s for s, _ in history(store, shared.info.run_id, key)] == [20]
     log = (store / "jobs" / k7.key / "train.log").read_text()
     assert "evaluating step 20 first" in log
+
+    out = _cli("report", kernel, "--store", store, "--out", tmp_path / "report", "--format", "md,csv", "--no-log")
+    assert out.returncode == 0, out.stdout + out.stderr
+    ablation = pd.read_csv(tmp_path / "report" / "tables" / "fid_ablation.csv")  # the main section: kernel_size's
+    labels = [f"kernel_size={k}" for k in (3, 5, 7, 9, 11)]
+    assert [c.removesuffix(" (baseline)") for c in ablation["configuration"]] == labels, ablation
+    assert ablation["FID"].notna().all() and (ablation["step"] == 20).all(), ablation
+    k7_fid = ablation.loc[ablation["configuration"] == "kernel_size=7 (baseline)", "FID"].item()
+    assert k7_fid == pytest.approx(history(store, shared.info.run_id, key)[-1][1], abs=0.01)  # fid/<slug>, not fid
+    main = (tmp_path / "report" / "report.md").read_text().split("\n## Results\n")[1].split("\n## ")[0]
+    assert ", 50 steps," in main.split("\n")[1] and "kernel_size=7 (baseline)" in main  # kernel_size's protocol
