@@ -133,6 +133,9 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        if not self.name or any(ord(c) < 32 or ord(c) == 127 for c in self.name):
+            raise ValueError(f"name={self.name!r}: a run's name is one line of printable text (it names the MLflow "
+                             "run and its log lines); remove the newline, tab or control character")
         d, o = self.data, self.objective
         if d.name != "digits" and not d.path:
             raise ValueError(f"data.path is required for data.name={d.name!r}: point it at the latents "

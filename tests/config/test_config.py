@@ -77,6 +77,13 @@ def test_latent_data_needs_a_path_and_derived_model_args_are_refused():
         load_config(None, ["model.name=DiT-S/2", "model.args.input_size=16"])
 
 
+@pytest.mark.parametrize("name", [r'"kernel_size\n"', r'"a\tb"', '""', r'"k\e[31m"'])
+def test_a_run_name_is_one_printable_line(name):
+    with pytest.raises(ConfigError, match="one line of printable text") as e:
+        load_config(None, [f"name={name}"])
+    assert "\n" not in str(e.value).strip()
+
+
 def test_missing_file_and_bad_yaml_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "nope.yaml")
