@@ -65,14 +65,23 @@ def remove_stale_temps(directory: Path) -> list[Path]:
     return stale
 
 
+_FIX = "delete this file to resume from the previous checkpoint (or delete its folder to train from scratch)"
+
+
+def check_not_empty(path: Path) -> None:
+    """CheckpointError when `path` is a zero-byte file (a full disk or a copy cut short): a look at its size
+    only, so a trainer can refuse it before it takes its lock or writes anything."""
+    if Path(path).stat().st_size == 0:
+        raise CheckpointError(f"{path}: checkpoint is empty (0 bytes; a full disk or a copy cut short); {_FIX}")
+
+
 def load_checkpoint(path: Path) -> dict:
     """Load one checkpoint with weights_only=True; a damaged file raises CheckpointError."""
     import torch  # heavy: the runner and `plan` list checkpoints without it
 
-    fix = "delete this file to resume from the previous checkpoint (or delete its folder to train from scratch)"
+    fix = _FIX
     try:
-        if Path(path).stat().st_size == 0:
-            raise CheckpointError(f"{path}: checkpoint is empty (0 bytes; a full disk or a copy cut short); {fix}")
+        check_not_empty(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise

@@ -41,6 +41,7 @@ from fcdm.evaluation import evaluate as ev
 from fcdm.evaluation.protocol import TAG_NOISE_SEEDS, Protocol
 from fcdm.models.costs import architecture_cost, training_gflops
 from fcdm.store.checkpoints import (
+    check_not_empty,
     checkpoint_path,
     list_checkpoints,
     load_checkpoint,
@@ -190,8 +191,19 @@ class Trainer:
         self.cfg, self.store = cfg, resolve_store(store)
         self.ckpt_dir = checkpoint_dir(self.store, cfg)
         self.dataset = build_dataset(cfg)  # checked against the declared data.image_size and data.num_classes
+        found = list_checkpoints(self.ckpt_dir)
+        if found:
+            check_not_empty(found[-1][1])  # refused before the lock file is made: bad input writes nothing
         # One trainer per run: the lock before the checkpoint folder, progress.json or MLflow is touched.
         self.lock = TrainerLock(self.ckpt_dir).acquire() if self.main else None
+        try:
+            self._setup(cfg, acc)
+        except BaseException:
+            self.release_lock()  # a failed setup (a checkpoint of another configuration...) holds nothing
+            raise
+
+    def _setup(self, cfg: RunConfig, acc: Accelerator) -> None:
+        """The part of setup that reads the run's files: under the trainer lock."""
         if self.lock:
             remove_stale_temps(self.ckpt_dir)  # temporary files of writers killed mid-write (all dead now)
         acc.wait_for_everyone()  # no rank reads the checkpoints before the lock keeps other writers out
