@@ -54,7 +54,13 @@ class Tracker:
             return exp.experiment_id
         # Keep artifacts in the store; MLflow's default is ./mlruns of whatever directory we run in.
         location = (self.store / "artifacts").as_uri() if self.uri.startswith("sqlite:") else None
-        return self.client.create_experiment(name, artifact_location=location)
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:  # trainers of one spec start together: another may have created it since we looked
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def find(self, config_hash: str, seed: int):
         """The newest run tagged with this configuration hash and seed, in any experiment, or None."""

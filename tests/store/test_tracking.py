@@ -32,3 +32,19 @@ def test_a_name_with_both_quotes_is_refused_in_one_line(store):
     with pytest.raises(RunNotFoundError, match=r"""RUN '.*': a run name holding both ' and " cannot be looked up; """
                                                "pass the run id instead"):
         find_run("""it's "x\"""", store)
+
+
+def test_an_experiment_created_by_another_trainer_since_we_looked_is_used(tmp_path, monkeypatch):
+    """Two trainers of one spec start together on a store without the spec's experiment: both look it up,
+    find nothing, and create it; the second create fails (UNIQUE) and must use the first one's."""
+    from fcdm.store.tracking import Tracker
+
+    first, second = Tracker(tmp_path), Tracker(tmp_path)
+    looked = second.client.get_experiment_by_name
+    misses = iter([True])
+    # the interleaving: `second` looks before `first` creates, then tries to create it after
+    monkeypatch.setattr(second.client, "get_experiment_by_name",
+                        lambda name: None if next(misses, False) else looked(name))
+    made = first.experiment_id("kernel_size")
+    assert second.experiment_id("kernel_size") == made
+    assert [e.name for e in MlflowClient(first.uri).search_experiments()].count("kernel_size") == 1
