@@ -37,3 +37,19 @@ def all_runs(store: Path):
 def history(store: Path, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of one metric of one run."""
     return [(m.step, m.value) for m in client(store).get_metric_history(run_id, key)]
+
+
+def plant_claim(store, key, gen=0, **fields):
+    """A claim file as another process would have left it (this machine, this pid, unless `fields` say)."""
+    import json
+    import os
+
+    from fcdm.store import claims
+
+    d = claims.claims_dir(store) / key
+    d.mkdir(parents=True, exist_ok=True)
+    info = {**claims.machine(), "pid": os.getpid(), "pid_start": claims.process_start(os.getpid()),
+            "token": "t-planted", "state": "held", **fields}
+    path = d / f"{gen:08d}.json"
+    path.write_text(json.dumps(info))
+    return path

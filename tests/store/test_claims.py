@@ -1,10 +1,11 @@
 """Job claims: atomic, exclusive, taken over only when their holder is dead (fcdm.store.claims)."""
-import json
 import multiprocessing as mp
 import os
 import subprocess
 import sys
 import time
+
+from helpers import plant_claim
 
 from fcdm.store import claims
 
@@ -17,15 +18,7 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def _plant(store, key, gen=0, **fields):
-    """A claim file as another process would have left it."""
-    d = claims.claims_dir(store) / key
-    d.mkdir(parents=True, exist_ok=True)
-    info = {**claims.machine(), "pid": os.getpid(), "pid_start": claims.process_start(os.getpid()),
-            "token": "t-planted", "state": "held", **fields}
-    path = d / f"{gen:08d}.json"
-    path.write_text(json.dumps(info))
-    return path
+_plant = plant_claim
 
 
 def test_claim_is_exclusive_and_release_frees_it(tmp_path):

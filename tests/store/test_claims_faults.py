@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import plant_claim
 
 from fcdm.errors import UserError
 from fcdm.store import claims
@@ -20,15 +21,7 @@ from fcdm.store import claims
 STALE = 0.6  # stale_after in these tests, seconds
 
 
-def _plant(store, key, gen=0, **fields):
-    """A claim file as another process would have left it."""
-    d = claims.claims_dir(store) / key
-    d.mkdir(parents=True, exist_ok=True)
-    info = {**claims.machine(), "pid": os.getpid(), "pid_start": claims.process_start(os.getpid()),
-            "token": "t-planted", "state": "held", **fields}
-    path = d / f"{gen:08d}.json"
-    path.write_text(json.dumps(info))
-    return path
+_plant = plant_claim
 
 
 def _failing(monkeypatch, name, times, err=errno.ESTALE, under=None):
