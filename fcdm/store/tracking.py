@@ -100,6 +100,7 @@ class Tracker:
         its digest that of the data identity the configuration hash covers, its source the data's path
         (or scikit-learn's bundled digits), its profile the number of examples and their shape."""
         from mlflow.entities import Dataset, DatasetInput, InputTag  # heavy: mlflow only once a run is tracked
+        from mlflow.exceptions import MlflowException
 
         if self.client.get_run(self.run_id).inputs.dataset_inputs:
             return
@@ -109,7 +110,17 @@ class Tracker:
                           source_type="local" if d.path else "sklearn", source=json.dumps(source),
                           profile=json.dumps({"num_examples": num_examples, "shape": list(cfg.data_shape),
                                               "num_classes": cfg.num_classes}))
-        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+        inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])]
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, inputs)
+                return
+            except MlflowException:
+                # MLflow looks the experiment's dataset up, then inserts it: trainers of one spec starting
+                # together collide on its UNIQUE key. The other's row exists now, and the retry links it.
+                if attempt == 2:
+                    raise
+                time.sleep(0.05 + 0.1 * attempt)
 
     def system_metrics(self, interval_s: float = 10.0):
         """MLflow's system metrics monitor on this run, started (`.finish()` stops it): CPU, memory, disk and

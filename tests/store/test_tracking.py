@@ -48,3 +48,32 @@ def test_an_experiment_created_by_another_trainer_since_we_looked_is_used(tmp_pa
     made = first.experiment_id("kernel_size")
     assert second.experiment_id("kernel_size") == made
     assert [e.name for e in MlflowClient(first.uri).search_experiments()].count("kernel_size") == 1
+
+
+def test_trainers_logging_one_dataset_at_once_each_record_it(tmp_path, tiny_config):
+    """Trainers of one spec log the same dataset into one experiment as they start: MLflow looks the dataset
+    up, then inserts it, so two at once collide on its UNIQUE key (IntegrityError). Each must record it."""
+    import threading
+
+    from fcdm.store.tracking import Tracker
+
+    for round_ in range(6):
+        cfg = tiny_config(f"log.experiment=race{round_}")
+        trackers = [Tracker(tmp_path) for _ in range(6)]
+        for i, t in enumerate(trackers):
+            t.run_id = t.client.create_run(t.experiment_id(cfg.log.experiment), run_name=f"r{i}").info.run_id
+        gate, errors = threading.Barrier(len(trackers)), []
+
+        def log(t):
+            gate.wait()
+            try:
+                t.log_dataset(cfg, 1437)
+            except Exception as e:
+                errors.append(e)
+        threads = [threading.Thread(target=log, args=(t,)) for t in trackers]
+        [th.start() for th in threads]
+        [th.join() for th in threads]
+        assert not errors, errors
+        for t in trackers:
+            (only,) = t.client.get_run(t.run_id).inputs.dataset_inputs
+            assert only.dataset.name == cfg.data.name

@@ -299,7 +299,8 @@ def test_sweep_two_workers_then_rerun_adds_the_difference(store):
     out = sweep(spec, store, "--trials", "4", "--workers", "2")
     assert "best trial (fid, minimize):" in out and "study run" in out
     study = load(store, "tsweep-smoke")
-    assert len(study.trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    assert len(study.trials) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials), \
+        (out, [(t.number, t.state, t.user_attrs.get("error")) for t in study.trials])
     sweep(spec, store, "--trials", "6", "--workers", "2")
     study = load(store, "tsweep-smoke")
     assert len(study.trials) == 6 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
