@@ -17,7 +17,6 @@ forwards it once and then waits for the checkpoints.
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fcdm.store.lock import EXIT_HELD  # noqa: F401  (re-exported for the runner)
-from fcdm.util.process import spawn
+from fcdm.util.process import signal_session, spawn
 
 # A cluster job found its claim taken over before it started. The same code as a trainer finding the run's
 # lock held (EXIT_HELD, fcdm.store.lock): both trained nothing; another process has the job; retry later.
@@ -74,10 +73,7 @@ class ProcessHandle(Handle):
         self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
-        try:  # the whole session: accelerate's workers too
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_session(self.proc, sig)  # the whole session: accelerate's workers too
 
 
 # -- the launchers --------------------------------------------------------------------------------------

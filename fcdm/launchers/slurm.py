@@ -24,7 +24,7 @@ from fcdm.errors import LauncherError
 from fcdm.launchers.accelerate import AccelerateLauncher
 from fcdm.launchers.base import EXIT_CLAIM_LOST, TRACKING_ENV, Handle, Launcher, train_argv, trainer_env
 from fcdm.store import claims
-from fcdm.util.process import spawn
+from fcdm.util.process import signal_session, spawn
 
 # Friendly option names -> submitit's (generic ones work on every submitit cluster, slurm_* on Slurm only).
 _SLURM_NAMES = {"time": "timeout_min", "partition": "slurm_partition", "account": "slurm_account",
@@ -213,10 +213,10 @@ class ClusterEntry(submitit.helpers.Checkpointable):
         try:
             while proc.poll() is None:
                 if claim is not None and claim.lost:  # another runner took the job over: stop, checkpoint
-                    proc.send_signal(signal.SIGTERM)
+                    signal_session(proc, signal.SIGTERM)
                 time.sleep(1.0)
         except KeyboardInterrupt:  # cancelled: let the trainer checkpoint
-            proc.send_signal(signal.SIGINT)
+            signal_session(proc, signal.SIGINT)
             proc.wait()
         finally:
             if beat is not None:
@@ -229,7 +229,7 @@ class ClusterEntry(submitit.helpers.Checkpointable):
         """submitit, on SIGUSR2: stop the trainer with a checkpoint, then requeue the same call."""
         self.requeued = True
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            signal_session(self.proc, signal.SIGTERM)  # every rank at once, as the local runner stops them
             try:
                 self.proc.wait(timeout=CHECKPOINT_WAIT_S)
             except subprocess.TimeoutExpired:  # what it saved last resumes it

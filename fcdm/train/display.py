@@ -1,4 +1,4 @@
-"""What the trainer shows (fcdm.train.loop, main process): its log lines, and in a terminal a progress bar.
+"""What the trainer shows (fcdm.train.trainer, main process): its log lines, and in a terminal a progress bar.
 
 Its log lines are train.log under the runner (README, "Running specs"): start, resume point, loss and
 throughput every `log.every` steps, evaluations, checkpoints and the final status, in the format

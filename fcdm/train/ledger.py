@@ -1,4 +1,4 @@
-"""The trainer's bookkeeping on resume (used by fcdm.train.loop): the run's identity check, and its
+"""The trainer's bookkeeping on resume (used by fcdm.train.trainer): the run's identity check, and its
 evaluation ledger (which evaluations are due, which are logged, and which checkpoints must be kept until
 they are)."""
 from __future__ import annotations

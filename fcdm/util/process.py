@@ -72,6 +72,15 @@ def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None, pass_fd
                                 start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
 
 
+def signal_session(proc: subprocess.Popen, sig: int) -> None:
+    """`sig` to every process of the session `spawn` started `proc` in (accelerate's ranks too, at once);
+    nothing when they have all ended."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def is_alive(pid: int) -> bool:
     """Whether process `pid` still runs on this machine (a zombie nobody reaped yet has ended)."""
     try:

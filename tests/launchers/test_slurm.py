@@ -24,8 +24,12 @@ from fcdm.store.jobs import job_dir
 from fcdm.store.layout import checkpoint_dir
 
 TRAINER = r"""
-import json, os, signal, sys, time
+import json, os, signal, subprocess, sys, time
 state, total = sys.argv[1], int(sys.argv[2])
+# A second rank, as `accelerate launch` starts them: Slurm's warning must reach it directly, as it reaches
+# this one (its launcher forwarding a signal is not enough when the launcher is what dies first).
+RANK = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (open(sys.argv[1], 'a').write('term\\n'), sys.exit(0))); time.sleep(120)"
+rank = subprocess.Popen([sys.executable, "-c", RANK, state + ".rank"])
 step = json.load(open(state))["step"] if os.path.exists(state) else 0
 with open(state + ".starts", "a") as f:  # one line per start: resumed step, SIGUSR2 ignored?
     f.write(json.dumps({"from": step, "usr2_ignored": signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN}) + "\n")
@@ -37,6 +41,10 @@ while step < total and not stop:
     with open(state + ".tmp", "w") as f:
         json.dump({"step": step}, f)
     os.replace(state + ".tmp", state)  # the checkpoint
+try:
+    rank.wait(5 if stop else 0)  # a stopped rank has recorded its SIGTERM
+except subprocess.TimeoutExpired:
+    rank.kill()
 sys.exit(0 if step >= total else 143)
 """
 STEPS = 40  # 4 s of training: longer than the first start's time before the warning
@@ -78,6 +86,7 @@ def test_jobs_go_out_as_one_array_and_a_time_limited_job_resumes_from_its_checkp
         starts = [json.loads(line) for line in Path(f"{state}.starts").read_text().splitlines()]
         assert len(starts) >= 2 and starts[0]["from"] == 0 and starts[-1]["from"] > 0, starts  # resumed
         assert all(s["usr2_ignored"] for s in starts)  # Slurm's warning cannot kill the trainer unsaved
+        assert Path(f"{state}.rank").read_text().count("term") == len(starts) - 1  # each stop reached every rank
         h = claims.holder(store, c.key)
         assert h.token == c.token and h.state == "released" and h.note.startswith("slurm job")
 

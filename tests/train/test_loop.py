@@ -427,7 +427,7 @@ def test_the_trainer_trains_with_gradient_accumulation(tmp_path, tiny_config, on
 def test_a_resumed_optimizer_state_lives_where_a_fresh_runs_does(tmp_path, tiny_config, one_thread):
     """Issue 18: loaded after accelerate's prepare, the moments sit on their parameters' device and AdamW's
     `step` counters on the CPU (the GPU would cost a host sync per parameter per step), values unchanged."""
-    from fcdm.train.loop import Trainer
+    from fcdm.train.trainer import Trainer
 
     cfg = tiny_config()
     train(cfg, store=tmp_path, progress=False, max_steps=2)
@@ -449,7 +449,7 @@ def test_loss_and_stop_flag_are_reduced_every_few_steps_and_logged_with_throughp
     step; the logged loss is still the mean over every step of the window; img/s and peak memory logged."""
     from accelerate import Accelerator
 
-    from fcdm.train.loop import SYNC_EVERY
+    from fcdm.train.trainer import SYNC_EVERY
 
     reduced, real = [], Accelerator.reduce
     monkeypatch.setattr(Accelerator, "reduce", lambda self, t, **kw: reduced.append(t.clone()) or real(self, t, **kw))

@@ -6,8 +6,8 @@ from accelerate import Accelerator
 from helpers import all_runs
 
 from fcdm.train import TrainingInterrupted, train
-from fcdm.train.loop import Trainer
 from fcdm.train.stops import agreed_signal, stop_flags
+from fcdm.train.trainer import Trainer
 
 
 def _all_reduce_sum(*ranks: int) -> list[float]:
