@@ -205,3 +205,20 @@ def test_a_claim_file_that_stays_unreadable_ends_in_one_line_naming_it(tmp_path)
     with pytest.raises(UserError) as err:
         claims.try_claim(tmp_path, "k-s0")
     assert str(path) in str(err.value) and "\n" not in str(err.value) and "delete it" in str(err.value)
+
+
+def test_a_claimer_killed_while_claiming_leaves_nothing_that_blocks_the_job(tmp_path):
+    """A runner SIGKILLed between writing its claim and linking it into place (the one moment of claiming a
+    kill can interrupt) leaves only its temporary file: the job is unclaimed and the next runner takes it."""
+    import subprocess
+    import sys
+
+    script = ("import os, signal, sys; from fcdm.store import claims; "
+              "os.link = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "  # killed at the link
+              "claims.try_claim(sys.argv[1], 'k-s0', note='killed runner')")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr.decode()
+    d = claims.claims_dir(tmp_path) / "k-s0"
+    assert [p.name for p in d.iterdir() if p.name.endswith(".tmp")] and claims.holder(tmp_path, "k-s0") is None
+    c = claims.try_claim(tmp_path, "k-s0", note="next runner")
+    assert isinstance(c, claims.Claim) and claims.holder(tmp_path, "k-s0").note == "next runner"
