@@ -6,7 +6,7 @@
 `train` reads top to bottom as the run's phases: setup (everything a user can get wrong is checked
 before the store is touched), resume (weights, EMA, optimiser, the MLflow run), evaluations a kill
 interrupted, the step loop with its checkpoints, and finish or fail. `Trainer` (fcdm.train.trainer) holds
-what they share; the evaluations are fcdm.train.evaluations'.
+what they share, and fcdm.train.evaluations the evaluations during training.
 
 Resume is automatic and exact: rerunning the same config finds its newest checkpoint and restores
 step, model, EMA, optimiser, grad scaler and every rank's RNG state; data order is a pure function
