@@ -26,8 +26,8 @@ from fcdm.store.layout import checkpoint_dir
 TRAINER = r"""
 import json, os, signal, subprocess, sys, time
 state, total = sys.argv[1], int(sys.argv[2])
-# A second rank, as `accelerate launch` starts them: Slurm's warning must reach it directly, as it reaches
-# this one (its launcher forwarding a signal is not enough when the launcher is what dies first).
+# A second rank, as `accelerate launch` starts them: Slurm's warning must reach it directly and at the same
+# moment as this one (as the local runner signals a job's whole session), not only through a launcher.
 RANK = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (open(sys.argv[1], 'a').write('term\\n'), sys.exit(0))); time.sleep(120)"
 rank = subprocess.Popen([sys.executable, "-c", RANK, state + ".rank"])
 step = json.load(open(state))["step"] if os.path.exists(state) else 0
