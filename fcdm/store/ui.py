@@ -11,7 +11,6 @@ another spec is in one experiment but tagged with both in `fcdm.specs`, so the f
 """
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 from fcdm.errors import UserError
 from fcdm.store.layout import resolve_store
 from fcdm.store.tracking import TAG_SPECS
-from fcdm.util.process import spawn
+from fcdm.util.process import signal_session, spawn
 
 
 class UIError(UserError, ValueError):
@@ -67,10 +66,7 @@ class UIServer:
         if self.proc.poll() is not None:
             return
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.proc.pid, sig)  # the server and its uvicorn workers
-            except ProcessLookupError:
-                return
+            signal_session(self.proc, sig)  # the server and its uvicorn workers
             try:
                 self.proc.wait(timeout)
                 return
